@@ -1,0 +1,109 @@
+//! Kernel ABI: `struct rseq`, `struct rseq_cs` and the constants of the rseq and
+//! membarrier system calls, as in `include/uapi/linux/rseq.h` and
+//! `include/uapi/linux/membarrier.h`.
+//!
+//! Nothing here calls the kernel; [`crate::sys`] does.
+
+use core::mem::{align_of, offset_of, size_of};
+
+/// The per-thread area the kernel updates (`struct rseq`, 32-byte aligned).
+///
+/// Only the fields of the original 32-byte ABI are declared; the kernel writes
+/// `node_id` and `mm_cid` only where `AT_RSEQ_FEATURE_SIZE` covers them.
+#[repr(C, align(32))]
+#[derive(Debug)]
+pub struct Rseq {
+    /// CPU number, always valid (0 before registration).
+    pub cpu_id_start: u32,
+    /// CPU number, or [`CPU_ID_UNINITIALIZED`] / [`CPU_ID_REGISTRATION_FAILED`].
+    pub cpu_id: u32,
+    /// Pointer to the active [`RseqCs`] descriptor, or 0.
+    pub rseq_cs: u64,
+    /// Deprecated restart flags; always 0 here.
+    pub flags: u32,
+    /// NUMA node of `cpu_id` (feature size >= 24).
+    pub node_id: u32,
+    /// Concurrency id within the process (feature size >= 28).
+    pub mm_cid: u32,
+    /// Padding up to the original 32-byte size.
+    pub _reserved: u32,
+}
+
+impl Rseq {
+    /// An area in the "never registered" state, as glibc leaves it before
+    /// registration.
+    pub const fn unregistered() -> Self {
+        Rseq {
+            cpu_id_start: 0,
+            cpu_id: CPU_ID_UNINITIALIZED,
+            rseq_cs: 0,
+            flags: 0,
+            node_id: 0,
+            mm_cid: 0,
+            _reserved: 0,
+        }
+    }
+}
+
+/// A critical-section descriptor (`struct rseq_cs`, 32-byte aligned).
+#[repr(C, align(32))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RseqCs {
+    /// Always 0.
+    pub version: u32,
+    /// Always 0.
+    pub flags: u32,
+    /// First instruction of the section.
+    pub start_ip: u64,
+    /// Length of the section; the commit is the instruction that ends at
+    /// `start_ip + post_commit_offset`.
+    pub post_commit_offset: u64,
+    /// Where the kernel resumes an aborted section; must lie outside the section
+    /// and be preceded by the signature.
+    pub abort_ip: u64,
+}
+
+/// `cpu_id` before the thread registered.
+pub const CPU_ID_UNINITIALIZED: u32 = -1i32 as u32;
+/// `cpu_id` after a failed registration (glibc sets it).
+pub const CPU_ID_REGISTRATION_FAILED: u32 = -2i32 as u32;
+
+/// The abort signature glibc registers on x86_64 (and the one cpulocal registers
+/// when it owns the area). On x86_64 it is the 4-byte operand of a `ud1`
+/// instruction placed just before the abort label.
+pub const RSEQ_SIG: u32 = 0x5305_3053;
+
+/// `rseq(2)` flag that unregisters an area.
+pub const RSEQ_FLAG_UNREGISTER: i32 = 1;
+
+/// Size of the original ABI, the length cpulocal registers.
+pub const RSEQ_ORIG_SIZE: u32 = 32;
+
+/// `getauxval` key: how much of `struct rseq` this kernel fills (Linux 6.3+).
+pub const AT_RSEQ_FEATURE_SIZE: libc::c_ulong = 27;
+/// `membarrier(2)` commands and flags.
+pub mod membarrier {
+    /// Bitmask of supported commands.
+    pub const CMD_QUERY: libc::c_int = 0;
+    /// Abort every rseq critical section of this process (on one CPU with
+    /// [`CMD_FLAG_CPU`]).
+    pub const CMD_PRIVATE_EXPEDITED_RSEQ: libc::c_int = 1 << 7;
+    /// Registration needed before [`CMD_PRIVATE_EXPEDITED_RSEQ`].
+    pub const CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ: libc::c_int = 1 << 8;
+    /// Target the CPU given as the third argument.
+    pub const CMD_FLAG_CPU: libc::c_uint = 1;
+}
+
+const _: () = {
+    assert!(size_of::<Rseq>() == 32 && align_of::<Rseq>() == 32);
+    assert!(offset_of!(Rseq, cpu_id_start) == 0);
+    assert!(offset_of!(Rseq, cpu_id) == 4);
+    assert!(offset_of!(Rseq, rseq_cs) == 8);
+    assert!(offset_of!(Rseq, flags) == 16);
+    assert!(offset_of!(Rseq, node_id) == 20);
+    assert!(offset_of!(Rseq, mm_cid) == 24);
+    assert!(size_of::<RseqCs>() == 32 && align_of::<RseqCs>() == 32);
+    assert!(offset_of!(RseqCs, start_ip) == 8);
+    assert!(offset_of!(RseqCs, post_commit_offset) == 16);
+    assert!(offset_of!(RseqCs, abort_ip) == 24);
+};

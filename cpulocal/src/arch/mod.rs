@@ -1,0 +1,31 @@
+//! Critical sections: the only place with architecture-specific code.
+//!
+//! `build.rs` emits `cfg(cpulocal_rseq)` for targets with an rseq asm engine;
+//! this module picks that engine or the generic one, which has no sections, so
+//! that every operation takes the fenced path. Both export the same items:
+//!
+//! - `HAS_RSEQ`: whether sections exist;
+//! - `thread_pointer()`: the ABI thread pointer (glibc's area is at an offset);
+//! - one `unsafe fn` per section, returning [`Outcome`].
+
+/// How a critical section ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// The commit store ran: the operation is done.
+    Committed,
+    /// The kernel aborted the section (preemption, migration, signal), or the
+    /// thread was not on the expected CPU. Nothing was written.
+    Aborted,
+    /// The slot's fence word was set: take the fenced path. Nothing was written.
+    Fenced,
+}
+
+#[cfg(cpulocal_rseq)]
+#[path = "x86_64.rs"]
+mod imp;
+
+#[cfg(not(cpulocal_rseq))]
+#[path = "generic.rs"]
+mod imp;
+
+pub(crate) use imp::*;

@@ -1,0 +1,320 @@
+//! [`PerCpuCounter`]: the seed's `percpu_addv`.
+//!
+//! # Safety
+//!
+//! The counter's slots are `PerCpu<AtomicI64>` that are never locked: values
+//! are written by the `add` critical section on their CPU, or by atomic
+//! read-modify-writes under the slot's fence, and read by atomic loads.
+#![allow(unsafe_code)]
+
+use core::fmt;
+use core::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use crossbeam_utils::CachePadded;
+
+use crate::arch::{self, Outcome};
+use crate::fence::{self, Fence};
+use crate::percpu::{PerCpu, Slot};
+use crate::{engine, testing, RSEQ_ATTEMPTS};
+
+/// A counter split into one cache line per CPU: adding is a restartable
+/// sequence on the current CPU's slot (about as cheap as a non-atomic add),
+/// reading sums the slots.
+///
+/// Every operation completes without the caller retrying: a section that the
+/// kernel aborts [`RSEQ_ATTEMPTS`] times in a row (a debugger single-stepping,
+/// a preemption storm), a slot that another thread has fenced, a CPU other than
+/// the current one, or a thread without rseq all take the fenced path.
+///
+/// Values wrap on overflow (two's complement), like `i64::wrapping_add`.
+///
+/// # Examples
+///
+/// ```
+/// use cpulocal::PerCpuCounter;
+/// use std::sync::Arc;
+///
+/// let hits = Arc::new(PerCpuCounter::new());
+/// let workers: Vec<_> = (0..4)
+///     .map(|_| {
+///         let hits = hits.clone();
+///         std::thread::spawn(move || (0..1000).for_each(|_| hits.add(1)))
+///     })
+///     .collect();
+/// workers.into_iter().for_each(|w| w.join().unwrap());
+/// assert_eq!(hits.sum(), 4000);
+/// ```
+pub struct PerCpuCounter {
+    slots: PerCpu<AtomicI64>,
+    stats: CachePadded<Stats>,
+}
+
+#[derive(Default)]
+struct Stats {
+    retried: AtomicU64,
+    aborts: AtomicU64,
+    fenced: AtomicU64,
+}
+
+/// How many operations left the fast path, for [`PerCpuCounter::stats`].
+///
+/// Only slow-path events are counted, so the fast path stays a single critical
+/// section: operations that committed at the first attempt are
+/// `total - retried - fenced`, where the caller knows the total.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PathStats {
+    /// Operations that committed on the fast path after one or more aborts.
+    pub retried: u64,
+    /// Aborted critical-section attempts, in all.
+    pub aborts: u64,
+    /// Operations that completed on the fenced path.
+    pub fenced: u64,
+}
+
+/// A fence word that is never set, used when the `testing` switch removes the
+/// fence check from sections.
+static NEVER_SET: Fence = Fence::new();
+
+impl PerCpuCounter {
+    /// A counter at zero with one slot per possible CPU.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let c = cpulocal::PerCpuCounter::new();
+    /// assert_eq!(c.sum(), 0);
+    /// ```
+    pub fn new() -> Self {
+        PerCpuCounter {
+            slots: PerCpu::new(|_| AtomicI64::new(0)),
+            stats: Default::default(),
+        }
+    }
+
+    /// The number of per-CPU slots ([`possible_cpus()`](crate::possible_cpus)).
+    pub fn cpus(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Adds `n` to the slot of the CPU the caller runs on.
+    ///
+    /// Async-signal-safe: it may be called from a signal handler, including one
+    /// that interrupted an `add` of the same thread, without deadlock or loss.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let c = cpulocal::PerCpuCounter::new();
+    /// c.add(5);
+    /// c.add(-2);
+    /// assert_eq!(c.sum(), 3);
+    /// ```
+    #[inline]
+    pub fn add(&self, n: i64) {
+        let area = engine::area();
+        let cpu = engine::cpu_id(area);
+        let first = match self.slots.slot(cpu as usize) {
+            // SAFETY: `area` is this thread's live area and `cpu` its CPU
+            // number; `slot` is this counter's.
+            Some(slot) => Some(unsafe { Self::section(slot, area, cpu, n) }),
+            None => None, // not set up, or no rseq on this thread
+        };
+        if first != Some(Outcome::Committed) {
+            self.add_slow(None, n, first);
+        }
+    }
+
+    /// Adds `n` to the slot of `cpu`, from any CPU: the seed's
+    /// `percpu_addv(v, count, cpu)`. A critical section when the caller runs on
+    /// `cpu`, otherwise the fenced path on that CPU's slot. The caller never
+    /// retries.
+    ///
+    /// Async-signal-safe, as [`add`](Self::add).
+    ///
+    /// # Panics
+    ///
+    /// If `cpu >= self.cpus()`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let c = cpulocal::PerCpuCounter::new();
+    /// c.add_on(0, 10);
+    /// assert_eq!(c.per_cpu()[0], 10);
+    /// ```
+    #[inline]
+    #[track_caller]
+    pub fn add_on(&self, cpu: usize, n: i64) {
+        let Some(slot) = self.slots.slot(cpu) else {
+            panic!(
+                "PerCpuCounter::add_on: CPU {cpu} is out of range (slots for CPUs 0..{})",
+                self.cpus()
+            )
+        };
+        let area = engine::area();
+        let here = engine::cpu_id(area);
+        let first = if here as usize == cpu {
+            // SAFETY: as in `add`.
+            Some(unsafe { Self::section(slot, area, here, n) })
+        } else {
+            None
+        };
+        if first != Some(Outcome::Committed) {
+            self.add_slow(Some(cpu), n, first);
+        }
+    }
+
+    /// One critical-section attempt on `slot`.
+    ///
+    /// # Safety
+    ///
+    /// `area` is the calling thread's area from `engine::area()`.
+    #[inline(always)]
+    unsafe fn section(
+        slot: &Slot<AtomicI64>,
+        area: *mut crate::abi::Rseq,
+        cpu: u32,
+        n: i64,
+    ) -> Outcome {
+        let fence = if testing::skip_fence_check() {
+            &NEVER_SET
+        } else {
+            &slot.fence
+        };
+        // SAFETY: the counter never locks its slots, so the value is only
+        // reached through atomics and sections; `area` is live (caller).
+        unsafe { arch::add(area, cpu, fence.word(), slot.shared().as_ptr(), n) }
+    }
+
+    /// Retries a bounded number of times, then takes the fenced path. `first`
+    /// is the outcome of the inline attempt, None if no section ran.
+    #[cold]
+    #[inline(never)]
+    fn add_slow(&self, target: Option<usize>, n: i64, first: Option<Outcome>) {
+        let mut aborts = u64::from(first == Some(Outcome::Aborted));
+        let mut fenced = first == Some(Outcome::Fenced);
+        while !fenced && aborts < u64::from(RSEQ_ATTEMPTS) {
+            let area = engine::area();
+            let cpu = engine::cpu_id(area);
+            let Some(slot) = self.slots.slot(cpu as usize) else {
+                if engine::ensure_thread() {
+                    continue; // first operation of this thread: sections now run
+                }
+                break; // no rseq on this thread
+            };
+            if target.is_some_and(|t| t != cpu as usize) {
+                break; // a remote CPU: only the fenced path reaches it
+            }
+            // SAFETY: as in `add`.
+            match unsafe { Self::section(slot, area, cpu, n) } {
+                Outcome::Committed => {
+                    if aborts > 0 {
+                        self.stats.retried.fetch_add(1, Ordering::Relaxed);
+                        self.stats.aborts.fetch_add(aborts, Ordering::Relaxed);
+                    }
+                    return;
+                }
+                Outcome::Fenced => fenced = true,
+                Outcome::Aborted => aborts += 1,
+            }
+        }
+        if aborts > 0 {
+            self.stats.aborts.fetch_add(aborts, Ordering::Relaxed);
+        }
+        self.stats.fenced.fetch_add(1, Ordering::Relaxed);
+        let cpu = target.unwrap_or_else(|| engine::current_cpu() % self.cpus());
+        let slot = self
+            .slots
+            .slot(cpu)
+            .expect("CPU checked against the slot count");
+        // SAFETY: never locked (module invariant).
+        let value = unsafe { slot.shared() };
+        fence::with_signals_blocked(&slot.fence, cpu, || value.fetch_add(n, Ordering::Relaxed));
+    }
+
+    /// The sum of all slots (wrapping). Concurrent adds may or may not be
+    /// included; each slot is read atomically.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let c = cpulocal::PerCpuCounter::new();
+    /// c.add_on(0, 1);
+    /// c.add(2);
+    /// assert_eq!(c.sum(), 3);
+    /// ```
+    pub fn sum(&self) -> i64 {
+        self.per_cpu().into_iter().fold(0i64, i64::wrapping_add)
+    }
+
+    /// A snapshot of every slot, in CPU order.
+    pub fn per_cpu(&self) -> Vec<i64> {
+        (0..self.cpus())
+            .map(|cpu| {
+                let slot = self.slots.slot(cpu).expect("in range");
+                // SAFETY: never locked (module invariant).
+                unsafe { slot.shared() }.load(Ordering::Relaxed)
+            })
+            .collect()
+    }
+
+    /// Resets every slot to zero and returns what they held (wrapping sum).
+    ///
+    /// No concurrent add is lost: each slot is swapped to zero under its fence,
+    /// so every add lands either before the swap (and is returned) or after it
+    /// (and stays in the counter).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let c = cpulocal::PerCpuCounter::new();
+    /// c.add(7);
+    /// assert_eq!(c.take(), 7);
+    /// assert_eq!(c.sum(), 0);
+    /// ```
+    pub fn take(&self) -> i64 {
+        (0..self.cpus())
+            .map(|cpu| {
+                let slot = self.slots.slot(cpu).expect("in range");
+                // SAFETY: never locked (module invariant).
+                let value = unsafe { slot.shared() };
+                fence::with_signals_blocked(&slot.fence, cpu, || value.swap(0, Ordering::Relaxed))
+            })
+            .fold(0i64, i64::wrapping_add)
+    }
+
+    /// How many operations left the fast path so far.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let c = cpulocal::PerCpuCounter::new();
+    /// // A CPU the thread does not run on, or a thread without rseq, is fenced.
+    /// let other = (cpulocal::current_cpu() + 1) % c.cpus();
+    /// c.add_on(other, 1);
+    /// assert!(c.cpus() == 1 || c.stats().fenced >= 1);
+    /// ```
+    pub fn stats(&self) -> PathStats {
+        PathStats {
+            retried: self.stats.retried.load(Ordering::Relaxed),
+            aborts: self.stats.aborts.load(Ordering::Relaxed),
+            fenced: self.stats.fenced.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Default for PerCpuCounter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for PerCpuCounter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PerCpuCounter")
+            .field("sum", &self.sum())
+            .field("stats", &self.stats())
+            .finish()
+    }
+}

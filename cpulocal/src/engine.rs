@@ -1,0 +1,274 @@
+//! Which engine runs: the process-wide decision and each thread's rseq area.
+//!
+//! The process runs critical sections only when the architecture has them,
+//! rseq works, and `membarrier(PRIVATE_EXPEDITED_RSEQ)` is registered (without
+//! it a fence cannot stop a section on another CPU). Otherwise every thread
+//! takes the fenced path without membarrier.
+//!
+//! Each thread finds its area lazily on its first operation: glibc's when glibc
+//! registered one (any nonzero `__rseq_size`), else its own, registered here and
+//! unregistered by a thread-local destructor before the memory can be freed.
+//! The fast path reads one thread-local pointer; before set-up it points to an
+//! area whose `cpu_id` is -1, for threads without rseq to one whose `cpu_id` is
+//! -2, so a single unsigned bound check sends both to the slow path.
+//!
+//! # Safety
+//!
+//! The thread-local area pointer always points to a live `struct rseq`: a
+//! static dummy, glibc's area of this thread, or this thread's own area, which
+//! stays registered only while its thread-local storage lives.
+#![allow(unsafe_code)]
+
+use core::cell::{Cell, UnsafeCell};
+use core::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+
+use crate::abi::{self, Rseq, CPU_ID_REGISTRATION_FAILED};
+use crate::arch;
+use crate::status::{Registration, RseqOff};
+use crate::sys::{self, Errno};
+
+/// What the whole process can do, decided once.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Process {
+    /// Critical sections may run (some threads may be inside one).
+    pub sections: bool,
+    /// Why sections are off for the whole process.
+    pub off: Option<RseqOff>,
+    /// glibc's published registration, if any.
+    pub glibc: Option<sys::GlibcRseq>,
+    /// Result of registering membarrier `PRIVATE_EXPEDITED_RSEQ`.
+    pub membarrier: Result<(), Errno>,
+    /// `AT_RSEQ_FEATURE_SIZE`, when the kernel supplies it.
+    pub feature_size: Option<u64>,
+}
+
+static PROCESS: OnceLock<Process> = OnceLock::new();
+
+/// Whether a fenced operation must issue membarrier: true exactly when
+/// sections can run in this process. Read on every fenced operation.
+static SECTIONS: AtomicBool = AtomicBool::new(false);
+
+/// The process-wide decision; made on first call (data-structure constructors
+/// call it, so operations, which may run in signal handlers, find it made).
+pub(crate) fn process() -> &'static Process {
+    PROCESS.get_or_init(decide)
+}
+
+fn decide() -> Process {
+    let glibc = sys::glibc_rseq();
+    let feature_size = sys::getauxval(abi::AT_RSEQ_FEATURE_SIZE);
+    // SAFETY: the atfork handler only writes a thread-local of the child's sole
+    // thread; registering it has no preconditions.
+    unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+    let membarrier = sys::membarrier_register_rseq();
+    if !arch::HAS_RSEQ {
+        return Process {
+            sections: false,
+            off: Some(RseqOff::NoArchSupport),
+            glibc,
+            membarrier,
+            feature_size,
+        };
+    }
+    // Does rseq work at all? glibc's registration answers for it; otherwise
+    // this thread registers its own area now (kept for the thread).
+    let probe = match glibc {
+        Some(g) if g.size != 0 => Ok(()),
+        _ => register_own().map(drop),
+    };
+    let off = match (probe, membarrier) {
+        (Err(e), _) => Some(RseqOff::Refused(e)),
+        (Ok(()), Err(e)) => Some(RseqOff::NoMembarrier(e)),
+        (Ok(()), Ok(())) => None,
+    };
+    let sections = off.is_none() && !cfg!(miri);
+    SECTIONS.store(sections, Ordering::SeqCst);
+    Process {
+        sections,
+        off,
+        glibc,
+        membarrier,
+        feature_size,
+    }
+}
+
+/// Whether fenced operations must abort sections with membarrier.
+#[inline]
+pub(crate) fn sections_possible() -> bool {
+    SECTIONS.load(Ordering::Relaxed)
+}
+
+/// The area of a thread that has not looked for one yet.
+static UNSET: Rseq = Rseq::unregistered();
+/// The area of a thread without rseq: `cpu_id` = -2, never written.
+static NO_RSEQ: Rseq = {
+    let mut a = Rseq::unregistered();
+    a.cpu_id = CPU_ID_REGISTRATION_FAILED;
+    a
+};
+
+thread_local! {
+    /// The area sections use; see the module docs.
+    static AREA: Cell<*const Rseq> = const { Cell::new(&UNSET) };
+    /// Who registered this thread, for `status()`.
+    static REGISTRATION: Cell<Option<Registration>> = const { Cell::new(None) };
+    /// The area cpulocal registers when glibc did not.
+    static OWN_AREA: UnsafeCell<Rseq> = const { UnsafeCell::new(Rseq::unregistered()) };
+    /// Unregisters `OWN_AREA` when the thread exits.
+    static OWN_GUARD: OwnRegistration = const { OwnRegistration };
+    /// Cached kernel thread id (the fence owner value); reset in fork children.
+    static TID: Cell<u32> = const { Cell::new(0) };
+}
+
+/// The calling thread's area pointer for the fast path. Its `cpu_id` is a valid
+/// CPU only when sections may run on this thread.
+#[inline(always)]
+pub(crate) fn area() -> *mut Rseq {
+    AREA.with(Cell::get).cast_mut()
+}
+
+/// Reads `cpu_id` from an area returned by [`area`].
+#[inline(always)]
+pub(crate) fn cpu_id(area: *const Rseq) -> u32 {
+    // SAFETY: `area` comes from `area()`, which always points to a live area
+    // (module invariant); the kernel writes it only while this thread is not
+    // running user code, so a volatile read sees the current value.
+    unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*area).cpu_id)) }
+}
+
+/// Sets up the calling thread if it has not been; returns true when sections
+/// may now run on it. Called from the slow path when `cpu_id` is not a CPU.
+#[cold]
+pub(crate) fn ensure_thread() -> bool {
+    if cpu_id(area()) != abi::CPU_ID_UNINITIALIZED {
+        return false; // set up already; no rseq on this thread
+    }
+    let p = process();
+    let reg = if !p.sections {
+        Registration::Nobody(p.off.unwrap_or(RseqOff::NoArchSupport))
+    } else {
+        match p.glibc {
+            Some(g) if g.size != 0 => {
+                let a = arch::thread_pointer().wrapping_offset(g.offset) as *const Rseq;
+                if cpu_id(a) as i32 >= 0 {
+                    AREA.with(|c| c.set(a));
+                    Registration::Glibc
+                } else {
+                    Registration::Nobody(RseqOff::GlibcFailedForThread)
+                }
+            }
+            _ => match register_own() {
+                Ok(a) => {
+                    AREA.with(|c| c.set(a));
+                    Registration::Cpulocal
+                }
+                Err(e) if e.0 == libc::EBUSY => Registration::Nobody(RseqOff::ForeignRegistration),
+                Err(e) => Registration::Nobody(RseqOff::Refused(e)),
+            },
+        }
+    };
+    if !matches!(reg, Registration::Glibc | Registration::Cpulocal) {
+        AREA.with(|c| c.set(&NO_RSEQ));
+    }
+    REGISTRATION.with(|c| c.set(Some(reg)));
+    cpu_id(area()) as i32 >= 0
+}
+
+/// Registers this thread's own area; returns it.
+fn register_own() -> Result<*const Rseq, Errno> {
+    let own = OWN_AREA.with(UnsafeCell::get);
+    // SAFETY: reading our own area; the kernel writes it only between our
+    // instructions, never concurrently.
+    if unsafe { (*own).cpu_id } as i32 >= 0 {
+        return Ok(own); // the probe in `decide` registered this thread already
+    }
+    // Install the destructor before registering, so no registered area can
+    // outlive the thread's storage.
+    OWN_GUARD.with(|_| ());
+    // SAFETY: OWN_AREA lives as long as this thread's TLS; OwnRegistration's
+    // destructor unregisters it before that storage is freed.
+    unsafe { sys::rseq_register(own) }?;
+    Ok(own)
+}
+
+struct OwnRegistration;
+
+impl Drop for OwnRegistration {
+    fn drop(&mut self) {
+        let own = OWN_AREA.with(UnsafeCell::get);
+        // Later destructors of this thread must not use the area.
+        let _ = AREA.try_with(|c| c.set(&NO_RSEQ));
+        let _ =
+            REGISTRATION.try_with(|c| c.set(Some(Registration::Nobody(RseqOff::ThreadExiting))));
+        // SAFETY: `own` is this thread's area; unregistering an area that was
+        // never registered fails harmlessly with EINVAL.
+        let _ = unsafe { sys::rseq_unregister(own) };
+    }
+}
+
+/// Who registered rseq for the calling thread (setting it up if needed).
+pub(crate) fn registration() -> Registration {
+    ensure_thread();
+    REGISTRATION
+        .with(Cell::get)
+        .unwrap_or(Registration::Nobody(RseqOff::NoArchSupport))
+}
+
+/// The calling thread's kernel id, nonzero; the fence owner value.
+#[inline]
+pub(crate) fn tid() -> u32 {
+    TID.with(|c| {
+        let t = c.get();
+        if t != 0 {
+            return t;
+        }
+        let t = sys::gettid();
+        c.set(t);
+        t
+    })
+}
+
+extern "C" fn after_fork_in_child() {
+    let _ = TID.try_with(|c| c.set(0));
+}
+
+/// The CPU the caller runs on: `cpu_id` where sections run, else
+/// `sched_getcpu()`.
+#[inline]
+pub(crate) fn current_cpu() -> usize {
+    let cpu = cpu_id(area());
+    if cpu as i32 >= 0 {
+        cpu as usize
+    } else {
+        sys::sched_getcpu()
+    }
+}
+
+/// `cpu_id_start` where sections run, else `sched_getcpu()`.
+#[inline]
+pub(crate) fn cpu_start() -> usize {
+    let a = area();
+    if cpu_id(a) as i32 >= 0 {
+        // SAFETY: `a` is a live area (module invariant).
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*a).cpu_id_start)) as usize }
+    } else {
+        sys::sched_getcpu()
+    }
+}
+
+/// Reads the u32 field at `offset` of the thread's area, if sections run on
+/// this thread and the kernel's feature size covers the field.
+pub(crate) fn area_u32(offset: usize) -> Option<usize> {
+    ensure_thread();
+    let a = area();
+    let covered = process()
+        .feature_size
+        .is_some_and(|f| f.min(32) as usize >= offset + 4);
+    if !covered || (cpu_id(a) as i32) < 0 {
+        return None;
+    }
+    // SAFETY: `a` is a live area (module invariant) and `offset + 4` is within
+    // its 32 bytes; a volatile read as for `cpu_id`.
+    Some(unsafe { core::ptr::read_volatile(a.cast::<u8>().add(offset).cast::<u32>()) } as usize)
+}

@@ -1,0 +1,145 @@
+//! CPU-local data for Linux, built on restartable sequences (rseq), with a
+//! user-space equivalent of the `cpu_opv` system call as its fallback.
+//!
+//! A [`PerCpuCounter::add`] is a few-instruction critical section on the
+//! current CPU's cache line: no atomic instruction, no contention. When the
+//! section cannot complete (a debugger single-steps it, the thread is
+//! preempted again and again, another thread is working on that CPU's slot, or
+//! the thread has no rseq at all) the operation takes the *fenced path*: it
+//! takes the slot's fence word, aborts every critical section on that CPU with
+//! `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ)`, and runs as ordinary
+//! code. The caller never sees an abort and never retries, and operations can
+//! target any CPU's slot ([`PerCpuCounter::add_on`]).
+//!
+//! ```
+//! use cpulocal::PerCpuCounter;
+//!
+//! let requests = PerCpuCounter::new();
+//! requests.add(1);                      // this CPU's slot
+//! requests.add_on(0, 1);                // CPU 0's slot, from anywhere
+//! assert_eq!(requests.sum(), 2);
+//! println!("{}", cpulocal::status());   // which engine runs, and why
+//! ```
+//!
+//! # Platform support
+//!
+//! The rseq engine exists for Linux x86_64. Every other target, and any
+//! process where rseq or `membarrier(PRIVATE_EXPEDITED_RSEQ)` is unavailable
+//! (seccomp, valgrind, rr, old kernels), runs the fenced engine alone, with the
+//! same results. [`status()`] says which engine runs and why.
+#![deny(unsafe_code)]
+#![warn(
+    unsafe_op_in_unsafe_fn,
+    missing_docs,
+    clippy::undocumented_unsafe_blocks
+)]
+
+mod abi;
+mod arch;
+mod counter;
+mod engine;
+mod error;
+mod fence;
+mod percpu;
+mod status;
+mod sys;
+#[cfg(feature = "testing")]
+pub mod testing;
+#[cfg(not(feature = "testing"))]
+mod testing;
+
+pub use counter::{PathStats, PerCpuCounter};
+pub use error::Error;
+pub use fence::SPINS_BEFORE_SLEEP;
+pub use percpu::{PerCpu, SlotGuard};
+pub use status::{Engine, Registration, RseqOff, Status};
+pub use sys::Errno;
+
+/// Critical-section attempts an operation makes before it takes the fenced
+/// path. An abort means the thread was preempted, migrated or signalled inside
+/// the section; several in a row mean it is being single-stepped or starved,
+/// and retrying further would only livelock.
+pub const RSEQ_ATTEMPTS: u32 = 8;
+
+/// The state of cpulocal for the calling thread: who registered rseq, which
+/// engine runs, what the kernel offers. Sets the thread up if it has not been.
+///
+/// # Examples
+///
+/// ```
+/// let s = cpulocal::status();
+/// assert!(s.cpu < s.possible_cpus);
+/// println!("{s}");
+/// ```
+pub fn status() -> Status {
+    Status::current()
+}
+
+/// The CPU the caller runs on, as a starting point for an operation on that
+/// CPU's data (the seed's `rseq_cpu_start()`): rseq's `cpu_id_start`, or
+/// `sched_getcpu()` without rseq. The thread may migrate right after; the
+/// operations of this crate check again.
+///
+/// # Examples
+///
+/// ```
+/// assert!(cpulocal::cpu_start() < cpulocal::possible_cpus());
+/// ```
+pub fn cpu_start() -> usize {
+    engine::ensure_thread();
+    engine::cpu_start()
+}
+
+/// The CPU the caller runs on: rseq's `cpu_id`, or `sched_getcpu()`.
+///
+/// # Examples
+///
+/// ```
+/// assert!(cpulocal::current_cpu() < cpulocal::possible_cpus());
+/// ```
+pub fn current_cpu() -> usize {
+    engine::ensure_thread();
+    engine::current_cpu()
+}
+
+/// The number of possible CPUs: one past the highest id in
+/// `/sys/devices/system/cpu/possible`. Every CPU that is or may later come
+/// online is below it; per-CPU structures have this many slots.
+///
+/// # Examples
+///
+/// ```
+/// assert!(cpulocal::possible_cpus() >= 1);
+/// ```
+pub fn possible_cpus() -> usize {
+    sys::possible_cpus()
+}
+
+/// The NUMA node of the current CPU, from rseq's `node_id`; None where this
+/// thread has no rseq area or the kernel does not fill the field (before 6.3).
+///
+/// # Examples
+///
+/// ```
+/// if let Some(node) = cpulocal::node_id() {
+///     println!("running on node {node}");
+/// }
+/// ```
+pub fn node_id() -> Option<usize> {
+    engine::area_u32(core::mem::offset_of!(abi::Rseq, node_id))
+}
+
+/// The thread's concurrency id, from rseq's `mm_cid`: a small number, unique
+/// among the process's running threads, below min(threads, CPUs). None where
+/// this thread has no rseq area or the kernel does not fill it (before 6.3).
+///
+/// # Examples
+///
+/// ```
+/// if let Some(cid) = cpulocal::mm_cid() {
+///     assert!(cid < cpulocal::possible_cpus());
+/// }
+/// ```
+pub fn mm_cid() -> Option<usize> {
+    engine::area_u32(core::mem::offset_of!(abi::Rseq, mm_cid))
+}

@@ -1,0 +1,302 @@
+//! [`PerCpu<T>`]: one cache-line-padded slot per possible CPU, each with its
+//! fence word.
+//!
+//! # Safety
+//!
+//! A slot's value is reached through `&mut T` only while its fence is held
+//! (a [`SlotGuard`]) or through `&mut PerCpu<T>`; so `PerCpu<T>` is `Sync`
+//! when `T: Send`, like a mutex. Structures of this crate that run critical
+//! sections on a slot (such as [`PerCpuCounter`](crate::PerCpuCounter)) never
+//! lock it, and touch the value only through atomics or sections.
+#![allow(unsafe_code)]
+
+use core::cell::UnsafeCell;
+use core::fmt;
+use core::marker::PhantomData;
+use core::ops::{Deref, DerefMut};
+
+use crossbeam_utils::CachePadded;
+
+use crate::fence::Fence;
+use crate::{engine, fence, sys, Error};
+
+/// One CPU's slot: the fence word, then the value, in one padded line.
+#[repr(C)]
+pub(crate) struct Slot<T> {
+    pub(crate) fence: Fence,
+    value: UnsafeCell<T>,
+}
+
+impl<T> Slot<T> {
+    /// The value, for structures that only use atomics or sections on it.
+    ///
+    /// # Safety
+    ///
+    /// No `&mut T` to this value may exist while the reference lives: the
+    /// caller never locks this slot.
+    #[inline(always)]
+    pub(crate) unsafe fn shared(&self) -> &T {
+        // SAFETY: by the caller's promise no exclusive reference exists.
+        unsafe { &*self.value.get() }
+    }
+}
+
+/// A value per possible CPU, each in its own cache line, reachable from any
+/// thread through its CPU's fence.
+///
+/// `PerCpu` is the storage under cpulocal's structures. On its own it offers
+/// exclusive access to any CPU's slot by [`lock`](Self::lock): the fenced path,
+/// which stops critical sections on that CPU, so it is correct from any thread
+/// and any CPU, and costs a system call. The rseq fast path belongs to the
+/// operations built on it, such as [`PerCpuCounter::add`](crate::PerCpuCounter::add).
+///
+/// Slots are sized by [`possible_cpus()`](crate::possible_cpus), so a CPU that
+/// comes online later still has one.
+///
+/// # Examples
+///
+/// ```
+/// use cpulocal::PerCpu;
+///
+/// let hits: PerCpu<Vec<u32>> = PerCpu::new(|_cpu| Vec::new());
+/// hits.lock_current().push(7);
+/// hits.lock(0).push(1);
+/// let total: usize = hits.iter().map(|slot| slot.len()).sum();
+/// assert_eq!(total, 2);
+/// ```
+pub struct PerCpu<T> {
+    slots: Box<[CachePadded<Slot<T>>]>,
+}
+
+// SAFETY: a PerCpu owns its values; moving it moves them.
+unsafe impl<T: Send> Send for PerCpu<T> {}
+// SAFETY: shared access hands out `&mut T` only under the slot's fence, one
+// holder at a time, as a Mutex does; so T: Send suffices.
+unsafe impl<T: Send> Sync for PerCpu<T> {}
+
+impl<T> PerCpu<T> {
+    /// One slot per possible CPU, each initialised by `init(cpu)`.
+    ///
+    /// Also makes the process-wide engine decision (rseq and membarrier
+    /// registration) if no earlier constructor did, so that operations, which
+    /// may run in signal handlers, never have to.
+    pub fn new(mut init: impl FnMut(usize) -> T) -> Self {
+        engine::process();
+        let slots = (0..sys::possible_cpus())
+            .map(|cpu| {
+                CachePadded::new(Slot {
+                    fence: Fence::new(),
+                    value: UnsafeCell::new(init(cpu)),
+                })
+            })
+            .collect();
+        PerCpu { slots }
+    }
+
+    /// The number of slots: [`possible_cpus()`](crate::possible_cpus) at
+    /// construction.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Always false: a machine has at least one CPU.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// The slot of `cpu`, if in range.
+    #[inline(always)]
+    pub(crate) fn slot(&self, cpu: usize) -> Option<&Slot<T>> {
+        self.slots.get(cpu).map(|s| &**s)
+    }
+
+    /// Locks `cpu`'s slot through its fence: waits for other holders, aborts
+    /// critical sections running on that CPU, and returns a guard that gives
+    /// `&mut T` until dropped. Works from any thread on any CPU.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CpuOutOfRange`] if `cpu >= self.len()`;
+    /// [`Error::HeldByThisThread`] if this thread already holds the slot
+    /// (a nested lock, or a signal handler interrupting its own thread's lock).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use cpulocal::{Error, PerCpu};
+    /// let slots = PerCpu::new(|cpu| cpu * 10);
+    /// let guard = slots.try_lock(0)?;
+    /// assert_eq!(*guard, 0);
+    /// assert_eq!(slots.try_lock(0).unwrap_err(), Error::HeldByThisThread { cpu: 0 });
+    /// assert!(matches!(slots.try_lock(slots.len()), Err(Error::CpuOutOfRange { .. })));
+    /// # Ok::<(), Error>(())
+    /// ```
+    pub fn try_lock(&self, cpu: usize) -> Result<SlotGuard<'_, T>, Error> {
+        let slot = self.slot(cpu).ok_or(Error::CpuOutOfRange {
+            cpu,
+            slots: self.len(),
+        })?;
+        slot.fence
+            .acquire(engine::tid())
+            .map_err(|_| Error::HeldByThisThread { cpu })?;
+        fence::barrier(cpu);
+        Ok(SlotGuard {
+            slot,
+            cpu,
+            _not_send: PhantomData,
+        })
+    }
+
+    /// Like [`try_lock`](Self::try_lock), for callers that know `cpu` is in
+    /// range and not held.
+    ///
+    /// Not async-signal-safe: like a mutex, it may wait for another thread.
+    ///
+    /// # Panics
+    ///
+    /// If `cpu >= self.len()`, or this thread already holds the slot.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let slots = cpulocal::PerCpu::new(|_| 0u64);
+    /// *slots.lock(0) += 5;
+    /// assert_eq!(*slots.lock(0), 5);
+    /// ```
+    #[track_caller]
+    pub fn lock(&self, cpu: usize) -> SlotGuard<'_, T> {
+        self.try_lock(cpu)
+            .unwrap_or_else(|e| panic!("PerCpu::lock: {e}"))
+    }
+
+    /// Locks the slot of the CPU the caller runs on. The thread may migrate
+    /// while it holds the guard; the guard still holds the slot it locked
+    /// ([`SlotGuard::cpu`]).
+    ///
+    /// # Panics
+    ///
+    /// If this thread already holds that slot.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let slots = cpulocal::PerCpu::new(|_| 0u64);
+    /// let mut guard = slots.lock_current();
+    /// *guard += 1;
+    /// assert!(guard.cpu() < slots.len());
+    /// ```
+    #[track_caller]
+    pub fn lock_current(&self) -> SlotGuard<'_, T> {
+        self.lock(engine::current_cpu() % self.len())
+    }
+
+    /// Locks each slot in turn, in CPU order; each guard holds its slot until
+    /// dropped.
+    ///
+    /// # Panics
+    ///
+    /// When it reaches a slot this thread already holds.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let slots = cpulocal::PerCpu::new(|cpu| cpu);
+    /// let ids: Vec<usize> = slots.iter().map(|g| *g).collect();
+    /// assert_eq!(ids, (0..slots.len()).collect::<Vec<_>>());
+    /// ```
+    pub fn iter(&self) -> impl Iterator<Item = SlotGuard<'_, T>> + '_ {
+        (0..self.len()).map(move |cpu| self.lock(cpu))
+    }
+
+    /// Every slot, exclusively (no fence needed: `&mut self` excludes others).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut slots = cpulocal::PerCpu::new(|_| 1u32);
+    /// slots.iter_mut().for_each(|v| *v += 1);
+    /// assert!(slots.iter_mut().all(|v| *v == 2));
+    /// ```
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> + '_ {
+        self.slots.iter_mut().map(|s| s.value.get_mut())
+    }
+
+    /// The values, in CPU order.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let slots = cpulocal::PerCpu::new(|cpu| cpu as u8);
+    /// assert_eq!(slots.into_vec()[0], 0);
+    /// ```
+    pub fn into_vec(self) -> Vec<T> {
+        self.slots
+            .into_vec()
+            .into_iter()
+            .map(|s| CachePadded::into_inner(s).value.into_inner())
+            .collect()
+    }
+}
+
+impl<T: Default> Default for PerCpu<T> {
+    fn default() -> Self {
+        PerCpu::new(|_| T::default())
+    }
+}
+
+impl<T> fmt::Debug for PerCpu<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PerCpu")
+            .field("slots", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Exclusive access to one CPU's slot; releases the fence when dropped.
+///
+/// Returned by [`PerCpu::lock`]. It is not `Send`: the thread that took the
+/// fence releases it.
+#[must_use = "the slot is unlocked as soon as the guard is dropped"]
+pub struct SlotGuard<'a, T> {
+    slot: &'a Slot<T>,
+    cpu: usize,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl<T> SlotGuard<'_, T> {
+    /// The CPU whose slot this guard holds.
+    pub fn cpu(&self) -> usize {
+        self.cpu
+    }
+}
+
+impl<T> Deref for SlotGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: the guard holds the slot's fence, so no other reference to
+        // the value exists (module invariant).
+        unsafe { &*self.slot.value.get() }
+    }
+}
+
+impl<T> DerefMut for SlotGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: as for `deref`, and `&mut self` makes this borrow unique.
+        unsafe { &mut *self.slot.value.get() }
+    }
+}
+
+impl<T> Drop for SlotGuard<'_, T> {
+    fn drop(&mut self) {
+        self.slot.fence.release();
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for SlotGuard<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SlotGuard")
+            .field("cpu", &self.cpu)
+            .field("value", &**self)
+            .finish()
+    }
+}

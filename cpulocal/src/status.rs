@@ -1,0 +1,198 @@
+//! What the engine is doing for the calling thread, in words a user can act on.
+
+use core::fmt;
+
+use crate::abi;
+use crate::engine;
+use crate::sys::{self, Errno};
+
+/// Who registered rseq for the calling thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Registration {
+    /// glibc (>= 2.35) registered the thread; cpulocal uses glibc's area.
+    Glibc,
+    /// glibc did not register rseq (an older or other libc, or
+    /// `GLIBC_TUNABLES=glibc.pthread.rseq=0`), so cpulocal registered its own
+    /// area for this thread and unregisters it when the thread exits.
+    Cpulocal,
+    /// No rseq area is used by this thread; operations take the fenced path.
+    Nobody(RseqOff),
+}
+
+/// Why the rseq fast path is off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RseqOff {
+    /// cpulocal has no critical sections for this target architecture.
+    NoArchSupport,
+    /// The kernel refused to register rseq: ENOSYS means a kernel older than
+    /// 4.18, a seccomp filter, or a tool that does not support rseq
+    /// (valgrind, rr).
+    Refused(Errno),
+    /// `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ)` is unavailable, so a
+    /// fenced operation could not stop a section on another CPU; for
+    /// correctness no thread of the process runs sections.
+    NoMembarrier(Errno),
+    /// glibc registered rseq for the process but its registration failed for
+    /// this thread (`cpu_id` = -2), typically a seccomp filter installed after
+    /// the process started.
+    GlibcFailedForThread,
+    /// Another library registered an rseq area for this thread that glibc does
+    /// not publish (EBUSY); cpulocal cannot know where it is.
+    ForeignRegistration,
+    /// The thread is running its thread-local destructors; cpulocal's own area
+    /// was unregistered.
+    ThreadExiting,
+}
+
+/// Which engine runs operations on the calling thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Engine {
+    /// Critical sections first; the fenced path after
+    /// [`RSEQ_ATTEMPTS`](crate::RSEQ_ATTEMPTS) aborts, on a fenced slot, and
+    /// for remote CPUs.
+    Rseq,
+    /// Every operation takes the fenced path. `membarrier` says whether the
+    /// fence must stop other threads' sections (true when sections run
+    /// elsewhere in the process).
+    Fenced {
+        /// Whether fenced operations issue membarrier.
+        membarrier: bool,
+    },
+}
+
+/// The state of cpulocal for the calling thread: see [`status()`](crate::status).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Status {
+    /// Who registered rseq for this thread.
+    pub registration: Registration,
+    /// Which engine runs this thread's operations.
+    pub engine: Engine,
+    /// `getauxval(AT_RSEQ_FEATURE_SIZE)`: how much of `struct rseq` the kernel
+    /// fills (None before Linux 6.3, which fills 20 bytes).
+    pub feature_size: Option<u64>,
+    /// Whether [`node_id()`](crate::node_id) has a value on this thread.
+    pub node_id_valid: bool,
+    /// Whether [`mm_cid()`](crate::mm_cid) has a value on this thread.
+    pub mm_cid_valid: bool,
+    /// Result of registering `membarrier(PRIVATE_EXPEDITED_RSEQ)` for the
+    /// process (an `Err` also when the architecture needs none).
+    pub membarrier_rseq: Result<(), Errno>,
+    /// glibc's `__rseq_size`, or None when the libc does not publish it.
+    pub glibc_rseq_size: Option<u32>,
+    /// [`possible_cpus()`](crate::possible_cpus).
+    pub possible_cpus: usize,
+    /// The CPU the thread ran on when the status was taken.
+    pub cpu: usize,
+}
+
+impl Status {
+    pub(crate) fn current() -> Status {
+        let registration = engine::registration();
+        let p = engine::process();
+        let engine = if matches!(registration, Registration::Glibc | Registration::Cpulocal) {
+            Engine::Rseq
+        } else {
+            Engine::Fenced {
+                membarrier: p.sections,
+            }
+        };
+        Status {
+            registration,
+            engine,
+            feature_size: p.feature_size,
+            node_id_valid: engine::area_u32(core::mem::offset_of!(abi::Rseq, node_id)).is_some(),
+            mm_cid_valid: engine::area_u32(core::mem::offset_of!(abi::Rseq, mm_cid)).is_some(),
+            membarrier_rseq: p.membarrier,
+            glibc_rseq_size: p.glibc.map(|g| g.size),
+            possible_cpus: sys::possible_cpus(),
+            cpu: engine::current_cpu(),
+        }
+    }
+}
+
+impl fmt::Display for Registration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Registration::Glibc => f.write_str("glibc (cpulocal uses glibc's rseq area)"),
+            Registration::Cpulocal => f.write_str(
+                "cpulocal (glibc did not register rseq; cpulocal registered its own area)",
+            ),
+            Registration::Nobody(why) => write!(f, "nobody: {why}"),
+        }
+    }
+}
+
+impl fmt::Display for RseqOff {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RseqOff::NoArchSupport => f.write_str("cpulocal has no rseq critical sections for this architecture"),
+            RseqOff::Refused(e) if e.0 == libc::ENOSYS => write!(
+                f,
+                "the kernel refused rseq with {e}: a kernel older than 4.18, a seccomp filter, or a tool without rseq support (valgrind, rr)"
+            ),
+            RseqOff::Refused(e) => write!(f, "the kernel refused rseq registration with {e}"),
+            RseqOff::NoMembarrier(e) => write!(
+                f,
+                "membarrier(PRIVATE_EXPEDITED_RSEQ) is unavailable ({e}), so no thread runs rseq sections (remote operations could not stop them)"
+            ),
+            RseqOff::GlibcFailedForThread => f.write_str(
+                "glibc's rseq registration failed for this thread (cpu_id = -2), e.g. a seccomp filter installed after start-up",
+            ),
+            RseqOff::ForeignRegistration => f.write_str("another library registered an rseq area for this thread that glibc does not publish (EBUSY)"),
+            RseqOff::ThreadExiting => f.write_str("the thread is exiting; cpulocal's own rseq area was unregistered"),
+        }
+    }
+}
+
+impl fmt::Display for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Engine::Rseq => f.write_str("rseq (critical sections, fenced fallback)"),
+            Engine::Fenced { membarrier: true } => {
+                f.write_str("fenced, with membarrier (other threads run rseq sections)")
+            }
+            Engine::Fenced { membarrier: false } => {
+                f.write_str("fenced, without membarrier (no thread runs rseq sections)")
+            }
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let yes_no = |b: bool| if b { "yes" } else { "no" };
+        writeln!(f, "rseq registered by:  {}", self.registration)?;
+        writeln!(f, "engine:              {}", self.engine)?;
+        match self.feature_size {
+            Some(s) => writeln!(f, "rseq feature size:   {s} bytes")?,
+            None => writeln!(
+                f,
+                "rseq feature size:   unknown (kernel before 6.3: 20 bytes)"
+            )?,
+        }
+        writeln!(f, "node_id valid:       {}", yes_no(self.node_id_valid))?;
+        writeln!(f, "mm_cid valid:        {}", yes_no(self.mm_cid_valid))?;
+        match self.membarrier_rseq {
+            Ok(()) => writeln!(f, "membarrier (RSEQ):   registered")?,
+            Err(e) => writeln!(f, "membarrier (RSEQ):   unavailable ({e})")?,
+        }
+        match self.glibc_rseq_size {
+            Some(s) => writeln!(
+                f,
+                "glibc __rseq_size:   {s}{}",
+                if s == 0 {
+                    " (glibc did not register)"
+                } else {
+                    ""
+                }
+            )?,
+            None => writeln!(f, "glibc __rseq_size:   not published by this libc")?,
+        }
+        writeln!(f, "possible CPUs:       {}", self.possible_cpus)?;
+        write!(f, "current CPU:         {}", self.cpu)
+    }
+}

@@ -1,0 +1,289 @@
+//! System calls and process facts: rseq (un)registration, membarrier, futex,
+//! signal masks, CPU numbers, and glibc's published rseq variables.
+//!
+//! Every function here is a thin wrapper that returns the kernel's answer as a
+//! `Result<_, Errno>`; policy lives in [`crate::engine`].
+//!
+//! # Safety
+//!
+//! This module calls `libc::syscall` and `dlsym`. Each call documents the
+//! pointers it passes and why they stay valid for the call.
+#![allow(unsafe_code)]
+
+use core::ffi::CStr;
+use core::sync::atomic::AtomicU32;
+use std::sync::OnceLock;
+
+use crate::abi::{self, membarrier, Rseq};
+
+/// An `errno` value returned by the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Errno(pub i32);
+
+impl Errno {
+    fn last() -> Errno {
+        Errno(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    }
+
+    /// The symbolic name (`ENOSYS`, `EPERM`, ...) where known.
+    pub fn name(self) -> &'static str {
+        match self.0 {
+            libc::ENOSYS => "ENOSYS",
+            libc::EPERM => "EPERM",
+            libc::EINVAL => "EINVAL",
+            libc::EBUSY => "EBUSY",
+            libc::EFAULT => "EFAULT",
+            libc::EACCES => "EACCES",
+            _ => "errno",
+        }
+    }
+}
+
+impl core::fmt::Display for Errno {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{} ({})", self.name(), self.0)
+    }
+}
+
+fn check(ret: libc::c_long) -> Result<libc::c_long, Errno> {
+    if ret < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// `rseq(area, 32, 0, RSEQ_SIG)`: registers `area` for the calling thread.
+///
+/// # Safety
+///
+/// `area` must stay valid and writable until [`rseq_unregister`] is called for
+/// it or the thread exits its last user-space instruction.
+pub unsafe fn rseq_register(area: *mut Rseq) -> Result<(), Errno> {
+    // SAFETY: the caller keeps `area` alive while registered; the kernel
+    // validates length, alignment and signature.
+    let ret = unsafe { libc::syscall(libc::SYS_rseq, area, abi::RSEQ_ORIG_SIZE, 0, abi::RSEQ_SIG) };
+    check(ret).map(drop)
+}
+
+/// `rseq(area, 32, RSEQ_FLAG_UNREGISTER, RSEQ_SIG)`.
+///
+/// # Safety
+///
+/// `area` must be the area registered by this thread.
+pub unsafe fn rseq_unregister(area: *mut Rseq) -> Result<(), Errno> {
+    // SAFETY: unregistration only compares `area` with the registered pointer.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_rseq,
+            area,
+            abi::RSEQ_ORIG_SIZE,
+            abi::RSEQ_FLAG_UNREGISTER,
+            abi::RSEQ_SIG,
+        )
+    };
+    check(ret).map(drop)
+}
+
+fn membarrier_call(cmd: libc::c_int, flags: libc::c_uint, cpu: libc::c_int) -> Result<i64, Errno> {
+    // SAFETY: membarrier takes no pointers.
+    check(unsafe { libc::syscall(libc::SYS_membarrier, cmd, flags, cpu) })
+}
+
+/// Registers the process for `MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ`, after
+/// checking with `MEMBARRIER_CMD_QUERY` that the kernel offers it.
+pub fn membarrier_register_rseq() -> Result<(), Errno> {
+    let supported = membarrier_call(membarrier::CMD_QUERY, 0, 0)?;
+    if supported & i64::from(membarrier::CMD_PRIVATE_EXPEDITED_RSEQ) == 0 {
+        return Err(Errno(libc::EINVAL));
+    }
+    membarrier_call(membarrier::CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ, 0, 0).map(drop)
+}
+
+/// `membarrier(PRIVATE_EXPEDITED_RSEQ, FLAG_CPU, cpu)`: when it returns, every
+/// critical section of this process that was running on `cpu` has been aborted.
+/// Without `cpu` (None) it does so on every CPU.
+pub fn membarrier_rseq(cpu: Option<usize>) -> Result<(), Errno> {
+    match cpu {
+        Some(cpu) => membarrier_call(
+            membarrier::CMD_PRIVATE_EXPEDITED_RSEQ,
+            membarrier::CMD_FLAG_CPU,
+            cpu as libc::c_int,
+        ),
+        None => membarrier_call(membarrier::CMD_PRIVATE_EXPEDITED_RSEQ, 0, 0),
+    }
+    .map(drop)
+}
+
+/// `FUTEX_WAIT_PRIVATE`: sleeps while `*word == expected`. Returns on wake-up,
+/// on a changed value, and on signals alike: callers re-check.
+pub fn futex_wait(word: &AtomicU32, expected: u32) {
+    // SAFETY: `word` is a valid, aligned u32 for the duration of the call; no
+    // timeout pointer is passed.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            expected,
+            core::ptr::null::<libc::timespec>(),
+        );
+    }
+}
+
+/// `FUTEX_WAKE_PRIVATE`: wakes up to `n` waiters on `word`.
+pub fn futex_wake(word: &AtomicU32, n: i32) {
+    // SAFETY: `word` is a valid, aligned u32; FUTEX_WAKE only uses its address.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            n,
+        );
+    }
+}
+
+/// The kernel thread id of the caller.
+pub fn gettid() -> u32 {
+    // SAFETY: gettid takes no arguments and cannot fail.
+    unsafe { libc::syscall(libc::SYS_gettid) as u32 }
+}
+
+/// The CPU the caller runs on, from `sched_getcpu()`; 0 if it fails.
+pub fn sched_getcpu() -> usize {
+    // SAFETY: sched_getcpu takes no arguments.
+    let cpu = unsafe { libc::sched_getcpu() };
+    usize::try_from(cpu).unwrap_or(0)
+}
+
+/// All signals blocked for as long as the guard lives (`pthread_sigmask`).
+pub struct SignalsBlocked {
+    old: libc::sigset_t,
+}
+
+impl SignalsBlocked {
+    /// Blocks every signal of the calling thread.
+    pub fn new() -> Self {
+        // SAFETY: sigset_t is plain data; sigfillset and pthread_sigmask write
+        // only into the sets we pass.
+        unsafe {
+            let mut all: libc::sigset_t = core::mem::zeroed();
+            let mut old: libc::sigset_t = core::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+            SignalsBlocked { old }
+        }
+    }
+}
+
+impl Drop for SignalsBlocked {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask saved by `new` on this same thread (the
+        // guard is !Send because sigset_t holds no thread identity but the
+        // guard is only ever created and dropped within one function).
+        unsafe {
+            libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, core::ptr::null_mut());
+        }
+    }
+}
+
+/// `getauxval(key)`, or None when the kernel did not supply the key.
+pub fn getauxval(key: libc::c_ulong) -> Option<u64> {
+    // SAFETY: getauxval reads the process's auxiliary vector.
+    let v = unsafe { libc::getauxval(key) };
+    (v != 0).then_some(v as u64)
+}
+
+/// The variables glibc >= 2.35 publishes about its rseq registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GlibcRseq {
+    /// Area address = thread pointer + offset.
+    pub offset: isize,
+    /// 0 when glibc did not register (tunable off, rseq refused).
+    pub size: u32,
+    /// Registration flags (0).
+    pub flags: u32,
+}
+
+/// Looks up `__rseq_offset`, `__rseq_size` and `__rseq_flags` at run time, so the
+/// crate also works with a libc that lacks them (then None).
+pub fn glibc_rseq() -> Option<GlibcRseq> {
+    static CACHE: OnceLock<Option<GlibcRseq>> = OnceLock::new();
+    *CACHE.get_or_init(|| {
+        let offset = dlsym(c"__rseq_offset")?;
+        let size = dlsym(c"__rseq_size")?;
+        let flags = dlsym(c"__rseq_flags");
+        // SAFETY: glibc defines these as `const ptrdiff_t` and `const unsigned
+        // int`, written once before the program starts and read-only after.
+        unsafe {
+            Some(GlibcRseq {
+                offset: *(offset as *const isize),
+                size: *(size as *const u32),
+                flags: flags.map_or(0, |p| *(p as *const u32)),
+            })
+        }
+    })
+}
+
+fn dlsym(name: &CStr) -> Option<*mut libc::c_void> {
+    // SAFETY: RTLD_DEFAULT searches the global scope; `name` is NUL-terminated.
+    let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
+    (!p.is_null()).then_some(p)
+}
+
+/// Number of possible CPUs: one past the highest id in
+/// `/sys/devices/system/cpu/possible`, so that a CPU brought online later never
+/// indexes out of range. Falls back to `sysconf(_SC_NPROCESSORS_CONF)`.
+pub fn possible_cpus() -> usize {
+    static CACHE: OnceLock<usize> = OnceLock::new();
+    *CACHE.get_or_init(|| {
+        std::fs::read_to_string("/sys/devices/system/cpu/possible")
+            .ok()
+            .and_then(|s| parse_cpu_list_max(&s))
+            .map(|max| max + 1)
+            .unwrap_or_else(|| {
+                // SAFETY: sysconf has no pointer arguments.
+                let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) };
+                usize::try_from(n).unwrap_or(1).max(1)
+            })
+    })
+}
+
+/// The highest CPU id in a kernel CPU list such as `0-3,8,10-11`.
+pub fn parse_cpu_list_max(list: &str) -> Option<usize> {
+    list.trim()
+        .split(',')
+        .map(|range| {
+            range
+                .rsplit('-')
+                .next()
+                .unwrap_or(range)
+                .trim()
+                .parse::<usize>()
+        })
+        .try_fold(None, |max: Option<usize>, id| {
+            id.map(|id| Some(max.map_or(id, |m| m.max(id))))
+        })
+        .ok()
+        .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpu_list_max("0-1\n"), Some(1));
+        assert_eq!(parse_cpu_list_max("0"), Some(0));
+        assert_eq!(parse_cpu_list_max("0-3,8,10-11"), Some(11));
+        assert_eq!(parse_cpu_list_max(""), None);
+        assert_eq!(parse_cpu_list_max("x"), None);
+    }
+
+    #[test]
+    fn possible_covers_current() {
+        assert!(sched_getcpu() < possible_cpus());
+    }
+}
