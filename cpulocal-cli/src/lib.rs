@@ -1,0 +1,1 @@
+//! Baselines the benchmarks and the CLI compare cpulocal with.
