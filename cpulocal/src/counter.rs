@@ -101,6 +101,13 @@ impl PerCpuCounter {
     ///
     /// Async-signal-safe: it may be called from a signal handler, including one
     /// that interrupted an `add` of the same thread, without deadlock or loss.
+    /// (A critical section interrupted by a signal is aborted and redone; the
+    /// fenced path blocks signals while it holds a fence, so a handler never
+    /// waits for its own thread.) One caveat: where cpulocal registers rseq
+    /// itself (glibc did not), a thread's *first* operation installs a
+    /// thread-exit destructor, which may allocate; call
+    /// [`current_cpu()`](crate::current_cpu) once in such threads before
+    /// their handlers may run.
     ///
     /// # Examples
     ///
@@ -114,12 +121,12 @@ impl PerCpuCounter {
     pub fn add(&self, n: i64) {
         let area = engine::area();
         let cpu = engine::cpu_id(area);
-        let first = match self.slots.slot(cpu as usize) {
+        // No slot for `cpu` means -1 (thread not set up) or -2 (no rseq).
+        let first = self.slots.slot(cpu as usize).map(|slot| {
             // SAFETY: `area` is this thread's live area and `cpu` its CPU
             // number; `slot` is this counter's.
-            Some(slot) => Some(unsafe { Self::section(slot, area, cpu, n) }),
-            None => None, // not set up, or no rseq on this thread
-        };
+            unsafe { Self::section(slot, area, cpu, n) }
+        });
         if first != Some(Outcome::Committed) {
             self.add_slow(None, n, first);
         }

@@ -6,6 +6,8 @@
 //! The functions are `unsafe` only to share their signature with the rseq
 //! engine; they touch no memory.
 
+#![allow(unsafe_code)]
+
 use super::Outcome;
 use crate::abi::Rseq;
 
