@@ -177,7 +177,7 @@ mod tests {
                         // SAFETY: exclusive under the fence.
                         unsafe {
                             let v = *s.1.get();
-                            if v % 997 == 0 {
+                            if v.is_multiple_of(997) {
                                 std::thread::yield_now(); // let others sleep on it
                             }
                             *s.1.get() = v + 1;

@@ -34,9 +34,11 @@ pub enum RseqOff {
     /// fenced operation could not stop a section on another CPU; for
     /// correctness no thread of the process runs sections.
     NoMembarrier(Errno),
-    /// glibc registered rseq for the process but its registration failed for
-    /// this thread (`cpu_id` = -2), typically a seccomp filter installed after
-    /// the process started.
+    /// glibc registered rseq for the process but not for this thread
+    /// (`cpu_id` = -2). glibc 2.35+ registers a new thread only when the thread
+    /// that created it had rseq, so this follows a creator whose area was
+    /// unregistered. (A registration that fails in a new thread, e.g. under a
+    /// seccomp filter installed after start-up, is fatal in glibc itself.)
     GlibcFailedForThread,
     /// Another library registered an rseq area for this thread that glibc does
     /// not publish (EBUSY); cpulocal cannot know where it is.
@@ -140,7 +142,7 @@ impl fmt::Display for RseqOff {
                 "membarrier(PRIVATE_EXPEDITED_RSEQ) is unavailable ({e}), so no thread runs rseq sections (remote operations could not stop them)"
             ),
             RseqOff::GlibcFailedForThread => f.write_str(
-                "glibc's rseq registration failed for this thread (cpu_id = -2), e.g. a seccomp filter installed after start-up",
+                "glibc did not register rseq for this thread (cpu_id = -2): the thread that created it had no rseq area",
             ),
             RseqOff::ForeignRegistration => f.write_str("another library registered an rseq area for this thread that glibc does not publish (EBUSY)"),
             RseqOff::ThreadExiting => f.write_str("the thread is exiting; cpulocal's own rseq area was unregistered"),
