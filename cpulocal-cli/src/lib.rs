@@ -1,1 +1,38 @@
-//! Baselines the benchmarks and the CLI compare cpulocal with.
+//! Baselines the benchmarks and the CLI compare cpulocal with, and the
+//! machinery to time them.
+//!
+//! - [`peers`]: the per-CPU increments compared ([`Peer`]): cpulocal's
+//!   `PerCpuCounter::add`, the hand-written C rseq increment, the same with
+//!   cpulocal's fence check, a shared `AtomicI64`, and `sched_getcpu()` plus a
+//!   per-CPU atomic; and [`FencedAddOn`], the cost of cpulocal's fenced path
+//!   (`add_on` to a CPU the caller is not on).
+//! - [`runner`]: [`Runner`], a team of pinned threads that runs a batch on
+//!   every thread at once and reports its wall time.
+//! - `baseline` (Linux x86_64 with glibc only): safe wrappers for the C code
+//!   in `c/rseq_baseline.c`.
+//!
+//! Both `benches/counter.rs` (criterion) and the `cpulocal bench` subcommand
+//! build on these: [`ns_per_op`] is the one-call form.
+//!
+//! ```no_run
+//! use cpulocal_cli::{ns_per_op, Peer};
+//!
+//! for peer in Peer::ALL {
+//!     if let Some(ns) = ns_per_op(peer, 2, 10_000_000).unwrap() {
+//!         println!("{:20} {ns:6.2} ns/op", peer.name());
+//!     }
+//! }
+//! ```
+#![warn(
+    missing_docs,
+    unsafe_op_in_unsafe_fn,
+    clippy::undocumented_unsafe_blocks
+)]
+
+#[cfg(cpulocal_c_baseline)]
+pub mod baseline;
+pub mod peers;
+pub mod runner;
+
+pub use peers::{ns_per_op, time_per_thread, FencedAddOn, Peer, Target, Workload};
+pub use runner::Runner;
