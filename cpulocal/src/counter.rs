@@ -13,8 +13,8 @@ use core::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use crossbeam_utils::CachePadded;
 
 use crate::arch::{self, Outcome};
-use crate::fence::{self, Fence};
-use crate::percpu::{PerCpu, Slot};
+use crate::fence;
+use crate::percpu::{CounterSlot, PerCpu};
 use crate::{engine, testing, RSEQ_ATTEMPTS};
 
 /// A counter split into one cache line per CPU: adding is a restartable
@@ -46,7 +46,9 @@ use crate::{engine, testing, RSEQ_ATTEMPTS};
 /// ```
 pub struct PerCpuCounter {
     slots: PerCpu<AtomicI64>,
-    stats: CachePadded<Stats>,
+    /// Out of line, so that the counter holds no interior mutability of its
+    /// own and callers' loops keep the slot array's address in a register.
+    stats: Box<CachePadded<Stats>>,
 }
 
 #[derive(Default)]
@@ -71,10 +73,6 @@ pub struct PathStats {
     /// Operations that completed on the fenced path.
     pub fenced: u64,
 }
-
-/// A fence word that is never set, used when the `testing` switch removes the
-/// fence check from sections.
-static NEVER_SET: Fence = Fence::new();
 
 impl PerCpuCounter {
     /// A counter at zero with one slot per possible CPU.
@@ -127,8 +125,11 @@ impl PerCpuCounter {
             // number; `slot` is this counter's.
             unsafe { Self::section(slot, area, cpu, n) }
         });
-        if first != Some(Outcome::Committed) {
-            self.add_slow(None, n, first);
+        match first {
+            Some(Outcome::Committed) => {}
+            Some(Outcome::Aborted) => self.after_abort(None, n),
+            Some(Outcome::Fenced) => self.after_fenced(None, n),
+            None => self.without_section(None, n),
         }
     }
 
@@ -167,8 +168,11 @@ impl PerCpuCounter {
         } else {
             None
         };
-        if first != Some(Outcome::Committed) {
-            self.add_slow(Some(cpu), n, first);
+        match first {
+            Some(Outcome::Committed) => {}
+            Some(Outcome::Aborted) => self.after_abort(Some(cpu), n),
+            Some(Outcome::Fenced) => self.after_fenced(Some(cpu), n),
+            None => self.without_section(Some(cpu), n),
         }
     }
 
@@ -179,25 +183,44 @@ impl PerCpuCounter {
     /// `area` is the calling thread's area from `engine::area()`.
     #[inline(always)]
     unsafe fn section(
-        slot: &Slot<AtomicI64>,
+        slot: &CounterSlot,
         area: *mut crate::abi::Rseq,
         cpu: u32,
         n: i64,
     ) -> Outcome {
-        let fence = if testing::skip_fence_check() {
-            &NEVER_SET
-        } else {
-            &slot.fence
-        };
+        if testing::skip_fence_check() {
+            #[cfg(feature = "testing")]
+            // SAFETY: as below.
+            return unsafe { arch::add_without_fence_check(area, cpu, slot, n) };
+        }
         // SAFETY: the counter never locks its slots, so the value is only
         // reached through atomics and sections; `area` is live (caller).
-        unsafe { arch::add(area, cpu, fence.word(), slot.shared().as_ptr(), n) }
+        unsafe { arch::add(area, cpu, slot, n) }
+    }
+
+    // One cold entry per way the inline attempt can fail, so the fast path
+    // sets up no arguments for them.
+    #[cold]
+    #[inline(never)]
+    fn after_abort(&self, target: Option<usize>, n: i64) {
+        self.add_slow(target, n, Some(Outcome::Aborted));
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn after_fenced(&self, target: Option<usize>, n: i64) {
+        self.add_slow(target, n, Some(Outcome::Fenced));
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn without_section(&self, target: Option<usize>, n: i64) {
+        self.add_slow(target, n, None);
     }
 
     /// Retries a bounded number of times, then takes the fenced path. `first`
     /// is the outcome of the inline attempt, None if no section ran.
-    #[cold]
-    #[inline(never)]
+    #[inline(always)]
     fn add_slow(&self, target: Option<usize>, n: i64, first: Option<Outcome>) {
         let mut aborts = u64::from(first == Some(Outcome::Aborted));
         let mut fenced = first == Some(Outcome::Fenced);

@@ -27,6 +27,33 @@ pub(crate) struct Slot<T> {
     value: UnsafeCell<T>,
 }
 
+/// A counter's slot, as the `add` section addresses it.
+pub(crate) type CounterSlot = Slot<core::sync::atomic::AtomicI64>;
+/// Offset of the fence word in every slot: sections address it from the slot.
+pub(crate) const FENCE_OFFSET: usize = core::mem::offset_of!(CounterSlot, fence);
+/// Offset of a counter slot's value.
+pub(crate) const COUNTER_VALUE_OFFSET: usize = core::mem::offset_of!(CounterSlot, value);
+const _: () = assert!(FENCE_OFFSET == 0, "the fence opens every slot");
+
+/// A free-standing counter slot (fence word, value) for the asm unit tests.
+#[cfg(test)]
+pub(crate) fn test_slot(fence: u32, value: i64) -> CounterSlot {
+    let slot = Slot {
+        fence: Fence::new(),
+        value: UnsafeCell::new(core::sync::atomic::AtomicI64::new(value)),
+    };
+    slot.fence.set_for_test(fence);
+    slot
+}
+
+#[cfg(test)]
+impl CounterSlot {
+    pub(crate) fn value(&self) -> i64 {
+        // SAFETY: test slots are never locked.
+        unsafe { self.shared() }.load(core::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 impl<T> Slot<T> {
     /// The value, for structures that only use atomics or sections on it.
     ///

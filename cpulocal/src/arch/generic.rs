@@ -10,6 +10,7 @@
 
 use super::Outcome;
 use crate::abi::Rseq;
+use crate::percpu::CounterSlot;
 
 /// This target has no critical sections.
 pub(crate) const HAS_RSEQ: bool = false;
@@ -21,7 +22,23 @@ pub(crate) const HAS_RSEQ: bool = false;
 ///
 /// None needed; it reads and writes nothing.
 #[inline(always)]
-pub(crate) unsafe fn add(_: *mut Rseq, _: u32, _: *const u32, _: *mut i64, _: i64) -> Outcome {
+pub(crate) unsafe fn add(_: *mut Rseq, _: u32, _: *const CounterSlot, _: i64) -> Outcome {
+    Outcome::Aborted
+}
+
+/// As [`add`].
+///
+/// # Safety
+///
+/// None needed; it reads and writes nothing.
+#[cfg(feature = "testing")]
+#[inline(always)]
+pub(crate) unsafe fn add_without_fence_check(
+    _: *mut Rseq,
+    _: u32,
+    _: *const CounterSlot,
+    _: i64,
+) -> Outcome {
     Outcome::Aborted
 }
 

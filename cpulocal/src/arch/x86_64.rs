@@ -8,7 +8,7 @@
 //!        mov   [area + rseq_cs], tmp    ; arm the section
 //!     3: cmp   [area + cpu_id], cpu     ; start_ip: still on the slot's CPU?
 //!        jne   5f                       ;   no: abort path
-//!        cmp   dword [fence], 0         ; fence check, before any data read
+//!        cmp   dword [slot + fence], 0  ; fence check, before any data read
 //!        jne   {fenced}                 ;   set: leave for the fenced path
 //!        <body>                         ; reads, speculative stores ...
 //!        <commit>                       ; the single store that publishes
@@ -36,17 +36,19 @@ use core::mem::offset_of;
 
 use super::Outcome;
 use crate::abi::{Rseq, RSEQ_SIG};
+use crate::percpu::{CounterSlot, COUNTER_VALUE_OFFSET, FENCE_OFFSET};
 
 /// This target has critical sections.
 pub(crate) const HAS_RSEQ: bool = true;
 
-/// Emits one critical section: descriptor, arming store, CPU check, fence
-/// check, the given body (whose last instruction must be the commit), and the
-/// signed abort label. Operands `area`, `cpu`, `fence` and the labels `fenced`
-/// and `abort` must be supplied by the caller; numeric labels 3, 4, 5 and 9
-/// are taken.
+/// Emits one critical section: descriptor, arming store, CPU check, the
+/// given fence check (the `FENCE_CHECK` lines; empty only in the `testing`
+/// build that breaks the protocol on purpose), the given body (whose last
+/// instruction must be the commit), and the signed abort label. Operands
+/// `area`, `cpu` and the label `abort` must be supplied by the caller, with
+/// whatever the check and body name; numeric labels 3, 4, 5 and 9 are taken.
 macro_rules! rseq_section {
-    ([$($body:literal),+ $(,)?], $($operands:tt)*) => {
+    (check: [$($check:literal),*], body: [$($body:literal),+ $(,)?], $($operands:tt)*) => {
         asm!(
             ".pushsection __rseq_cs, \"aw\"",
             ".balign 32",
@@ -62,8 +64,7 @@ macro_rules! rseq_section {
             "3:",
             "cmp dword ptr [{area} + {CPU_ID}], {cpu:e}",
             "jne 5f",
-            "cmp dword ptr [{fence}], 0",
-            "jne {fenced}",
+            $($check,)*
             $($body,)+
             "4:",
             ".pushsection __rseq_failure, \"ax\"",
@@ -81,34 +82,61 @@ macro_rules! rseq_section {
     };
 }
 
-/// `*value += n` on `cpu`'s slot; the add itself is the commit.
+/// `slot.value += n` on `cpu`'s counter slot; the add itself is the commit.
 ///
 /// # Safety
 ///
 /// - `area` points to a writable `struct rseq`: the calling thread's registered
 ///   area, or a fake one in tests;
-/// - `fence` points to a readable, aligned u32;
-/// - `value` points to an aligned i64 that no one else writes except through
-///   sections on `cpu` or under the fence.
+/// - `slot` points to a live counter slot whose value no one else writes except
+///   through sections on `cpu` or under the slot's fence.
 #[inline(always)]
-pub(crate) unsafe fn add(
-    area: *mut Rseq,
-    cpu: u32,
-    fence: *const u32,
-    value: *mut i64,
-    n: i64,
-) -> Outcome {
-    // SAFETY: the caller guarantees every pointer; the asm reads `area.cpu_id`
-    // and `*fence`, writes `area.rseq_cs`, and read-modify-writes `*value`.
+pub(crate) unsafe fn add(area: *mut Rseq, cpu: u32, slot: *const CounterSlot, n: i64) -> Outcome {
+    // SAFETY: the caller guarantees both pointers; the asm reads `area.cpu_id`
+    // and the slot's fence, writes `area.rseq_cs`, and read-modify-writes the
+    // slot's value.
     unsafe {
         rseq_section!(
-            ["add qword ptr [{value}], {n}"],
+            check: ["cmp dword ptr [{slot} + {FENCE}], 0", "jne {fenced}"],
+            body: ["add qword ptr [{slot} + {VALUE}], {n}"],
             area = in(reg) area,
             cpu = in(reg) cpu,
-            fence = in(reg) fence,
-            value = in(reg) value,
+            slot = in(reg) slot,
             n = in(reg) n,
+            FENCE = const FENCE_OFFSET,
+            VALUE = const COUNTER_VALUE_OFFSET,
             fenced = label { return Outcome::Fenced },
+            abort = label { return Outcome::Aborted },
+            options(nostack),
+        );
+    }
+    Outcome::Committed
+}
+
+/// [`add`] without the fence check: the protocol broken on purpose, for the
+/// tests that show the stress tests detect it.
+///
+/// # Safety
+///
+/// As [`add`].
+#[cfg(feature = "testing")]
+#[inline(always)]
+pub(crate) unsafe fn add_without_fence_check(
+    area: *mut Rseq,
+    cpu: u32,
+    slot: *const CounterSlot,
+    n: i64,
+) -> Outcome {
+    // SAFETY: as in `add`, minus the fence read.
+    unsafe {
+        rseq_section!(
+            check: [],
+            body: ["add qword ptr [{slot} + {VALUE}], {n}"],
+            area = in(reg) area,
+            cpu = in(reg) cpu,
+            slot = in(reg) slot,
+            n = in(reg) n,
+            VALUE = const COUNTER_VALUE_OFFSET,
             abort = label { return Outcome::Aborted },
             options(nostack),
         );
@@ -131,6 +159,7 @@ pub(crate) fn thread_pointer() -> *mut u8 {
 mod tests {
     use super::*;
     use crate::abi::RseqCs;
+    use crate::percpu::test_slot;
 
     fn fake_area(cpu: u32) -> Box<Rseq> {
         let mut area = Box::new(Rseq::unregistered());
@@ -142,44 +171,40 @@ mod tests {
     #[test]
     fn commit_branch() {
         let mut area = fake_area(3);
-        let fence = 0u32;
-        let mut value = 10i64;
+        let slot = test_slot(0, 10);
         // SAFETY: all pointers are to live locals.
-        let out = unsafe { add(&mut *area, 3, &fence, &mut value, -4) };
+        let out = unsafe { add(&mut *area, 3, &slot, -4) };
         assert_eq!(out, Outcome::Committed);
-        assert_eq!(value, 6);
+        assert_eq!(slot.value(), 6);
     }
 
     #[test]
     fn abort_branch_on_cpu_mismatch() {
         let mut area = fake_area(2);
-        let fence = 0u32;
-        let mut value = 10i64;
+        let slot = test_slot(0, 10);
         // SAFETY: all pointers are to live locals.
-        let out = unsafe { add(&mut *area, 3, &fence, &mut value, 5) };
+        let out = unsafe { add(&mut *area, 3, &slot, 5) };
         assert_eq!(out, Outcome::Aborted);
-        assert_eq!(value, 10, "an aborted section must not write");
+        assert_eq!(slot.value(), 10, "an aborted section must not write");
         assert_ne!(area.rseq_cs, 0, "the section was armed before the check");
     }
 
     #[test]
     fn fenced_branch() {
         let mut area = fake_area(1);
-        let fence = 1234u32;
-        let mut value = 10i64;
+        let slot = test_slot(1234, 10);
         // SAFETY: all pointers are to live locals.
-        let out = unsafe { add(&mut *area, 1, &fence, &mut value, 5) };
+        let out = unsafe { add(&mut *area, 1, &slot, 5) };
         assert_eq!(out, Outcome::Fenced);
-        assert_eq!(value, 10, "a fenced section must not write");
+        assert_eq!(slot.value(), 10, "a fenced section must not write");
     }
 
     #[test]
     fn descriptor_decodes() {
         let mut area = fake_area(0);
-        let fence = 0u32;
-        let mut value = 0i64;
+        let slot = test_slot(0, 0);
         // SAFETY: all pointers are to live locals.
-        unsafe { add(&mut *area, 0, &fence, &mut value, 1) };
+        unsafe { add(&mut *area, 0, &slot, 1) };
         let cs_addr = area.rseq_cs;
         assert_eq!(cs_addr % 32, 0, "rseq_cs must be 32-byte aligned");
         // SAFETY: the section stored the address of its static descriptor.
@@ -215,8 +240,8 @@ mod tests {
             code[op], 0x39,
             "section must start with the CPU check: {code:02x?}"
         );
-        // ... and ends with the commit `add qword ptr [value], n`: REX.W 01 /r
-        // (a base of r12 or r13 lengthens the tail by an SIB or disp8 byte).
+        // ... and ends with the commit `add qword ptr [slot + 8], n`: REX.W 01
+        // /r disp8 (a base of r12 adds an SIB byte).
         let tail = &code[code.len().saturating_sub(5)..];
         assert!(
             tail.windows(2).any(|w| w[0] & 0xf8 == 0x48 && w[1] == 0x01),
