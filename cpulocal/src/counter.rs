@@ -180,8 +180,10 @@ impl PerCpuCounter {
     ///
     /// # Safety
     ///
-    /// `area` is the calling thread's area from `engine::area()`.
+    /// `area` is the calling thread's area from `engine::area()` and `cpu` the
+    /// slot's CPU (used only by the `testing` build's broken section).
     #[inline(always)]
+    #[cfg_attr(not(feature = "testing"), allow(unused_variables))]
     unsafe fn section(
         slot: &CounterSlot,
         area: *mut crate::abi::Rseq,
@@ -195,7 +197,7 @@ impl PerCpuCounter {
         }
         // SAFETY: the counter never locks its slots, so the value is only
         // reached through atomics and sections; `area` is live (caller).
-        unsafe { arch::add(area, cpu, slot, n) }
+        unsafe { arch::add(area, slot, n) }
     }
 
     // One cold entry per way the inline attempt can fail, so the fast path

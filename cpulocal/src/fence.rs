@@ -3,19 +3,29 @@
 //! Every per-CPU slot has a fence word F. An operation on the slot of CPU c
 //! that cannot (or may not) run as a critical section does:
 //!
-//! 1. acquire F (compare-and-swap 0 -> own thread id; spin briefly, then sleep
-//!    on a futex, so a preempted holder costs waiters no CPU);
+//! 1. acquire F (compare-and-swap free -> held by own thread id; spin briefly,
+//!    then sleep on a futex, so a preempted holder costs waiters no CPU);
 //! 2. `membarrier(PRIVATE_EXPEDITED_RSEQ, FLAG_CPU, c)`, when sections can run
 //!    in this process;
 //! 3. the operation, as ordinary code;
 //! 4. release F with a store-release, waking a sleeper if one is marked.
 //!
-//! Every section checks F == 0 after its CPU check and before reading data.
-//! A section that saw F == 0 either committed before the membarrier's IPI, so
+//! Every section checks that F is free after arming and before reading data.
+//! A section that saw F free either committed before the membarrier's IPI, so
 //! its store is visible here, or is aborted by it before step 3 begins. A
-//! section that starts later sees F != 0 and leaves for this path. So step 3
+//! section that starts later sees F held and leaves for this path. So step 3
 //! has the slot to itself, from any CPU, however often it is preempted or
 //! single-stepped.
+//!
+//! # Encoding
+//!
+//! A free fence word holds its slot's index c (the CPU number); a held one has
+//! [`HELD`] set, with the holder's thread id below and [`WAITERS`] when a thread
+//! sleeps on it. A section therefore checks CPU and fence in one comparison,
+//! `cpu_id == F[c]`: equal means "on CPU c and F[c] free"; unequal sends it to
+//! the abort path, which tells a held fence from a migration by looking at
+//! [`HELD`]. This is the protocol's "check F[c] == 0" with c as the free value,
+//! so the fast path costs one load more than a section without a fence.
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
@@ -26,11 +36,16 @@ use crate::{engine, sys};
 /// a preempted holder is waited for on the futex instead.
 pub const SPINS_BEFORE_SLEEP: u32 = 100;
 
-/// Set in the fence word when a thread sleeps on it.
-const WAITERS: u32 = 1 << 31;
+/// Set in the fence word while the fence is held.
+pub(crate) const HELD: u32 = 1 << 31;
+/// Set in a held fence word when a thread sleeps on it.
+const WAITERS: u32 = 1 << 30;
+/// The holder's thread id (Linux thread ids stay below 2^22).
+const OWNER: u32 = WAITERS - 1;
 
-/// A fence word: 0 when free, else the holder's thread id (and [`WAITERS`]).
-#[derive(Debug, Default)]
+/// A fence word: the slot index when free, else [`HELD`] | holder (see the
+/// module docs).
+#[derive(Debug)]
 #[repr(transparent)]
 pub(crate) struct Fence(AtomicU32);
 
@@ -40,33 +55,48 @@ pub(crate) struct Fence(AtomicU32);
 pub(crate) struct HeldByCaller;
 
 impl Fence {
-    pub(crate) const fn new() -> Self {
-        Fence(AtomicU32::new(0))
+    /// A free fence for slot `index`.
+    pub(crate) const fn new(index: usize) -> Self {
+        assert!(
+            index < OWNER as usize,
+            "slot index must leave the HELD and WAITERS bits clear"
+        );
+        Fence(AtomicU32::new(index as u32))
     }
 
-    /// Sets the word directly, to drive the sections' fenced branch in tests.
+    /// Whether the fence is held (by anyone).
+    #[inline]
+    pub(crate) fn is_held(&self) -> bool {
+        self.0.load(Ordering::Relaxed) & HELD != 0
+    }
+
+    /// Sets the word directly, to drive the sections' branches in tests.
     #[cfg(test)]
     pub(crate) fn set_for_test(&self, word: u32) {
         self.0.store(word, Ordering::Relaxed);
     }
 
-    /// Takes the fence for thread `me`, waiting for another holder to finish.
-    pub(crate) fn acquire(&self, me: u32) -> Result<(), HeldByCaller> {
-        let mut cur = match self
-            .0
-            .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
-        {
-            Ok(_) => return Ok(()),
-            Err(cur) => cur,
-        };
-        if cur & !WAITERS == me {
+    /// Takes the fence of slot `index` for thread `me`, waiting for another
+    /// holder to finish.
+    pub(crate) fn acquire(&self, index: usize, me: u32) -> Result<(), HeldByCaller> {
+        let free = index as u32;
+        let mine = HELD | (me & OWNER);
+        let mut cur =
+            match self
+                .0
+                .compare_exchange(free, mine, Ordering::Acquire, Ordering::Relaxed)
+            {
+                Ok(_) => return Ok(()),
+                Err(cur) => cur,
+            };
+        if cur & !WAITERS == mine {
             return Err(HeldByCaller);
         }
         for _ in 0..SPINS_BEFORE_SLEEP {
-            if cur == 0 {
+            if cur & HELD == 0 {
                 match self
                     .0
-                    .compare_exchange_weak(0, me, Ordering::Acquire, Ordering::Relaxed)
+                    .compare_exchange_weak(free, mine, Ordering::Acquire, Ordering::Relaxed)
                 {
                     Ok(_) => return Ok(()),
                     Err(c) => cur = c,
@@ -79,11 +109,13 @@ impl Fence {
         // Sleep. Once a thread has slept it takes the fence with WAITERS set,
         // since other sleepers may remain and must be woken on release.
         loop {
-            if cur == 0 {
-                match self
-                    .0
-                    .compare_exchange(0, me | WAITERS, Ordering::Acquire, Ordering::Relaxed)
-                {
+            if cur & HELD == 0 {
+                match self.0.compare_exchange(
+                    free,
+                    mine | WAITERS,
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                ) {
                     Ok(_) => return Ok(()),
                     Err(c) => {
                         cur = c;
@@ -108,9 +140,10 @@ impl Fence {
         }
     }
 
-    /// Releases the fence (store-release), waking one sleeper if any.
-    pub(crate) fn release(&self) {
-        if self.0.swap(0, Ordering::Release) & WAITERS != 0 {
+    /// Releases the fence of slot `index` (store-release), waking one sleeper
+    /// if any.
+    pub(crate) fn release(&self, index: usize) {
+        if self.0.swap(index as u32, Ordering::Release) & WAITERS != 0 {
             sys::futex_wake(&self.0, 1);
         }
     }
@@ -138,11 +171,11 @@ pub(crate) fn barrier(cpu: usize) {
 pub(crate) fn with_signals_blocked<R>(fence: &Fence, cpu: usize, op: impl FnOnce() -> R) -> R {
     let _blocked = sys::SignalsBlocked::new();
     fence
-        .acquire(engine::tid())
+        .acquire(cpu, engine::tid())
         .expect("a fence cannot be held by a thread whose signals are blocked while it holds it");
     barrier(cpu);
     let r = op();
-    fence.release();
+    fence.release(cpu);
     r
 }
 
@@ -154,12 +187,19 @@ mod tests {
 
     #[test]
     fn reentry_is_refused() {
-        let f = Fence::new();
-        f.acquire(7).unwrap();
-        assert_eq!(f.acquire(7), Err(HeldByCaller));
-        f.release();
-        f.acquire(7).unwrap();
-        f.release();
+        let f = Fence::new(3);
+        assert!(!f.is_held());
+        f.acquire(3, 7).unwrap();
+        assert!(f.is_held());
+        assert_eq!(f.acquire(3, 7), Err(HeldByCaller));
+        f.release(3);
+        assert_eq!(
+            f.0.load(Ordering::Relaxed),
+            3,
+            "a free fence holds its slot index"
+        );
+        f.acquire(3, 7).unwrap();
+        f.release(3);
     }
 
     #[test]
@@ -167,13 +207,13 @@ mod tests {
         struct Shared(Fence, core::cell::UnsafeCell<u64>);
         // SAFETY: the u64 is only touched with the fence held.
         unsafe impl Sync for Shared {}
-        let s = Arc::new(Shared(Fence::new(), core::cell::UnsafeCell::new(0)));
+        let s = Arc::new(Shared(Fence::new(1), core::cell::UnsafeCell::new(0)));
         let threads: Vec<_> = (0..8u32)
             .map(|i| {
                 let s = s.clone();
                 std::thread::spawn(move || {
                     for _ in 0..20_000 {
-                        s.0.acquire(1000 + i).unwrap();
+                        s.0.acquire(1, 1000 + i).unwrap();
                         // SAFETY: exclusive under the fence.
                         unsafe {
                             let v = *s.1.get();
@@ -182,7 +222,7 @@ mod tests {
                             }
                             *s.1.get() = v + 1;
                         }
-                        s.0.release();
+                        s.0.release(1);
                     }
                 })
             })
@@ -190,6 +230,6 @@ mod tests {
         threads.into_iter().for_each(|t| t.join().unwrap());
         // SAFETY: all threads joined.
         assert_eq!(unsafe { *s.1.get() }, 8 * 20_000);
-        assert_eq!(s.0 .0.load(Ordering::Relaxed), 0);
+        assert_eq!(s.0 .0.load(Ordering::Relaxed), 1);
     }
 }

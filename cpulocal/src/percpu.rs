@@ -37,12 +37,12 @@ const _: () = assert!(FENCE_OFFSET == 0, "the fence opens every slot");
 
 /// A free-standing counter slot (fence word, value) for the asm unit tests.
 #[cfg(test)]
-pub(crate) fn test_slot(fence: u32, value: i64) -> CounterSlot {
+pub(crate) fn test_slot(fence_word: u32, value: i64) -> CounterSlot {
     let slot = Slot {
-        fence: Fence::new(),
+        fence: Fence::new(0),
         value: UnsafeCell::new(core::sync::atomic::AtomicI64::new(value)),
     };
-    slot.fence.set_for_test(fence);
+    slot.fence.set_for_test(fence_word);
     slot
 }
 
@@ -112,7 +112,7 @@ impl<T> PerCpu<T> {
         let slots = (0..sys::possible_cpus())
             .map(|cpu| {
                 CachePadded::new(Slot {
-                    fence: Fence::new(),
+                    fence: Fence::new(cpu),
                     value: UnsafeCell::new(init(cpu)),
                 })
             })
@@ -164,7 +164,7 @@ impl<T> PerCpu<T> {
             slots: self.len(),
         })?;
         slot.fence
-            .acquire(engine::tid())
+            .acquire(cpu, engine::tid())
             .map_err(|_| Error::HeldByThisThread { cpu })?;
         fence::barrier(cpu);
         Ok(SlotGuard {
@@ -315,7 +315,7 @@ impl<T> DerefMut for SlotGuard<'_, T> {
 
 impl<T> Drop for SlotGuard<'_, T> {
     fn drop(&mut self) {
-        self.slot.fence.release();
+        self.slot.fence.release(self.cpu);
     }
 }
 

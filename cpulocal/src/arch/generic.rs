@@ -22,7 +22,7 @@ pub(crate) const HAS_RSEQ: bool = false;
 ///
 /// None needed; it reads and writes nothing.
 #[inline(always)]
-pub(crate) unsafe fn add(_: *mut Rseq, _: u32, _: *const CounterSlot, _: i64) -> Outcome {
+pub(crate) unsafe fn add(_: *mut Rseq, _: *const CounterSlot, _: i64) -> Outcome {
     Outcome::Aborted
 }
 

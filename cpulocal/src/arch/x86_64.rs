@@ -1,15 +1,14 @@
 //! x86_64 critical sections.
 //!
 //! Every section is emitted by [`rseq_section!`], which writes the parts all
-//! sections share, so that each section states only its own body:
+//! sections share, so that each section states only its check and body:
 //!
 //! ```text
 //!        lea   tmp, [rip + 9b]          ; 9: the rseq_cs descriptor in __rseq_cs
 //!        mov   [area + rseq_cs], tmp    ; arm the section
-//!     3: cmp   [area + cpu_id], cpu     ; start_ip: still on the slot's CPU?
-//!        jne   5f                       ;   no: abort path
-//!        cmp   dword [slot + fence], 0  ; fence check, before any data read
-//!        jne   {fenced}                 ;   set: leave for the fenced path
+//!     3: mov   w, [slot + fence]        ; start_ip: the slot's fence word, which
+//!        cmp   [area + cpu_id], w       ;   equals cpu_id only if we run on the
+//!        jne   5f                       ;   slot's CPU and the fence is free
 //!        <body>                         ; reads, speculative stores ...
 //!        <commit>                       ; the single store that publishes
 //!     4:                                ; post-commit: start_ip + post_commit_offset
@@ -18,9 +17,14 @@
 //!     5: jmp   {abort}                  ; abort_ip
 //! ```
 //!
-//! A restart redoes everything from `3:`: the caller re-reads the CPU number and
-//! enters again. The descriptor address is also recorded in the
-//! `__rseq_cs_ptr_array` section, as librseq does, for debuggers and tools.
+//! The check is the protocol's CPU check and fence check in one comparison
+//! (a free fence word holds its slot's CPU number: see [`crate::fence`]); it
+//! comes after the arming store and before any data is read. The Rust code at
+//! `{abort}` tells a held fence (take the fenced path) from an abort or a
+//! migration (retry) by reading the fence word. A restart redoes everything
+//! from `3:`: the caller re-reads the CPU number and enters again. The
+//! descriptor address is also recorded in the `__rseq_cs_ptr_array` section,
+//! as librseq does, for debuggers and tools.
 //!
 //! Sections take the area as an argument, so unit tests drive them on a fake
 //! `struct rseq` and decode the descriptor they armed.
@@ -41,14 +45,14 @@ use crate::percpu::{CounterSlot, COUNTER_VALUE_OFFSET, FENCE_OFFSET};
 /// This target has critical sections.
 pub(crate) const HAS_RSEQ: bool = true;
 
-/// Emits one critical section: descriptor, arming store, CPU check, the
-/// given fence check (the `FENCE_CHECK` lines; empty only in the `testing`
-/// build that breaks the protocol on purpose), the given body (whose last
+/// Emits one critical section: descriptor, arming store, the given check
+/// (CPU and fence in one comparison, as in [`add`]; the CPU alone only in the
+/// `testing` build that breaks the protocol on purpose), the given body (whose last
 /// instruction must be the commit), and the signed abort label. Operands
-/// `area`, `cpu` and the label `abort` must be supplied by the caller, with
-/// whatever the check and body name; numeric labels 3, 4, 5 and 9 are taken.
+/// `area` and the label `abort` must be supplied by the caller, with whatever
+/// the check and body name; numeric labels 3, 4, 5 and 9 are taken.
 macro_rules! rseq_section {
-    (check: [$($check:literal),*], body: [$($body:literal),+ $(,)?], $($operands:tt)*) => {
+    (check: [$($check:literal),* $(,)?], body: [$($body:literal),+ $(,)?], $($operands:tt)*) => {
         asm!(
             ".pushsection __rseq_cs, \"aw\"",
             ".balign 32",
@@ -62,8 +66,6 @@ macro_rules! rseq_section {
             "lea {rseq_cs_tmp}, [rip + 9b]",
             "mov qword ptr [{area} + {RSEQ_CS}], {rseq_cs_tmp}",
             "3:",
-            "cmp dword ptr [{area} + {CPU_ID}], {cpu:e}",
-            "jne 5f",
             $($check,)*
             $($body,)+
             "4:",
@@ -82,43 +84,61 @@ macro_rules! rseq_section {
     };
 }
 
-/// `slot.value += n` on `cpu`'s counter slot; the add itself is the commit.
+/// What the abort label returns: [`Outcome::Fenced`] if the slot's fence is
+/// held, else [`Outcome::Aborted`].
+#[inline(always)]
+fn aborted_or_fenced(slot: *const CounterSlot) -> Outcome {
+    // SAFETY: `slot` is the live slot the section ran on (its caller's
+    // promise); the fence word is an atomic.
+    if unsafe { &(*slot).fence }.is_held() {
+        Outcome::Fenced
+    } else {
+        Outcome::Aborted
+    }
+}
+
+/// `slot.value += n` on the slot of the CPU the thread runs on; the add itself
+/// is the commit.
 ///
 /// # Safety
 ///
 /// - `area` points to a writable `struct rseq`: the calling thread's registered
 ///   area, or a fake one in tests;
 /// - `slot` points to a live counter slot whose value no one else writes except
-///   through sections on `cpu` or under the slot's fence.
+///   through sections on its CPU or under its fence.
 #[inline(always)]
-pub(crate) unsafe fn add(area: *mut Rseq, cpu: u32, slot: *const CounterSlot, n: i64) -> Outcome {
+pub(crate) unsafe fn add(area: *mut Rseq, slot: *const CounterSlot, n: i64) -> Outcome {
     // SAFETY: the caller guarantees both pointers; the asm reads `area.cpu_id`
-    // and the slot's fence, writes `area.rseq_cs`, and read-modify-writes the
-    // slot's value.
+    // and the slot's fence word, writes `area.rseq_cs`, and read-modify-writes
+    // the slot's value.
     unsafe {
         rseq_section!(
-            check: ["cmp dword ptr [{slot} + {FENCE}], 0", "jne {fenced}"],
+            check: [
+                "mov {word:e}, dword ptr [{slot} + {FENCE}]",
+                "cmp dword ptr [{area} + {CPU_ID}], {word:e}",
+                "jne 5f",
+            ],
             body: ["add qword ptr [{slot} + {VALUE}], {n}"],
             area = in(reg) area,
-            cpu = in(reg) cpu,
             slot = in(reg) slot,
             n = in(reg) n,
+            word = out(reg) _,
             FENCE = const FENCE_OFFSET,
             VALUE = const COUNTER_VALUE_OFFSET,
-            fenced = label { return Outcome::Fenced },
-            abort = label { return Outcome::Aborted },
+            abort = label { return aborted_or_fenced(slot) },
             options(nostack),
         );
     }
     Outcome::Committed
 }
 
-/// [`add`] without the fence check: the protocol broken on purpose, for the
-/// tests that show the stress tests detect it.
+/// [`add`] without the fence check: it compares `cpu_id` with `cpu` alone,
+/// the protocol broken on purpose, for the tests that show the stress tests
+/// detect it.
 ///
 /// # Safety
 ///
-/// As [`add`].
+/// As [`add`], with `cpu` the slot's CPU.
 #[cfg(feature = "testing")]
 #[inline(always)]
 pub(crate) unsafe fn add_without_fence_check(
@@ -130,7 +150,7 @@ pub(crate) unsafe fn add_without_fence_check(
     // SAFETY: as in `add`, minus the fence read.
     unsafe {
         rseq_section!(
-            check: [],
+            check: ["cmp dword ptr [{area} + {CPU_ID}], {cpu:e}", "jne 5f"],
             body: ["add qword ptr [{slot} + {VALUE}], {n}"],
             area = in(reg) area,
             cpu = in(reg) cpu,
@@ -159,6 +179,7 @@ pub(crate) fn thread_pointer() -> *mut u8 {
 mod tests {
     use super::*;
     use crate::abi::RseqCs;
+    use crate::fence::HELD;
     use crate::percpu::test_slot;
 
     fn fake_area(cpu: u32) -> Box<Rseq> {
@@ -171,9 +192,9 @@ mod tests {
     #[test]
     fn commit_branch() {
         let mut area = fake_area(3);
-        let slot = test_slot(0, 10);
-        // SAFETY: all pointers are to live locals.
-        let out = unsafe { add(&mut *area, 3, &slot, -4) };
+        let slot = test_slot(3, 10); // free fence of CPU 3's slot
+                                     // SAFETY: all pointers are to live locals.
+        let out = unsafe { add(&mut *area, &slot, -4) };
         assert_eq!(out, Outcome::Committed);
         assert_eq!(slot.value(), 6);
     }
@@ -181,9 +202,9 @@ mod tests {
     #[test]
     fn abort_branch_on_cpu_mismatch() {
         let mut area = fake_area(2);
-        let slot = test_slot(0, 10);
-        // SAFETY: all pointers are to live locals.
-        let out = unsafe { add(&mut *area, 3, &slot, 5) };
+        let slot = test_slot(3, 10); // CPU 3's slot, thread on CPU 2
+                                     // SAFETY: all pointers are to live locals.
+        let out = unsafe { add(&mut *area, &slot, 5) };
         assert_eq!(out, Outcome::Aborted);
         assert_eq!(slot.value(), 10, "an aborted section must not write");
         assert_ne!(area.rseq_cs, 0, "the section was armed before the check");
@@ -192,9 +213,9 @@ mod tests {
     #[test]
     fn fenced_branch() {
         let mut area = fake_area(1);
-        let slot = test_slot(1234, 10);
-        // SAFETY: all pointers are to live locals.
-        let out = unsafe { add(&mut *area, 1, &slot, 5) };
+        let slot = test_slot(HELD | 1234, 10); // CPU 1's slot, held by thread 1234
+                                               // SAFETY: all pointers are to live locals.
+        let out = unsafe { add(&mut *area, &slot, 5) };
         assert_eq!(out, Outcome::Fenced);
         assert_eq!(slot.value(), 10, "a fenced section must not write");
     }
@@ -204,7 +225,7 @@ mod tests {
         let mut area = fake_area(0);
         let slot = test_slot(0, 0);
         // SAFETY: all pointers are to live locals.
-        unsafe { add(&mut *area, 0, &slot, 1) };
+        unsafe { add(&mut *area, &slot, 1) };
         let cs_addr = area.rseq_cs;
         assert_eq!(cs_addr % 32, 0, "rseq_cs must be 32-byte aligned");
         // SAFETY: the section stored the address of its static descriptor.
@@ -233,12 +254,16 @@ mod tests {
         let code = unsafe {
             core::slice::from_raw_parts(start as *const u8, cs.post_commit_offset as usize)
         };
-        // The section opens with `cmp dword ptr [area + 4], cpu` (opcode 0x39,
-        // optionally after a REX prefix, with disp8 = offset of cpu_id).
+        // The section opens with the check: `mov w, dword ptr [slot]` (opcode
+        // 0x8b, optionally after a REX prefix), then `cmp [area + 4], w` (0x39).
         let op = if code[0] & 0xf0 == 0x40 { 1 } else { 0 };
         assert_eq!(
-            code[op], 0x39,
-            "section must start with the CPU check: {code:02x?}"
+            code[op], 0x8b,
+            "section must start by loading the fence word: {code:02x?}"
+        );
+        assert!(
+            code[op + 1..op + 6].contains(&0x39),
+            "then compare it with cpu_id: {code:02x?}"
         );
         // ... and ends with the commit `add qword ptr [slot + 8], n`: REX.W 01
         // /r disp8 (a base of r12 adds an SIB byte).
