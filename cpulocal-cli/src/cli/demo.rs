@@ -13,9 +13,9 @@ use cpulocal::{Engine, PerCpuCounter};
 use super::{grouped, DemoArgs, Failure};
 
 /// Operations per thread by default: about one second in a release build with
-/// 6 threads per CPU on an idle 2-CPU machine (0.4 to 1.5 s: it depends on how
-/// often threads meet on a fence).
-pub const DEFAULT_OPS: u64 = 200_000;
+/// 6 threads per CPU on an idle 2-CPU machine (it depends on how often threads
+/// meet on a fence: each remote operation holds one for a membarrier).
+pub const DEFAULT_OPS: u64 = 500_000;
 
 /// Threads per possible CPU by default: oversubscribed, so threads are
 /// preempted and migrated in the middle of their sections.
@@ -23,7 +23,7 @@ const THREADS_PER_CPU: u64 = 6;
 
 /// One operation in this many is an `add_on` another CPU; the others are
 /// `add` on the current CPU.
-const REMOTE_EVERY: u64 = 4;
+const REMOTE_EVERY: u64 = 16;
 
 /// How often the draining thread calls `take()`.
 const TAKE_EVERY: Duration = Duration::from_millis(1);
