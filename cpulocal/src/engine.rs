@@ -24,9 +24,9 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 use crate::abi::{self, Rseq, CPU_ID_REGISTRATION_FAILED};
-use crate::arch;
 use crate::status::{Registration, RseqOff};
 use crate::sys::{self, Errno};
+use crate::{arch, fence};
 
 /// What the whole process can do, decided once.
 #[derive(Debug, Clone, Copy)]
@@ -58,9 +58,9 @@ pub(crate) fn process() -> &'static Process {
 fn decide() -> Process {
     let glibc = sys::glibc_rseq();
     let feature_size = sys::getauxval(abi::AT_RSEQ_FEATURE_SIZE);
-    // SAFETY: the atfork handler only writes a thread-local of the child's sole
-    // thread; registering it has no preconditions.
-    unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+    // SAFETY: the handler only touches atomics and a const-initialised
+    // thread-local of the child's sole thread; registering has no preconditions.
+    unsafe { libc::pthread_atfork(None, None, Some(fence::after_fork_in_child)) };
     let membarrier = sys::membarrier_register_rseq();
     if !arch::HAS_RSEQ {
         return Process {
@@ -115,10 +115,10 @@ thread_local! {
     static REGISTRATION: Cell<Option<Registration>> = const { Cell::new(None) };
     /// The area cpulocal registers when glibc did not.
     static OWN_AREA: UnsafeCell<Rseq> = const { UnsafeCell::new(Rseq::unregistered()) };
+    /// Whether `OWN_AREA` is registered with the kernel.
+    static OWN_REGISTERED: Cell<bool> = const { Cell::new(false) };
     /// Unregisters `OWN_AREA` when the thread exits.
     static OWN_GUARD: OwnRegistration = const { OwnRegistration };
-    /// Cached kernel thread id (the fence owner value); reset in fork children.
-    static TID: Cell<u32> = const { Cell::new(0) };
 }
 
 /// The calling thread's area pointer for the fast path. Its `cpu_id` is a valid
@@ -163,7 +163,8 @@ pub(crate) fn ensure_thread() -> bool {
                     AREA.with(|c| c.set(a));
                     Registration::Cpulocal
                 }
-                Err(e) if e.0 == libc::EBUSY => Registration::Nobody(RseqOff::ForeignRegistration),
+                // The kernel answers EINVAL when another area is registered.
+                Err(e) if e.0 == libc::EINVAL => Registration::Nobody(RseqOff::ForeignRegistration),
                 Err(e) => Registration::Nobody(RseqOff::Refused(e)),
             },
         }
@@ -178,9 +179,7 @@ pub(crate) fn ensure_thread() -> bool {
 /// Registers this thread's own area; returns it.
 fn register_own() -> Result<*const Rseq, Errno> {
     let own = OWN_AREA.with(UnsafeCell::get);
-    // SAFETY: reading our own area; the kernel writes it only between our
-    // instructions, never concurrently.
-    if unsafe { (*own).cpu_id } as i32 >= 0 {
+    if OWN_REGISTERED.with(Cell::get) {
         return Ok(own); // the probe in `decide` registered this thread already
     }
     // Install the destructor before registering, so no registered area can
@@ -188,8 +187,15 @@ fn register_own() -> Result<*const Rseq, Errno> {
     OWN_GUARD.with(|_| ());
     // SAFETY: OWN_AREA lives as long as this thread's TLS; OwnRegistration's
     // destructor unregisters it before that storage is freed.
-    unsafe { sys::rseq_register(own) }?;
-    Ok(own)
+    match unsafe { sys::rseq_register(own) } {
+        // EBUSY: this same area is registered already, by a signal handler
+        // that interrupted this function between the check above and here.
+        Ok(()) | Err(Errno(libc::EBUSY)) => {
+            OWN_REGISTERED.with(|c| c.set(true));
+            Ok(own)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 struct OwnRegistration;
@@ -201,9 +207,13 @@ impl Drop for OwnRegistration {
         let _ = AREA.try_with(|c| c.set(&NO_RSEQ));
         let _ =
             REGISTRATION.try_with(|c| c.set(Some(Registration::Nobody(RseqOff::ThreadExiting))));
-        // SAFETY: `own` is this thread's area; unregistering an area that was
-        // never registered fails harmlessly with EINVAL.
-        let _ = unsafe { sys::rseq_unregister(own) };
+        if OWN_REGISTERED
+            .try_with(|c| c.replace(false))
+            .unwrap_or(false)
+        {
+            // SAFETY: `own` is this thread's registered area.
+            let _ = unsafe { sys::rseq_unregister(own) };
+        }
     }
 }
 
@@ -213,24 +223,6 @@ pub(crate) fn registration() -> Registration {
     REGISTRATION
         .with(Cell::get)
         .unwrap_or(Registration::Nobody(RseqOff::NoArchSupport))
-}
-
-/// The calling thread's kernel id, nonzero; the fence owner value.
-#[inline]
-pub(crate) fn tid() -> u32 {
-    TID.with(|c| {
-        let t = c.get();
-        if t != 0 {
-            return t;
-        }
-        let t = sys::gettid();
-        c.set(t);
-        t
-    })
-}
-
-extern "C" fn after_fork_in_child() {
-    let _ = TID.try_with(|c| c.set(0));
 }
 
 /// The CPU the caller runs on: `cpu_id` where sections run, else

@@ -20,13 +20,30 @@
 //! # Encoding
 //!
 //! A free fence word holds its slot's index c (the CPU number); a held one has
-//! [`HELD`] set, with the holder's thread id below and [`WAITERS`] when a thread
-//! sleeps on it. A section therefore checks CPU and fence in one comparison,
+//! [`HELD`] set, the holder's id and fork generation below, and [`WAITERS`]
+//! when a thread sleeps on it. A section therefore checks CPU and fence in one comparison,
 //! `cpu_id == F[c]`: equal means "on CPU c and F[c] free"; unequal sends it to
 //! the abort path, which tells a held fence from a migration by looking at
 //! [`HELD`]. This is the protocol's "check F[c] == 0" with c as the free value,
 //! so the fast path costs one load more than a section without a fence.
+//!
+//! # Fork
+//!
+//! A child of a multithreaded process inherits fence words held by threads
+//! that do not exist in it. Holder ids are per-thread numbers that survive
+//! `fork` (unlike kernel thread ids), and every fork child starts a new
+//! generation (a `pthread_atfork` handler). A held word is *stale* when its
+//! generation is not the current one and its holder is not the thread that
+//! forked: no thread of this process holds it, and the next acquirer takes it
+//! over instead of waiting forever. The forking thread keeps what it held.
+//! A counter's fenced operation is a single atomic instruction, so its slot is
+//! consistent whatever the parent's holder was doing; a [`PerCpu`] slot locked
+//! by another thread at the fork may hold a half-done update, as data under
+//! any lock does in a fork child.
+//!
+//! [`PerCpu`]: crate::PerCpu
 
+use core::cell::Cell;
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use crate::{engine, sys};
@@ -40,8 +57,67 @@ pub const SPINS_BEFORE_SLEEP: u32 = 100;
 pub(crate) const HELD: u32 = 1 << 31;
 /// Set in a held fence word when a thread sleeps on it.
 const WAITERS: u32 = 1 << 30;
-/// The holder's thread id (Linux thread ids stay below 2^22).
-const OWNER: u32 = WAITERS - 1;
+/// The fork generation in which the holder took the fence (modulo 256).
+const GENERATION: u32 = 0xff << GENERATION_SHIFT;
+const GENERATION_SHIFT: u32 = 22;
+/// The holder's id: [`holder_id`], 1 to 2^22 - 1.
+const ID: u32 = (1 << GENERATION_SHIFT) - 1;
+
+/// The next holder id to hand out.
+static NEXT_ID: AtomicU32 = AtomicU32::new(1);
+/// The current fork generation (how many forks led to this process, modulo
+/// 256), shifted into place.
+static CURRENT_GENERATION: AtomicU32 = AtomicU32::new(0);
+/// The id of the thread that forked this process (0: not a fork child).
+static FORKER: AtomicU32 = AtomicU32::new(0);
+
+thread_local! {
+    /// This thread's holder id, 0 until it first takes a fence.
+    static HOLDER_ID: Cell<u32> = const { Cell::new(0) };
+}
+
+/// The calling thread's holder id: a number unique among the process's live
+/// threads (ids wrap after 4 million threads), kept across `fork` by the
+/// forking thread.
+#[inline]
+pub(crate) fn holder_id() -> u32 {
+    HOLDER_ID.with(|c| {
+        let id = c.get();
+        if id != 0 {
+            return id;
+        }
+        let id = loop {
+            let id = NEXT_ID.fetch_add(1, Ordering::Relaxed) & ID;
+            if id != 0 {
+                break id;
+            }
+        };
+        c.set(id);
+        id
+    })
+}
+
+/// `pthread_atfork` child handler: starts a new generation, remembering the
+/// forking thread (the child's only thread).
+pub(crate) extern "C" fn after_fork_in_child() {
+    let me = HOLDER_ID.try_with(Cell::get).unwrap_or(0);
+    FORKER.store(me, Ordering::Relaxed);
+    let next = (CURRENT_GENERATION.load(Ordering::Relaxed) + (1 << GENERATION_SHIFT)) & GENERATION;
+    CURRENT_GENERATION.store(next, Ordering::Relaxed);
+}
+
+/// The word thread `id` writes to hold a fence.
+fn held_by(id: u32) -> u32 {
+    HELD | CURRENT_GENERATION.load(Ordering::Relaxed) | id
+}
+
+/// Whether a word is held by no live thread of this process (see the module
+/// docs, *Fork*).
+fn is_stale(word: u32) -> bool {
+    word & HELD != 0
+        && word & GENERATION != CURRENT_GENERATION.load(Ordering::Relaxed)
+        && word & ID != FORKER.load(Ordering::Relaxed)
+}
 
 /// A fence word: the slot index when free, else [`HELD`] | holder (see the
 /// module docs).
@@ -58,7 +134,7 @@ impl Fence {
     /// A free fence for slot `index`.
     pub(crate) const fn new(index: usize) -> Self {
         assert!(
-            index < OWNER as usize,
+            index <= ID as usize,
             "slot index must leave the HELD and WAITERS bits clear"
         );
         Fence(AtomicU32::new(index as u32))
@@ -76,11 +152,11 @@ impl Fence {
         self.0.store(word, Ordering::Relaxed);
     }
 
-    /// Takes the fence of slot `index` for thread `me`, waiting for another
-    /// holder to finish.
+    /// Takes the fence of slot `index` for the thread with holder id `me`
+    /// ([`holder_id`]), waiting for another holder to finish.
     pub(crate) fn acquire(&self, index: usize, me: u32) -> Result<(), HeldByCaller> {
         let free = index as u32;
-        let mine = HELD | (me & OWNER);
+        let mine = held_by(me);
         let mut cur =
             match self
                 .0
@@ -89,15 +165,17 @@ impl Fence {
                 Ok(_) => return Ok(()),
                 Err(cur) => cur,
             };
-        if cur & !WAITERS == mine {
+        if cur & HELD != 0 && cur & ID == me && !is_stale(cur) {
             return Err(HeldByCaller);
         }
         for _ in 0..SPINS_BEFORE_SLEEP {
-            if cur & HELD == 0 {
-                match self
-                    .0
-                    .compare_exchange_weak(free, mine, Ordering::Acquire, Ordering::Relaxed)
-                {
+            if cur & HELD == 0 || is_stale(cur) {
+                match self.0.compare_exchange_weak(
+                    cur,
+                    mine | (cur & WAITERS),
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                ) {
                     Ok(_) => return Ok(()),
                     Err(c) => cur = c,
                 }
@@ -109,9 +187,9 @@ impl Fence {
         // Sleep. Once a thread has slept it takes the fence with WAITERS set,
         // since other sleepers may remain and must be woken on release.
         loop {
-            if cur & HELD == 0 {
+            if cur & HELD == 0 || is_stale(cur) {
                 match self.0.compare_exchange(
-                    free,
+                    cur,
                     mine | WAITERS,
                     Ordering::Acquire,
                     Ordering::Relaxed,
@@ -157,8 +235,12 @@ pub(crate) fn barrier(cpu: usize) {
     if sys::membarrier_rseq(Some(cpu)).is_err() {
         // Registration succeeded, so this cannot fail for a possible CPU; if it
         // ever does, the all-CPU form gives the same guarantee.
-        sys::membarrier_rseq(None)
-            .expect("membarrier(PRIVATE_EXPEDITED_RSEQ) failed after registration");
+        if let Err(e) = sys::membarrier_rseq(None) {
+            panic!(
+                "membarrier(PRIVATE_EXPEDITED_RSEQ) failed with {e} after its registration succeeded: \
+                 cpulocal cannot protect per-CPU data from critical sections"
+            );
+        }
     }
 }
 
@@ -167,16 +249,33 @@ pub(crate) fn barrier(cpu: usize) {
 /// async-signal-safe: a handler can never interrupt its own thread while it
 /// holds a fence, so it can never wait on itself, nor on a thread that waits
 /// on it.
+///
+/// # Panics
+///
+/// If membarrier fails although its registration succeeded (a seccomp filter
+/// installed later that denies it): the slot could not be protected from
+/// critical sections. The fence is released first.
 #[inline(never)]
 pub(crate) fn with_signals_blocked<R>(fence: &Fence, cpu: usize, op: impl FnOnce() -> R) -> R {
     let _blocked = sys::SignalsBlocked::new();
     fence
-        .acquire(cpu, engine::tid())
+        .acquire(cpu, holder_id())
         .expect("a fence cannot be held by a thread whose signals are blocked while it holds it");
+    let _held = Held { fence, index: cpu };
     barrier(cpu);
-    let r = op();
-    fence.release(cpu);
-    r
+    op()
+}
+
+/// Releases a fence when dropped, also when unwinding.
+struct Held<'a> {
+    fence: &'a Fence,
+    index: usize,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.fence.release(self.index);
+    }
 }
 
 #[cfg(test)]
@@ -200,6 +299,15 @@ mod tests {
         );
         f.acquire(3, 7).unwrap();
         f.release(3);
+    }
+
+    #[test]
+    fn a_panic_under_the_fence_releases_it() {
+        let f = Fence::new(0);
+        let r = std::panic::catch_unwind(|| with_signals_blocked(&f, 0, || panic!("inside")));
+        assert!(r.is_err());
+        assert!(!f.is_held(), "the fence must be released on unwind");
+        assert_eq!(with_signals_blocked(&f, 0, || 5), 5);
     }
 
     #[test]

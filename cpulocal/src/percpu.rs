@@ -72,10 +72,11 @@ impl<T> Slot<T> {
 /// thread through its CPU's fence.
 ///
 /// `PerCpu` is the storage under cpulocal's structures. On its own it offers
-/// exclusive access to any CPU's slot by [`lock`](Self::lock): the fenced path,
-/// which stops critical sections on that CPU, so it is correct from any thread
-/// and any CPU, and costs a system call. The rseq fast path belongs to the
-/// operations built on it, such as [`PerCpuCounter::add`](crate::PerCpuCounter::add).
+/// exclusive access to any CPU's slot by [`lock`](Self::lock), through the
+/// slot's fence word, from any thread on any CPU: an uncontended lock is one
+/// compare-and-swap (no critical section touches a `PerCpu<T>` of yours, so no
+/// membarrier is needed). The rseq fast path belongs to the operations built
+/// on it, such as [`PerCpuCounter::add`](crate::PerCpuCounter::add).
 ///
 /// Slots are sized by [`possible_cpus()`](crate::possible_cpus), so a CPU that
 /// comes online later still has one.
@@ -137,9 +138,11 @@ impl<T> PerCpu<T> {
         self.slots.get(cpu).map(|s| &**s)
     }
 
-    /// Locks `cpu`'s slot through its fence: waits for other holders, aborts
-    /// critical sections running on that CPU, and returns a guard that gives
-    /// `&mut T` until dropped. Works from any thread on any CPU.
+    /// Locks `cpu`'s slot through its fence: waits for another holder (briefly
+    /// spinning, then sleeping), and returns a guard that gives `&mut T` until
+    /// dropped. Works from any thread on any CPU. A thread that forked while
+    /// another thread held the slot takes it over in the child (see
+    /// *Fork* in the crate docs).
     ///
     /// # Errors
     ///
@@ -164,9 +167,10 @@ impl<T> PerCpu<T> {
             slots: self.len(),
         })?;
         slot.fence
-            .acquire(cpu, engine::tid())
+            .acquire(cpu, fence::holder_id())
             .map_err(|_| Error::HeldByThisThread { cpu })?;
-        fence::barrier(cpu);
+        // No membarrier: no critical section touches a PerCpu<T>'s values;
+        // structures whose sections do use the fenced engine instead.
         Ok(SlotGuard {
             slot,
             cpu,

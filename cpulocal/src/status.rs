@@ -40,8 +40,10 @@ pub enum RseqOff {
     /// unregistered. (A registration that fails in a new thread, e.g. under a
     /// seccomp filter installed after start-up, is fatal in glibc itself.)
     GlibcFailedForThread,
-    /// Another library registered an rseq area for this thread that glibc does
-    /// not publish (EBUSY); cpulocal cannot know where it is.
+    /// Another rseq area is registered for this thread that glibc does not
+    /// publish (the kernel answered EINVAL): another library registered one,
+    /// or glibc is linked statically (its variables cannot be looked up).
+    /// cpulocal cannot know where that area is.
     ForeignRegistration,
     /// The thread is running its thread-local destructors; cpulocal's own area
     /// was unregistered.
@@ -81,7 +83,7 @@ pub struct Status {
     /// Whether [`mm_cid()`](crate::mm_cid) has a value on this thread.
     pub mm_cid_valid: bool,
     /// Result of registering `membarrier(PRIVATE_EXPEDITED_RSEQ)` for the
-    /// process (an `Err` also when the architecture needs none).
+    /// process (attempted on every architecture; only used where sections run).
     pub membarrier_rseq: Result<(), Errno>,
     /// glibc's `__rseq_size`, or None when the libc does not publish it.
     pub glibc_rseq_size: Option<u32>,
@@ -144,7 +146,9 @@ impl fmt::Display for RseqOff {
             RseqOff::GlibcFailedForThread => f.write_str(
                 "glibc did not register rseq for this thread (cpu_id = -2): the thread that created it had no rseq area",
             ),
-            RseqOff::ForeignRegistration => f.write_str("another library registered an rseq area for this thread that glibc does not publish (EBUSY)"),
+            RseqOff::ForeignRegistration => f.write_str(
+                "another rseq area is registered for this thread that glibc does not publish (EINVAL): another library's, or a statically linked glibc's",
+            ),
             RseqOff::ThreadExiting => f.write_str("the thread is exiting; cpulocal's own rseq area was unregistered"),
         }
     }

@@ -70,7 +70,8 @@ pub unsafe fn rseq_register(area: *mut Rseq) -> Result<(), Errno> {
 ///
 /// # Safety
 ///
-/// `area` must be the area registered by this thread.
+/// `area` must be an area this thread registered; after the call the kernel
+/// no longer writes it.
 pub unsafe fn rseq_unregister(area: *mut Rseq) -> Result<(), Errno> {
     // SAFETY: unregistration only compares `area` with the registered pointer.
     let ret = unsafe {
@@ -144,12 +145,6 @@ pub fn futex_wake(word: &AtomicU32, n: i32) {
     }
 }
 
-/// The kernel thread id of the caller.
-pub fn gettid() -> u32 {
-    // SAFETY: gettid takes no arguments and cannot fail.
-    unsafe { libc::syscall(libc::SYS_gettid) as u32 }
-}
-
 /// The CPU the caller runs on, from `sched_getcpu()`; 0 if it fails.
 pub fn sched_getcpu() -> usize {
     // SAFETY: sched_getcpu takes no arguments.
@@ -158,8 +153,10 @@ pub fn sched_getcpu() -> usize {
 }
 
 /// All signals blocked for as long as the guard lives (`pthread_sigmask`).
+/// Not `Send`: the mask belongs to the thread that created the guard.
 pub struct SignalsBlocked {
     old: libc::sigset_t,
+    _not_send: core::marker::PhantomData<*const ()>,
 }
 
 impl SignalsBlocked {
@@ -172,16 +169,18 @@ impl SignalsBlocked {
             let mut old: libc::sigset_t = core::mem::zeroed();
             libc::sigfillset(&mut all);
             libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
-            SignalsBlocked { old }
+            SignalsBlocked {
+                old,
+                _not_send: core::marker::PhantomData,
+            }
         }
     }
 }
 
 impl Drop for SignalsBlocked {
     fn drop(&mut self) {
-        // SAFETY: restores the mask saved by `new` on this same thread (the
-        // guard is !Send because sigset_t holds no thread identity but the
-        // guard is only ever created and dropped within one function).
+        // SAFETY: restores the mask saved by `new`, on the same thread (the
+        // guard is not Send).
         unsafe {
             libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, core::ptr::null_mut());
         }
