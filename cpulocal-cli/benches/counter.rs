@@ -7,7 +7,11 @@
 //! - `c_rseq`: the hand-written C rseq increment (librseq style) - the floor;
 //! - `c_rseq_fence_check`: the same plus cpulocal's fence check;
 //! - `shared_atomic`: one shared `AtomicI64::fetch_add`;
-//! - `getcpu_atomic`: `sched_getcpu()` + per-CPU padded `AtomicI64::fetch_add`.
+//! - `getcpu_atomic`: `sched_getcpu()` + per-CPU padded `AtomicI64::fetch_add`;
+//! - `thread_local_fetch_add`, `thread_local_load_store`: the `thread_local`
+//!   crate, one cache-padded `AtomicI64` per thread (`fetch_add`, or a load
+//!   and a store by the owner);
+//! - `fast_counter`: the `fast-counter` crate's `ConcurrentCounter::add`.
 //!
 //! Multi-thread numbers are per-operation wall time across threads: each of T
 //! threads runs `iters` operations and the routine reports wall time / T, so a
@@ -125,7 +129,7 @@ fn criterion_dir() -> Option<std::path::PathBuf> {
 fn summary() {
     let mut ns = HashMap::new();
     println!("\n== summary: ns/op (criterion slope or mean) ==");
-    println!("{:<22}{:>10}{:>10}", "peer", "1 thread", "2 threads");
+    println!("{:<26}{:>10}{:>10}", "peer", "1 thread", "2 threads");
     for peer in Peer::ALL {
         let cells: Vec<String> = THREADS
             .iter()
@@ -139,7 +143,7 @@ fn summary() {
                 },
             )
             .collect();
-        println!("{:<22}{}", peer.name(), cells.concat());
+        println!("{:<26}{}", peer.name(), cells.concat());
     }
     let ratio = |a: Peer, b: Peer, t: usize| match (ns.get(&(a, t)), ns.get(&(b, t))) {
         (Some(x), Some(y)) => format!("{:.2}", x / y),

@@ -3,11 +3,16 @@
 //!
 //! - [`peers`]: the per-CPU increments compared ([`Peer`]): cpulocal's
 //!   `PerCpuCounter::add`, the hand-written C rseq increment, the same with
-//!   cpulocal's fence check, a shared `AtomicI64`, and `sched_getcpu()` plus a
-//!   per-CPU atomic; and [`FencedAddOn`], the cost of cpulocal's fenced path
+//!   cpulocal's fence check, a shared `AtomicI64`, `sched_getcpu()` plus a
+//!   per-CPU atomic, the thread-sharded counters Rust users write today (the
+//!   `thread_local` crate with cache-padded atomics, the `fast-counter`
+//!   crate); and [`FencedAddOn`], the cost of cpulocal's fenced path
 //!   (`add_on` to a CPU the caller is not on).
-//! - [`runner`]: [`Runner`], a team of pinned threads that runs a batch on
-//!   every thread at once and reports its wall time.
+//! - [`runner`]: [`Runner`], a team of threads (pinned one per CPU, spread
+//!   evenly over the CPUs when there are more threads than CPUs, or floating)
+//!   that runs a batch on every thread at once and reports its wall time.
+//! - [`suite`]: the comparison `cpulocal bench` runs: every peer at 1 to 16
+//!   threads in interleaved rounds, ratios to cpulocal, the fenced path.
 //! - `baseline` (Linux x86_64 with glibc only): safe wrappers for the C code
 //!   in `c/rseq_baseline.c`.
 //!
@@ -33,6 +38,7 @@
 pub mod baseline;
 pub mod peers;
 pub mod runner;
+pub mod suite;
 
 pub use peers::{ns_per_op, time_per_thread, FencedAddOn, Peer, Target, Workload};
-pub use runner::Runner;
+pub use runner::{Placement, Runner};

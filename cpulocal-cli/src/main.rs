@@ -1,9 +1,13 @@
-//! The `cpulocal` command: what the engine is doing on this machine, and a
-//! counter demo that checks the exactness invariant under contention.
+//! The `cpulocal` command: what the engine is doing on this machine, a
+//! counter demo that checks the exactness invariant under contention, the
+//! comparison with other counters (`bench`), and forward progress under a
+//! debugger (`step`).
 //!
 //! Exit status: 0 on success; 1 with a message on stderr when an invariant
-//! broke (the counter lost or duplicated adds) or the demo could not run; 2 for
-//! a bad command line (clap's convention).
+//! broke (the counter lost or duplicated adds, a stepped operation did not
+//! complete) or a command could not run; 2 for a bad command line (clap's
+//! convention).
+#![warn(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod cli;
 
@@ -12,16 +16,13 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{Cli, Command, Failure};
+use cli::{BenchArgs, Cli, Command, Failure, PlacementArg};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let mut out = io::stdout().lock();
     let result = match cli.command {
-        None => cli::info::print_text(&mut out, true)
-            .map_err(Failure::from)
-            .and_then(|()| writeln!(out).map_err(Failure::from))
-            .and_then(|()| cli::demo::run(&mut out, &cli.demo)),
+        None => main_job(&mut out, &cli),
         Some(Command::Info { json: false }) => {
             cli::info::print_text(&mut out, false).map_err(Failure::from)
         }
@@ -29,6 +30,9 @@ fn main() -> ExitCode {
             cli::info::print_json(&mut out).map_err(Failure::from)
         }
         Some(Command::Demo(args)) => cli::demo::run(&mut out, &args),
+        Some(Command::Bench(args)) => cli::bench::run(&mut out, &args),
+        Some(Command::Step(args)) => cli::step::run(&mut out, &args),
+        Some(Command::StepChild(args)) => cli::step::child(&mut out, &args),
     };
     let _ = out.flush();
     match result {
@@ -44,4 +48,22 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The command without a subcommand: the status, a short exactness demo, and
+/// a quick benchmark with its chart.
+fn main_job(out: &mut impl Write, cli: &Cli) -> Result<(), Failure> {
+    cli::info::print_text(out, true)?;
+    writeln!(out)?;
+    cli::demo::run_summary(out, &cli.demo)?;
+    writeln!(out)?;
+    let bench = BenchArgs {
+        quick: true,
+        json: false,
+        out: cli.out.clone(),
+        threads: None,
+        rounds: None,
+        placement: PlacementArg::Pinned,
+    };
+    cli::bench::run(out, &bench)
 }

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use cpulocal::PerCpuCounter;
 use crossbeam_utils::CachePadded;
+use fast_counter::ConcurrentCounter;
+use thread_local::ThreadLocal;
 
 use crate::runner::{allowed_cpus, Runner};
 
@@ -29,19 +31,36 @@ pub enum Peer {
     /// `sched_getcpu()`, then `fetch_add(1, Relaxed)` on that CPU's
     /// cache-padded `AtomicI64`: the classic per-CPU counter without rseq.
     GetcpuAtomic,
+    /// The `thread_local` crate: `ThreadLocal<CachePadded<AtomicI64>>`, each
+    /// thread `get_or_default().fetch_add(1, Relaxed)` on its own shard (the
+    /// thread-sharded counter as Rust users write it today). One shard per
+    /// thread that ever added, so memory and `sum` grow with threads.
+    ThreadLocalFetchAdd,
+    /// As [`ThreadLocalFetchAdd`](Peer::ThreadLocalFetchAdd), but the owner
+    /// adds with a relaxed load and store, no atomic read-modify-write: the
+    /// fastest correct thread-sharded counter, at the price that no other
+    /// thread may ever write a shard (no exact `take()`, no `add_on`).
+    ThreadLocalLoadStore,
+    /// The `fast-counter` crate's `ConcurrentCounter::add(1)`: a thread id in a
+    /// thread-local picks one of `next_power_of_two(threads)` cache-padded
+    /// `AtomicIsize` cells, then `fetch_add(1, Relaxed)`.
+    FastCounter,
 }
 
 impl Peer {
     /// Every peer, in report order.
-    pub const ALL: [Peer; 5] = [
+    pub const ALL: [Peer; 8] = [
         Peer::Cpulocal,
         Peer::CRseq,
         Peer::CRseqFenceCheck,
         Peer::SharedAtomic,
         Peer::GetcpuAtomic,
+        Peer::ThreadLocalFetchAdd,
+        Peer::ThreadLocalLoadStore,
+        Peer::FastCounter,
     ];
 
-    /// A short, stable name (benchmark ids, CLI output).
+    /// A short, stable name (benchmark ids, CLI output, JSON).
     pub fn name(self) -> &'static str {
         match self {
             Peer::Cpulocal => "cpulocal_add",
@@ -49,6 +68,23 @@ impl Peer {
             Peer::CRseqFenceCheck => "c_rseq_fence_check",
             Peer::SharedAtomic => "shared_atomic",
             Peer::GetcpuAtomic => "getcpu_atomic",
+            Peer::ThreadLocalFetchAdd => "thread_local_fetch_add",
+            Peer::ThreadLocalLoadStore => "thread_local_load_store",
+            Peer::FastCounter => "fast_counter",
+        }
+    }
+
+    /// What the peer is, for people (tables, the chart's legend).
+    pub fn label(self) -> &'static str {
+        match self {
+            Peer::Cpulocal => "cpulocal PerCpuCounter::add",
+            Peer::CRseq => "C rseq add (librseq style)",
+            Peer::CRseqFenceCheck => "C rseq add + fence check",
+            Peer::SharedAtomic => "shared AtomicI64::fetch_add",
+            Peer::GetcpuAtomic => "sched_getcpu + per-CPU atomic",
+            Peer::ThreadLocalFetchAdd => "thread_local shard, fetch_add",
+            Peer::ThreadLocalLoadStore => "thread_local shard, load+store",
+            Peer::FastCounter => "fast-counter ConcurrentCounter",
         }
     }
 
@@ -86,12 +122,24 @@ enum State {
     C(crate::baseline::CSlots),
     Shared(CachePadded<AtomicI64>),
     Getcpu(Box<[CachePadded<AtomicI64>]>),
+    // Boxed: the table of buckets is 512 bytes.
+    ThreadLocal(Box<ThreadLocal<CachePadded<AtomicI64>>>),
+    Fast(ConcurrentCounter),
 }
 
 impl Workload {
-    /// Fresh, zeroed state for `peer`; None if the peer is not
-    /// [`available`](Peer::available) here.
+    /// Fresh, zeroed state for `peer`, sized for as many threads as there are
+    /// possible CPUs; None if the peer is not [`available`](Peer::available)
+    /// here.
     pub fn new(peer: Peer) -> Option<Self> {
+        Self::for_threads(peer, cpulocal::possible_cpus())
+    }
+
+    /// Fresh, zeroed state for `peer` run by `threads` threads. Only
+    /// fast-counter uses the number: it gets a cell per thread
+    /// (`ConcurrentCounter::new(threads)`, as its own benchmark does), its
+    /// best case. None if the peer is not [`available`](Peer::available) here.
+    pub fn for_threads(peer: Peer, threads: usize) -> Option<Self> {
         if !peer.available() {
             return None;
         }
@@ -107,6 +155,10 @@ impl Workload {
                     .map(|_| CachePadded::new(AtomicI64::new(0)))
                     .collect(),
             ),
+            Peer::ThreadLocalFetchAdd | Peer::ThreadLocalLoadStore => {
+                State::ThreadLocal(Box::default())
+            }
+            Peer::FastCounter => State::Fast(ConcurrentCounter::new(threads.max(1))),
         };
         Some(Workload { peer, state })
     }
@@ -134,6 +186,11 @@ impl Workload {
             }
             State::Shared(a) => shared_atomic_loop(a, ops),
             State::Getcpu(slots) => getcpu_atomic_loop(slots, ops),
+            State::ThreadLocal(t) if self.peer == Peer::ThreadLocalLoadStore => {
+                thread_local_load_store_loop(t, ops)
+            }
+            State::ThreadLocal(t) => thread_local_fetch_add_loop(t, ops),
+            State::Fast(c) => fast_counter_loop(c, ops),
         }
     }
 
@@ -145,6 +202,8 @@ impl Workload {
             State::C(slots) => slots.sum(),
             State::Shared(a) => a.load(Ordering::Relaxed),
             State::Getcpu(slots) => slots.iter().map(|a| a.load(Ordering::Relaxed)).sum(),
+            State::ThreadLocal(t) => t.iter().map(|a| a.load(Ordering::Relaxed)).sum(),
+            State::Fast(c) => c.sum() as i64,
         }
     }
 }
@@ -178,6 +237,33 @@ pub fn getcpu_atomic_loop(slots: &[CachePadded<AtomicI64>], ops: u64) {
             .and_then(|c| slots.get(c))
             .unwrap_or(&slots[0]);
         slot.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The `thread_local` hot loop with `fetch_add`: the shard is looked up on
+/// every operation, as a counter's `add` method would.
+#[inline(never)]
+pub fn thread_local_fetch_add_loop(t: &ThreadLocal<CachePadded<AtomicI64>>, ops: u64) {
+    for _ in 0..ops {
+        t.get_or_default().fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The `thread_local` hot loop with a load and a store: only the owning
+/// thread writes its shard, so no read-modify-write is needed.
+#[inline(never)]
+pub fn thread_local_load_store_loop(t: &ThreadLocal<CachePadded<AtomicI64>>, ops: u64) {
+    for _ in 0..ops {
+        let shard = t.get_or_default();
+        shard.store(shard.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+}
+
+/// The fast-counter hot loop.
+#[inline(never)]
+pub fn fast_counter_loop(c: &ConcurrentCounter, ops: u64) {
+    for _ in 0..ops {
+        c.add(1);
     }
 }
 
@@ -303,7 +389,8 @@ impl FencedAddOn {
 
     /// The CPU the worker is pinned to and the CPU it adds to.
     pub fn cpus(&self) -> (usize, usize) {
-        (self.runner.cpus()[0], self.target)
+        let home = self.runner.cpus()[0].expect("the fenced worker is pinned");
+        (home, self.target)
     }
 
     /// Wall time of `ops` fenced `add_on` calls, back to back.

@@ -1,12 +1,23 @@
-//! [`Runner`]: a team of worker threads, each pinned to one CPU, that runs the
-//! same job on every thread at once and reports the wall time.
+//! [`Runner`]: a team of worker threads that runs the same job on every
+//! thread at once and reports the wall time.
 //!
 //! The threads live as long as the runner, so timing a batch costs no thread
 //! creation; between batches they sleep on a channel. Each worker takes its
 //! own clock after a common start barrier and after its job, and the runner
 //! reports last end minus first start: the wall time of the batch, without
 //! the time the workers took to wake.
+//!
+//! Where the workers run is a [`Placement`]. Pinned (the default), worker `i`
+//! runs only on the `i % n`-th of the `n` allowed CPUs: one worker per CPU up
+//! to `n` workers; beyond, an oversubscribed run, the workers are spread
+//! evenly over the CPUs (at most one more on one CPU than on another), and
+//! the kernel time-slices those that share a CPU without migrating them.
+//! Floating, the workers may run on every allowed CPU and the scheduler
+//! places and migrates them, as an application's threads would. Either way
+//! the batch's wall time covers every worker's operations, so total
+//! operations / wall time is the aggregate throughput.
 
+use std::fmt;
 use std::io;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Barrier};
@@ -23,17 +34,43 @@ struct Batch {
     done: Sender<(Instant, Instant)>,
 }
 
-/// A team of pinned worker threads; see the module docs.
+/// Where the workers of a [`Runner`] run; see the module docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Placement {
+    /// Worker `i` pinned to the `i % n`-th of the `n` allowed CPUs.
+    #[default]
+    Pinned,
+    /// Not pinned: every worker may run on every allowed CPU.
+    Floating,
+}
+
+impl Placement {
+    /// A short, stable name: "pinned" or "floating".
+    pub fn name(self) -> &'static str {
+        match self {
+            Placement::Pinned => "pinned",
+            Placement::Floating => "floating",
+        }
+    }
+}
+
+impl fmt::Display for Placement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A team of worker threads; see the module docs.
 #[derive(Debug)]
 pub struct Runner {
     workers: Vec<(Sender<Batch>, JoinHandle<()>)>,
-    cpus: Vec<usize>,
+    cpus: Vec<Option<usize>>,
 }
 
 impl Runner {
     /// `threads` workers, worker `i` pinned to the `i % n`-th of the `n` CPUs
     /// the calling thread may run on: one thread per CPU while there are
-    /// enough CPUs.
+    /// enough CPUs, spread evenly over them beyond ([`Placement::Pinned`]).
     ///
     /// # Errors
     ///
@@ -43,9 +80,27 @@ impl Runner {
     ///
     /// If `threads` is 0.
     pub fn new(threads: usize) -> io::Result<Self> {
-        let allowed = allowed_cpus()?;
-        let cpus = (0..threads).map(|i| allowed[i % allowed.len()]).collect();
-        Self::pinned(cpus)
+        Self::with_placement(threads, Placement::Pinned)
+    }
+
+    /// `threads` workers placed as `placement` says.
+    ///
+    /// # Errors
+    ///
+    /// If the affinity mask cannot be read or a thread cannot be spawned.
+    ///
+    /// # Panics
+    ///
+    /// If `threads` is 0.
+    pub fn with_placement(threads: usize, placement: Placement) -> io::Result<Self> {
+        match placement {
+            Placement::Pinned => {
+                let allowed = allowed_cpus()?;
+                let cpus = (0..threads).map(|i| allowed[i % allowed.len()]).collect();
+                Self::pinned(cpus)
+            }
+            Placement::Floating => Self::spawn(vec![None; threads]),
+        }
     }
 
     /// One worker per entry of `cpus`, pinned to that CPU.
@@ -58,21 +113,28 @@ impl Runner {
     ///
     /// If `cpus` is empty.
     pub fn pinned(cpus: Vec<usize>) -> io::Result<Self> {
+        Self::spawn(cpus.into_iter().map(Some).collect())
+    }
+
+    /// One worker per entry of `cpus`, pinned to that CPU if there is one.
+    fn spawn(cpus: Vec<Option<usize>>) -> io::Result<Self> {
         assert!(!cpus.is_empty(), "Runner needs at least one thread");
         let mut workers = Vec::with_capacity(cpus.len());
         for (i, &cpu) in cpus.iter().enumerate() {
             let (tx, rx) = mpsc::channel::<Batch>();
             let (ready_tx, ready_rx) = mpsc::channel::<io::Result<()>>();
-            let handle = std::thread::Builder::new()
-                .name(format!("bench-{i}@cpu{cpu}"))
-                .spawn(move || {
-                    let pinned = pin_current_thread(cpu);
-                    let ok = pinned.is_ok();
-                    let _ = ready_tx.send(pinned);
-                    if ok {
-                        worker(i, rx);
-                    }
-                })?;
+            let name = match cpu {
+                Some(cpu) => format!("bench-{i}@cpu{cpu}"),
+                None => format!("bench-{i}"),
+            };
+            let handle = std::thread::Builder::new().name(name).spawn(move || {
+                let pinned = cpu.map_or(Ok(()), pin_current_thread);
+                let ok = pinned.is_ok();
+                let _ = ready_tx.send(pinned);
+                if ok {
+                    worker(i, rx);
+                }
+            })?;
             ready_rx
                 .recv()
                 .map_err(|_| io::Error::other("bench worker died while starting"))??;
@@ -86,9 +148,19 @@ impl Runner {
         self.workers.len()
     }
 
-    /// The CPU each worker is pinned to.
-    pub fn cpus(&self) -> &[usize] {
+    /// The CPU each worker is pinned to; None for a floating worker.
+    pub fn cpus(&self) -> &[Option<usize>] {
         &self.cpus
+    }
+
+    /// The largest number of workers pinned to one CPU (1 when every worker
+    /// has a CPU of its own); None for a floating runner.
+    pub fn max_per_cpu(&self) -> Option<usize> {
+        let mut per: std::collections::HashMap<usize, usize> = Default::default();
+        for cpu in &self.cpus {
+            *per.entry((*cpu)?).or_default() += 1;
+        }
+        per.values().copied().max()
     }
 
     /// Runs `job(i)` on every worker `i` at once and returns the wall time
@@ -199,17 +271,34 @@ mod tests {
     #[test]
     fn every_worker_runs_each_batch_on_its_cpu() {
         let runner = Runner::new(3).unwrap();
-        let cpus: Arc<Vec<usize>> = Arc::new(runner.cpus().to_vec());
+        let cpus: Arc<Vec<Option<usize>>> = Arc::new(runner.cpus().to_vec());
         let hits = Arc::new(AtomicUsize::new(0));
         for _ in 0..5 {
             let (hits, cpus) = (hits.clone(), cpus.clone());
             runner.run(move |i| {
                 // SAFETY: sched_getcpu has no preconditions.
                 let here = unsafe { libc::sched_getcpu() };
-                assert_eq!(here as usize, cpus[i]);
+                assert_eq!(Some(here as usize), cpus[i]);
                 hits.fetch_add(1, Ordering::Relaxed);
             });
         }
         assert_eq!(hits.load(Ordering::Relaxed), 15);
+    }
+
+    #[test]
+    fn oversubscribed_workers_are_spread_evenly() {
+        let n = allowed_cpus().unwrap().len();
+        let runner = Runner::new(4 * n + 1).unwrap();
+        assert_eq!(runner.threads(), 4 * n + 1);
+        assert_eq!(runner.max_per_cpu(), Some(5));
+        let floating = Runner::with_placement(3, Placement::Floating).unwrap();
+        assert_eq!(floating.cpus(), &[None, None, None]);
+        assert_eq!(floating.max_per_cpu(), None);
+        let hits = Arc::new(AtomicUsize::new(0));
+        let h = hits.clone();
+        floating.run(move |_| {
+            h.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(hits.load(Ordering::Relaxed), 3);
     }
 }

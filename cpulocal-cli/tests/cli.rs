@@ -1,12 +1,34 @@
 //! The `cpulocal` binary, run as a user would run it.
 
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use serde_json::Value;
 
 fn cpulocal(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_cpulocal"))
         .args(args)
         .output()
         .expect("run the cpulocal binary")
+}
+
+/// Runs the binary with `dir` as its working directory.
+fn cpulocal_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cpulocal"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run the cpulocal binary")
+}
+
+/// A fresh, empty directory for one test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-{name}"));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("create a scratch directory");
+    dir
 }
 
 fn stdout(o: &Output) -> String {
@@ -41,10 +63,12 @@ const STATUS_LINES: [&str; 9] = [
     "current CPU:",
 ];
 
-/// The README's `cargo run --release`: status, then an exact demo.
+/// The README's `cargo run --release`: status, a short exact demo, a quick
+/// benchmark, and where its chart went (relative to the working directory).
 #[test]
-fn default_command_prints_status_and_an_exact_demo() {
-    let o = cpulocal(&[]);
+fn default_command_prints_status_demo_bench_and_chart() {
+    let dir = scratch("default");
+    let o = cpulocal_in(&dir, &[]);
     assert_success(&o);
     let out = stdout(&o);
     assert!(out.starts_with("cpulocal status\n"), "{out}");
@@ -54,16 +78,20 @@ fn default_command_prints_status_and_an_exact_demo() {
     assert!(out.contains("counter demo:"), "{out}");
     assert!(out.contains(" exact ("), "{out}");
     assert!(!out.contains("NOT EXACT"), "{out}");
-    for line in [
-        "expected:",
-        "per-CPU slots:",
-        "ns/op",
-        "paths:",
-        "fast",
-        "fenced",
-    ] {
-        assert!(out.contains(line), "no {line:?} in:\n{out}");
-    }
+    assert!(out.contains("cpulocal bench --quick:"), "{out}");
+    check_bench_text(&out);
+    let png = Path::new("target/cpulocal-bench/counter-throughput.png");
+    let svg = Path::new("target/cpulocal-bench/counter-throughput.svg");
+    assert!(
+        out.contains(&format!("chart: {}\n", png.display())),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("       {}\n", svg.display())),
+        "{out}"
+    );
+    check_png(&dir.join(png));
+    check_svg(&dir.join(svg));
     assert!(stderr(&o).is_empty(), "{}", stderr(&o));
 }
 
@@ -142,13 +170,50 @@ fn demo_with_small_numbers_is_exact() {
 }
 
 #[test]
-fn demo_options_work_without_the_subcommand() {
-    let o = cpulocal(&["--threads", "2", "--ops", "500"]);
+fn demo_prints_its_full_report() {
+    let o = cpulocal(&["demo", "--threads", "4", "--ops", "20000"]);
+    assert_success(&o);
+    let out = stdout(&o);
+    for line in [
+        "expected:       80,000",
+        "per-CPU slots:",
+        "ns/op",
+        "calls:",
+        "paths:",
+        "fast",
+        "fenced",
+        "engine:",
+    ] {
+        assert!(out.contains(line), "no {line:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn demo_and_out_options_work_without_the_subcommand() {
+    let dir = scratch("default-options");
+    let charts = dir.join("charts");
+    let o = cpulocal_in(
+        &dir,
+        &[
+            "--threads",
+            "2",
+            "--ops",
+            "500",
+            "--out",
+            charts.to_str().unwrap(),
+        ],
+    );
     assert_success(&o);
     let out = stdout(&o);
     assert!(out.contains("cpulocal status"), "{out}");
     assert!(out.contains("2 threads × 500 ops"), "{out}");
     assert!(out.contains(" exact ("), "{out}");
+    check_png(&charts.join("counter-throughput.png"));
+    check_svg(&charts.join("counter-throughput.svg"));
+    assert!(
+        !dir.join("target").exists(),
+        "wrote to the default directory"
+    );
 }
 
 #[test]
@@ -162,6 +227,11 @@ fn bad_arguments_fail_with_a_clear_message() {
         ),
         (&["info", "--bogus"][..], "--bogus"),
         (&["frobnicate"][..], "frobnicate"),
+        (&["bench", "--threads", "1,0"][..], "must be at least 1"),
+        (&["bench", "--rounds", "0"][..], "must be at least 1"),
+        (&["bench", "--placement", "sideways"][..], "sideways"),
+        (&["step", "--ops", "0"][..], "must be at least 1"),
+        (&["step", "--budget", "lots"][..], "expected a whole number"),
     ] {
         let o = cpulocal(args);
         assert!(!o.status.success(), "{args:?} succeeded:\n{}", stdout(&o));
@@ -182,4 +252,422 @@ fn a_demo_too_big_for_the_counter_fails_before_it_starts() {
         "{}",
         stderr(&o)
     );
+}
+
+// --- bench -------------------------------------------------------------------
+
+/// Every peer's label, in report order.
+const PEER_LABELS: [&str; 8] = [
+    "cpulocal PerCpuCounter::add",
+    "C rseq add (librseq style)",
+    "C rseq add + fence check",
+    "shared AtomicI64::fetch_add",
+    "sched_getcpu + per-CPU atomic",
+    "thread_local shard, fetch_add",
+    "thread_local shard, load+store",
+    "fast-counter ConcurrentCounter",
+];
+
+/// The peers' names in `--json`.
+const PEER_NAMES: [&str; 8] = [
+    "cpulocal_add",
+    "c_rseq",
+    "c_rseq_fence_check",
+    "shared_atomic",
+    "getcpu_atomic",
+    "thread_local_fetch_add",
+    "thread_local_load_store",
+    "fast_counter",
+];
+
+/// The tables and trailing lines of `bench` as text.
+#[track_caller]
+fn check_bench_text(out: &str) {
+    let tables = out
+        .find("ns per operation")
+        .unwrap_or_else(|| panic!("no time table in:\n{out}"));
+    let ratios = out
+        .find("ratio to cpulocal")
+        .unwrap_or_else(|| panic!("no ratio table in:\n{out}"));
+    assert!(tables < ratios, "{out}");
+    for label in PEER_LABELS {
+        if label.starts_with("C rseq") && out.contains("not available here: c_rseq") {
+            continue;
+        }
+        let rows = out.lines().filter(|l| l.trim_start().starts_with(label));
+        // In both tables, except cpulocal (the reference has no ratio row).
+        let want = if label.starts_with("cpulocal") { 1 } else { 2 };
+        assert_eq!(rows.count(), want, "{label:?} rows in:\n{out}");
+    }
+    // Every ratio row has a number per thread count.
+    let ratio_rows: Vec<&str> = out[ratios..]
+        .lines()
+        .skip(2)
+        .take_while(|l| l.starts_with("  ") && !l.contains(':'))
+        .collect();
+    assert!(!ratio_rows.is_empty(), "{out}");
+    for row in ratio_rows {
+        let cells: Vec<f64> = row
+            .split_whitespace()
+            .rev()
+            .map_while(|w| w.replace(',', "").parse().ok())
+            .collect();
+        assert!(!cells.is_empty(), "{row:?}");
+        assert!(cells.iter().all(|&r| r > 0.0), "{row:?}");
+    }
+    assert!(out.contains("fenced path"), "{out}");
+    assert!(
+        out.contains("structures: the per-CPU list, buffer, ring do not exist yet"),
+        "{out}"
+    );
+    assert!(out.contains("chart: "), "{out}");
+    assert!(out.contains("time: "), "{out}");
+}
+
+/// A PNG that decodes, at the chart's size, with something drawn on it.
+#[track_caller]
+fn check_png(path: &Path) {
+    let mut bytes = Vec::new();
+    fs::File::open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .read_to_end(&mut bytes)
+        .unwrap();
+    assert!(
+        bytes.starts_with(b"\x89PNG\r\n\x1a\n"),
+        "{}: no PNG signature",
+        path.display()
+    );
+    let mut reader = png::Decoder::new(std::io::Cursor::new(bytes))
+        .read_info()
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut pixels = vec![0; reader.output_buffer_size()];
+    let frame = reader
+        .next_frame(&mut pixels)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(
+        (frame.width, frame.height),
+        (1200, 700),
+        "{}",
+        path.display()
+    );
+    let data = &pixels[..frame.buffer_size()];
+    let inked = data.iter().filter(|&&b| b < 128).count();
+    assert!(
+        inked > data.len() / 200,
+        "{}: almost blank ({inked} dark bytes)",
+        path.display()
+    );
+}
+
+/// An SVG document with the chart's lines and legend.
+#[track_caller]
+fn check_svg(path: &Path) {
+    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(text.starts_with("<svg "), "{}", path.display());
+    assert!(text.contains("xmlns=\"http://www.w3.org/2000/svg\""));
+    assert!(text.trim_end().ends_with("</svg>"), "{}", path.display());
+    assert!(text.contains("<polyline"), "{}: no lines", path.display());
+    assert!(text.contains("cpulocal PerCpuCounter::add"), "no legend");
+    assert!(text.contains("Counter throughput vs threads"), "no title");
+    // Balanced text elements: no element left open.
+    assert_eq!(
+        text.matches("<text").count(),
+        text.matches("</text>").count()
+    );
+}
+
+#[test]
+fn bench_prints_tables_and_writes_the_chart() {
+    let dir = scratch("bench-text");
+    let charts = dir.join("out");
+    let o = cpulocal_in(
+        &dir,
+        &[
+            "bench",
+            "--quick",
+            "--threads",
+            "1,2,4",
+            "--rounds",
+            "2",
+            "--out",
+            "out",
+        ],
+    );
+    assert_success(&o);
+    let out = stdout(&o);
+    assert!(out.starts_with("cpulocal bench --quick: "), "{out}");
+    assert!(out.contains(" at 1, 2, 4 threads on "), "{out}");
+    assert!(out.contains("2 interleaved rounds"), "{out}");
+    check_bench_text(&out);
+    // The CPUs the bench may use, from its header ("... threads on N CPUs").
+    let cpus: usize = out
+        .split(" threads on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no CPU count in:\n{out}"));
+    if cpus < 4 {
+        assert!(out.contains("threads sharing a CPU: "), "{out}");
+    } else {
+        assert!(!out.contains("threads sharing a CPU: "), "{out}");
+    }
+    if cpus >= 2 {
+        assert!(out.contains("with the target CPU idle"), "{out}");
+        assert!(out.contains("with the target CPU busy"), "{out}");
+    }
+    assert!(out.contains("chart: out/counter-throughput.png\n"), "{out}");
+    check_png(&charts.join("counter-throughput.png"));
+    check_svg(&charts.join("counter-throughput.svg"));
+    // stderr is not a terminal: no progress bar.
+    assert!(stderr(&o).is_empty(), "{}", stderr(&o));
+}
+
+#[test]
+fn bench_json_has_the_documented_fields() {
+    let dir = scratch("bench-json");
+    let charts = dir.join("json-out");
+    let o = cpulocal(&[
+        "bench",
+        "--json",
+        "--threads",
+        "3,1",
+        "--rounds",
+        "3",
+        "--out",
+        charts.to_str().unwrap(),
+    ]);
+    assert_success(&o);
+    assert!(stderr(&o).is_empty(), "{}", stderr(&o));
+    let v: Value = serde_json::from_str(&stdout(&o)).expect("bench --json is JSON");
+    assert_eq!(v["quick"], false);
+    assert_eq!(v["placement"], "pinned");
+    assert_eq!(v["threads"], serde_json::json!([1, 3]));
+    assert_eq!(v["rounds"], 3);
+    assert!(v["batch_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(v["reference"], "cpulocal_add");
+    let cpus = v["cpus"].as_u64().expect("cpus") as usize;
+    assert!(cpus >= 1);
+
+    let peers = v["peers"].as_array().expect("peers");
+    let names: Vec<&str> = peers.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, PEER_NAMES, "{v}");
+    for p in peers {
+        assert!(!p["label"].as_str().unwrap().is_empty());
+        assert!(p["available"].is_boolean());
+    }
+    let available: Vec<&str> = peers
+        .iter()
+        .filter(|p| p["available"] == true)
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    for always in [
+        "cpulocal_add",
+        "shared_atomic",
+        "getcpu_atomic",
+        "thread_local_fetch_add",
+        "thread_local_load_store",
+        "fast_counter",
+    ] {
+        assert!(available.contains(&always), "{always} unavailable: {v}");
+    }
+
+    let results = v["results"].as_array().expect("results");
+    assert_eq!(results.len(), 2 * available.len(), "{v}");
+    for r in results {
+        let peer = r["peer"].as_str().unwrap();
+        let threads = r["threads"].as_u64().unwrap();
+        assert!(available.contains(&peer), "{r}");
+        assert!([1, 3].contains(&threads), "{r}");
+        let ns = r["ns_per_op"].as_f64().unwrap();
+        let (min, max) = (
+            r["ns_per_op_min"].as_f64().unwrap(),
+            r["ns_per_op_max"].as_f64().unwrap(),
+        );
+        assert!(0.0 < min && min <= ns && ns <= max, "{r}");
+        let mops = r["mops_per_s"].as_f64().unwrap();
+        assert!((mops * ns - 1e3).abs() < 1e-6 * 1e3, "{r}");
+        let ratio = r["ratio_to_cpulocal"].as_f64().expect("a ratio");
+        assert!(ratio > 0.0, "{r}");
+        if peer == "cpulocal_add" {
+            assert_eq!(ratio, 1.0, "{r}");
+        }
+        assert!(r["ops_per_thread"].as_u64().unwrap() > 0, "{r}");
+        let per_cpu = r["max_threads_per_cpu"].as_u64().expect("pinned");
+        assert_eq!(per_cpu as usize, (threads as usize).div_ceil(cpus), "{r}");
+    }
+
+    let fenced = v["fenced_add_on"].as_array().expect("fenced_add_on");
+    if cpus >= 2 {
+        let targets: Vec<&str> = fenced
+            .iter()
+            .map(|f| f["target"].as_str().unwrap())
+            .collect();
+        assert_eq!(targets, ["idle", "busy"]);
+        for f in fenced {
+            assert!(f["samples"].as_u64().unwrap() > 0);
+            assert!(f["median_ns"].as_f64().unwrap() > 0.0);
+            assert!(f["p90_ns"].as_f64().unwrap() >= f["median_ns"].as_f64().unwrap());
+        }
+    } else {
+        assert!(fenced.is_empty());
+    }
+
+    let structures = v["structures"].as_array().expect("structures");
+    let names: Vec<&str> = structures
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["list", "buffer", "ring"]);
+    for s in structures {
+        assert_eq!(s["status"], "not built");
+        assert!(s["compare_with"].as_str().unwrap().contains("crossbeam"));
+    }
+
+    let png = PathBuf::from(v["chart"]["png"].as_str().unwrap());
+    let svg = PathBuf::from(v["chart"]["svg"].as_str().unwrap());
+    assert_eq!(png, charts.join("counter-throughput.png"));
+    assert_eq!(svg, charts.join("counter-throughput.svg"));
+    check_png(&png);
+    check_svg(&svg);
+    assert!(v["elapsed_s"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn bench_floating_threads_have_no_cpu_of_their_own() {
+    let dir = scratch("bench-floating");
+    let o = cpulocal_in(
+        &dir,
+        &[
+            "bench",
+            "--json",
+            "--threads",
+            "4",
+            "--rounds",
+            "1",
+            "--placement",
+            "floating",
+        ],
+    );
+    assert_success(&o);
+    let v: Value = serde_json::from_str(&stdout(&o)).expect("bench --json is JSON");
+    assert_eq!(v["placement"], "floating");
+    for r in v["results"].as_array().unwrap() {
+        assert!(r["max_threads_per_cpu"].is_null(), "{r}");
+    }
+    // The default output directory, relative to the working directory.
+    check_png(&dir.join("target/cpulocal-bench/counter-throughput.png"));
+}
+
+// --- step --------------------------------------------------------------------
+
+/// `step --json`, parsed; None (and a note) when the command says it cannot
+/// run here.
+fn step_json(args: &[&str]) -> Option<Value> {
+    let mut all = vec!["step", "--json"];
+    all.extend_from_slice(args);
+    let o = cpulocal(&all);
+    if !o.status.success() && stderr(&o).contains("not available here") {
+        eprintln!("skipped: {}", stderr(&o));
+        return None;
+    }
+    assert_success(&o);
+    Some(serde_json::from_str(&stdout(&o)).expect("step --json is JSON"))
+}
+
+#[test]
+fn step_with_the_fallback_completes_every_operation() {
+    let v = step_json(&["--ops", "6"]).expect("the fallback runs everywhere");
+    assert_eq!(v["mode"], "fallback");
+    assert_eq!(v["operation"], "PerCpuCounter::add(1)");
+    assert_eq!(v["ops"], 6);
+    assert_eq!(v["completed"], true, "{v}");
+    assert_eq!(v["livelock"], false, "{v}");
+    assert_eq!(v["ops_completed_stepped"], 6, "{v}");
+    assert!(v["livelock_op"].is_null() && v["livelock_steps"].is_null());
+    let budget = v["step_budget"].as_u64().unwrap();
+    let s = &v["steps_per_op"];
+    let (min, median, max) = (
+        s["min"].as_u64().unwrap(),
+        s["median"].as_u64().unwrap(),
+        s["max"].as_u64().unwrap(),
+    );
+    let mean = s["mean"].as_f64().unwrap();
+    assert!(
+        0 < min && min <= median && median <= max && max < budget,
+        "{v}"
+    );
+    assert!(min as f64 <= mean && mean <= max as f64, "{v}");
+    assert!(v["total_steps"].as_u64().unwrap() >= 6 * min, "{v}");
+    assert!(v["marker_steps"].as_u64().unwrap() > 0);
+    assert_eq!(v["sum"], 6);
+    assert_eq!(v["expected_sum"], 6);
+    assert_eq!(v["exact"], true);
+    assert!(v["first_op_attempts"].is_null());
+    // Single-stepped, no section commits: every add took the fenced path,
+    // each after exactly RSEQ_ATTEMPTS aborts (the child is pinned).
+    assert_eq!(v["fenced"], 6, "{v}");
+    assert_eq!(v["retried"], 0, "{v}");
+    let attempts = v["rseq_attempts"].as_u64().unwrap();
+    match v["engine"].as_str().unwrap() {
+        "rseq" => assert_eq!(v["aborts"].as_u64().unwrap(), 6 * attempts, "{v}"),
+        "fenced" => assert_eq!(v["aborts"], 0, "{v}"),
+        other => panic!("engine {other}"),
+    }
+}
+
+#[test]
+fn step_text_reports_steps_per_operation() {
+    let o = cpulocal(&["step", "--ops", "3"]);
+    assert_success(&o);
+    let out = stdout(&o);
+    assert!(
+        out.starts_with("cpulocal step: PerCpuCounter::add(1) × 3"),
+        "{out}"
+    );
+    assert!(out.contains("completed:      3 of 3 operations"), "{out}");
+    assert!(out.contains("(exact)"), "{out}");
+    assert!(out.contains("steps per op:   min "), "{out}");
+    assert!(out.contains("3 fenced, 0 retried"), "{out}");
+}
+
+#[test]
+fn step_without_the_fallback_livelocks_and_the_budget_catches_it() {
+    let Some(v) = step_json(&["--no-fallback", "--ops", "3", "--budget", "5000"]) else {
+        return;
+    };
+    assert_eq!(v["mode"], "no_fallback");
+    assert_eq!(v["completed"], false, "{v}");
+    assert_eq!(v["livelock"], true, "{v}");
+    assert_eq!(v["ops_completed_stepped"], 0, "{v}");
+    assert_eq!(v["livelock_op"], 1, "{v}");
+    assert!(v["livelock_steps"].as_u64().unwrap() > 5000, "{v}");
+    assert!(v["steps_per_op"].is_null(), "{v}");
+    // Released with PTRACE_CONT, the loop finished at once and counted
+    // exactly; its first operation was aborted at every step until then.
+    assert_eq!(v["exact"], true, "{v}");
+    assert_eq!(v["sum"], 3, "{v}");
+    let attempts = v["first_op_attempts"].as_u64().unwrap();
+    assert!(attempts > 100, "{v}");
+    assert!(v["aborts"].as_u64().unwrap() >= attempts - 1, "{v}");
+    assert!(v["fenced"].is_null() && v["retried"].is_null());
+
+    let o = cpulocal(&["step", "--no-fallback", "--ops", "2", "--budget", "3000"]);
+    assert_success(&o);
+    let out = stdout(&o);
+    assert!(
+        out.contains("livelock caught: operation 1 of 2 ran 3,001 steps"),
+        "{out}"
+    );
+    assert!(out.contains("released:"), "{out}");
+}
+
+#[test]
+fn help_lists_the_subcommands_but_not_the_child() {
+    let o = cpulocal(&["--help"]);
+    assert_success(&o);
+    let out = stdout(&o);
+    for sub in ["info", "demo", "bench", "step"] {
+        assert!(out.contains(&format!("  {sub} ")), "no {sub} in:\n{out}");
+    }
+    assert!(!out.contains("__step-child"), "{out}");
 }

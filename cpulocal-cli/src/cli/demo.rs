@@ -67,31 +67,95 @@ impl Gate {
 
 /// Runs the demo and prints its report; fails if the counter is not exact.
 pub fn run(out: &mut impl Write, args: &DemoArgs) -> Result<(), Failure> {
-    let cpus = cpulocal::possible_cpus();
-    let threads = args.threads.unwrap_or(THREADS_PER_CPU * cpus as u64);
-    let ops = args.ops;
-    let expected = threads
-        .checked_mul(ops)
-        .and_then(|t| i64::try_from(t).ok())
-        .ok_or_else(|| {
-            Failure::Broken(format!(
-                "{threads} threads × {ops} ops does not fit the counter (at most {} adds)",
-                grouped(i64::MAX)
-            ))
-        })?;
-    let threads = usize::try_from(threads)
-        .map_err(|_| Failure::Broken(format!("cannot run {threads} threads")))?;
+    let plan = Plan::new(args)?;
+    plan.header(out, "")?;
+    let o = measure(&plan)?;
+    write_full(out, &o)?;
+    verdict(&o)
+}
 
+/// Runs the demo and prints a three-line summary (the default command).
+pub fn run_summary(out: &mut impl Write, args: &DemoArgs) -> Result<(), Failure> {
+    let plan = Plan::new(args)?;
+    plan.header(out, " (details: cpulocal demo)")?;
+    let o = measure(&plan)?;
+    write_exactness(out, &o)?;
+    let total = o.plan.expected as u64;
+    let stats = o.stats;
+    let pct = |n: u64| 100.0 * n as f64 / total as f64;
     writeln!(
         out,
-        "counter demo: {} threads × {} ops on {cpus} CPU{}, take() every {} ms",
-        grouped(threads as u64),
-        grouped(ops),
-        if cpus == 1 { "" } else { "s" },
-        TAKE_EVERY.as_millis(),
+        "  paths:          fast {:.1}%, retried {:.2}%, fenced {:.1}%; {:.2} s wall",
+        pct(total.saturating_sub(stats.retried + stats.fenced)),
+        pct(stats.retried),
+        pct(stats.fenced),
+        o.wall.as_secs_f64(),
     )?;
-    out.flush()?;
+    verdict(&o)
+}
 
+/// The demo's size, checked.
+#[derive(Clone, Copy)]
+struct Plan {
+    cpus: usize,
+    threads: usize,
+    ops: u64,
+    expected: i64,
+}
+
+impl Plan {
+    fn new(args: &DemoArgs) -> Result<Plan, Failure> {
+        let cpus = cpulocal::possible_cpus();
+        let threads = args.threads.unwrap_or(THREADS_PER_CPU * cpus as u64);
+        let ops = args.ops;
+        let expected = threads
+            .checked_mul(ops)
+            .and_then(|t| i64::try_from(t).ok())
+            .ok_or_else(|| {
+                Failure::Broken(format!(
+                    "{threads} threads × {ops} ops does not fit the counter (at most {} adds)",
+                    grouped(i64::MAX)
+                ))
+            })?;
+        let threads = usize::try_from(threads)
+            .map_err(|_| Failure::Broken(format!("cannot run {threads} threads")))?;
+        Ok(Plan {
+            cpus,
+            threads,
+            ops,
+            expected,
+        })
+    }
+
+    fn header(&self, out: &mut impl Write, suffix: &str) -> std::io::Result<()> {
+        writeln!(
+            out,
+            "counter demo: {} threads × {} ops on {} CPU{}, take() every {} ms{suffix}",
+            grouped(self.threads as u64),
+            grouped(self.ops),
+            self.cpus,
+            if self.cpus == 1 { "" } else { "s" },
+            TAKE_EVERY.as_millis(),
+        )?;
+        out.flush()
+    }
+}
+
+/// What a demo run did.
+struct Outcome {
+    plan: Plan,
+    workers: Vec<Worker>,
+    taken: i64,
+    takes: u64,
+    slots: Vec<i64>,
+    rest: i64,
+    wall: Duration,
+    stats: cpulocal::PathStats,
+}
+
+/// Runs the demo threads and collects what they did.
+fn measure(plan: &Plan) -> Result<Outcome, Failure> {
+    let (threads, ops) = (plan.threads, plan.ops);
     let counter = Arc::new(PerCpuCounter::new());
     let gate = Arc::new(Gate::default());
     let done = Arc::new(AtomicBool::new(false));
@@ -144,21 +208,45 @@ pub fn run(out: &mut impl Write, args: &DemoArgs) -> Result<(), Failure> {
     // Every thread has stopped: the slots hold what the last take() left.
     let slots = counter.per_cpu();
     let rest = counter.sum();
-    let got = taken.wrapping_add(rest);
-    let exact = got == expected;
-    writeln!(out, "  expected:       {}", grouped(expected))?;
+    Ok(Outcome {
+        plan: *plan,
+        workers,
+        taken,
+        takes,
+        slots,
+        rest,
+        wall,
+        stats: counter.stats(),
+    })
+}
+
+/// The "expected" and "taken + sum" lines.
+fn write_exactness(out: &mut impl Write, o: &Outcome) -> std::io::Result<()> {
+    let got = o.taken.wrapping_add(o.rest);
+    writeln!(out, "  expected:       {}", grouped(o.plan.expected))?;
     writeln!(
         out,
         "  taken + sum:    {} + {} = {}  {} ({} takes)",
-        grouped(taken),
-        grouped(rest),
+        grouped(o.taken),
+        grouped(o.rest),
         grouped(got),
-        if exact { "exact" } else { "NOT EXACT" },
-        grouped(takes),
-    )?;
-    write_slots(out, &slots)?;
+        if got == o.plan.expected {
+            "exact"
+        } else {
+            "NOT EXACT"
+        },
+        grouped(o.takes),
+    )
+}
 
-    let total = expected as u64;
+/// The demo's full report.
+fn write_full(out: &mut impl Write, o: &Outcome) -> std::io::Result<()> {
+    let workers = &o.workers;
+    let wall = o.wall;
+    write_exactness(out, o)?;
+    write_slots(out, &o.slots)?;
+
+    let total = o.plan.expected as u64;
     let cpu_time: Duration = workers.iter().map(|w| w.cpu_time).sum();
     writeln!(
         out,
@@ -177,10 +265,9 @@ pub fn run(out: &mut impl Write, args: &DemoArgs) -> Result<(), Failure> {
         grouped(round_robin),
         grouped(random),
     )?;
-    let stats = counter.stats();
+    let stats = o.stats;
     let pct = |n: u64| 100.0 * n as f64 / total as f64;
-    let fast = total.checked_sub(stats.retried + stats.fenced);
-    if let Some(fast) = fast {
+    if let Some(fast) = total.checked_sub(stats.retried + stats.fenced) {
         writeln!(
             out,
             "  paths:          fast {} ({:.1}%), retried {} ({:.2}%, {} aborts), fenced {} ({:.1}%)",
@@ -193,9 +280,21 @@ pub fn run(out: &mut impl Write, args: &DemoArgs) -> Result<(), Failure> {
             pct(stats.fenced),
         )?;
     }
-    writeln!(out, "  engine:         {}", engines(&workers))?;
+    writeln!(out, "  engine:         {}", engines(workers))
+}
 
-    if !exact {
+/// Fails if the counter was not exact or the threads did not all run.
+fn verdict(o: &Outcome) -> Result<(), Failure> {
+    let (threads, expected) = (o.plan.threads, o.plan.expected);
+    let (taken, rest) = (o.taken, o.rest);
+    let got = taken.wrapping_add(rest);
+    let total = expected as u64;
+    let stats = o.stats;
+    let workers = &o.workers;
+    let local: u64 = workers.iter().map(|w| w.local).sum();
+    let round_robin: u64 = workers.iter().map(|w| w.round_robin).sum();
+    let random: u64 = workers.iter().map(|w| w.random).sum();
+    if got != expected {
         return Err(Failure::Broken(format!(
             "the counter is not exact: {} adds ran, but take() returned {} and {} remain, {} {} ({})",
             grouped(expected),
@@ -214,7 +313,7 @@ pub fn run(out: &mut impl Write, args: &DemoArgs) -> Result<(), Failure> {
             grouped(total),
         )));
     }
-    if fast.is_none() {
+    if total.checked_sub(stats.retried + stats.fenced).is_none() {
         return Err(Failure::Broken(format!(
             "the path statistics count more slow operations ({} retried + {} fenced) than ran ({})",
             grouped(stats.retried),

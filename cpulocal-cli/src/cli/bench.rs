@@ -1,0 +1,412 @@
+//! `cpulocal bench`: the comparison suite (`cpulocal_cli::suite`), printed as
+//! tables of time per operation and of ratios to cpulocal, written as a chart,
+//! or printed as JSON.
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+
+use cpulocal_cli::suite::{self, Config, Progress, Report};
+use cpulocal_cli::{Peer, Placement, Target};
+
+use super::chart::{self, Files};
+use super::{grouped, BenchArgs, Failure, PlacementArg};
+
+/// Where the chart goes by default, relative to the working directory.
+pub const DEFAULT_OUT: &str = "target/cpulocal-bench";
+
+/// The per-CPU structures the issue plans, with the crossbeam structure each
+/// will be compared with. None exists yet: the suite says so.
+const STRUCTURES: [(&str, &str); 3] = [
+    ("list", "crossbeam's SegQueue"),
+    ("buffer", "crossbeam's ArrayQueue"),
+    ("ring", "crossbeam's ArrayQueue"),
+];
+
+/// The suite's configuration for these arguments.
+pub fn config(args: &BenchArgs) -> Config {
+    let mut config = if args.quick {
+        Config::quick()
+    } else {
+        Config::full()
+    };
+    if let Some(threads) = &args.threads {
+        let mut t: Vec<usize> = threads.iter().map(|&n| n as usize).collect();
+        t.sort_unstable();
+        t.dedup();
+        config.threads = t;
+    }
+    if let Some(rounds) = args.rounds {
+        config.rounds = rounds as usize;
+    }
+    config.placement = match args.placement {
+        PlacementArg::Pinned => Placement::Pinned,
+        PlacementArg::Floating => Placement::Floating,
+    };
+    config
+}
+
+/// Runs the suite, writes the chart and prints the report (or JSON).
+pub fn run(out: &mut impl Write, args: &BenchArgs) -> Result<(), Failure> {
+    let config = config(args);
+    if !args.json {
+        write_header(out, &config, args.quick)?;
+        out.flush()?;
+    }
+    let bar = progress_bar(&config, args.json);
+    let report = suite::run(&config, &mut |p| {
+        bar.set_message(describe(p, config.rounds));
+        bar.inc(1);
+    });
+    bar.finish_and_clear();
+    let report = report.map_err(|e| Failure::Broken(e.to_string()))?;
+    let files = chart::write(&report, &args.out).map_err(Failure::Broken)?;
+    if args.json {
+        let json = serde_json::to_string_pretty(&to_json(&report, &files, args.quick))
+            .map_err(|e| Failure::Broken(format!("cannot encode the results: {e}")))?;
+        writeln!(out, "{json}")?;
+    } else {
+        write_report(out, &report, &files)?;
+    }
+    Ok(())
+}
+
+/// A bar on stderr; hidden for `--json` and when stderr is not a terminal.
+fn progress_bar(config: &Config, json: bool) -> ProgressBar {
+    if json || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(config.steps()), ProgressDrawTarget::stderr());
+    if let Ok(style) =
+        ProgressStyle::with_template("  {bar:32} {pos:>4}/{len} {elapsed:>3} {wide_msg}")
+    {
+        bar.set_style(style);
+    }
+    bar.enable_steady_tick(Duration::from_millis(100));
+    bar
+}
+
+/// The progress bar's message for a step.
+fn describe(p: Progress, rounds: usize) -> String {
+    let threads = |t: usize| format!("{t} thread{}", if t == 1 { "" } else { "s" });
+    match p {
+        Progress::Calibrating { threads: t, peer } => {
+            format!("{}: sizing {}", threads(t), peer.name())
+        }
+        Progress::Round {
+            threads: t,
+            round,
+            peer,
+        } => format!(
+            "{}: round {}/{rounds} {}",
+            threads(t),
+            round + 1,
+            peer.name()
+        ),
+        Progress::Fenced(target) => format!("fenced add_on, {}", target.name()),
+    }
+}
+
+fn list(v: &[usize]) -> String {
+    v.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn write_header(out: &mut impl Write, config: &Config, quick: bool) -> std::io::Result<()> {
+    let cpus = cpulocal_cli::runner::allowed_cpus()
+        .map(|c| c.len())
+        .unwrap_or(1);
+    let peers = config.peers.iter().filter(|p| p.available()).count();
+    writeln!(
+        out,
+        "cpulocal bench{}: {peers} counters at {} threads on {cpus} CPU{}, side by side in one process",
+        if quick { " --quick" } else { "" },
+        list(&config.threads),
+        if cpus == 1 { "" } else { "s" },
+    )?;
+    let placement = match config.placement {
+        Placement::Pinned => {
+            format!("threads pinned, one per CPU up to {cpus}, spread evenly over the CPUs beyond")
+        }
+        Placement::Floating => "threads not pinned (the scheduler places and migrates them)".into(),
+    };
+    writeln!(
+        out,
+        "  {} interleaved rounds of ~{} ms batches per thread count; {placement}",
+        config.rounds,
+        config.batch.as_millis(),
+    )
+}
+
+/// A time or ratio with 3 significant digits or so.
+fn num(v: f64) -> String {
+    if !v.is_finite() {
+        "-".into()
+    } else if v < 10.0 {
+        format!("{v:.2}")
+    } else if v < 100.0 {
+        format!("{v:.1}")
+    } else {
+        grouped(v.round() as i64)
+    }
+}
+
+const LABEL_WIDTH: usize = 32;
+const CELL_WIDTH: usize = 8;
+
+fn write_table(
+    out: &mut impl Write,
+    report: &Report,
+    peers: &[Peer],
+    value: impl Fn(&suite::Cell) -> Option<f64>,
+) -> std::io::Result<()> {
+    let threads = &report.config.threads;
+    write!(out, "  {:<LABEL_WIDTH$}", "threads")?;
+    for t in threads {
+        write!(out, "{t:>CELL_WIDTH$}")?;
+    }
+    writeln!(out)?;
+    for &peer in peers {
+        write!(out, "  {:<LABEL_WIDTH$}", peer.label())?;
+        for &t in threads {
+            let v = report.cell(peer, t).and_then(&value);
+            write!(out, "{:>CELL_WIDTH$}", v.map_or("-".into(), num))?;
+        }
+        writeln!(out)?;
+    }
+    Ok(())
+}
+
+fn write_report(out: &mut impl Write, report: &Report, files: &Files) -> std::io::Result<()> {
+    let ran: Vec<Peer> = report
+        .config
+        .peers
+        .iter()
+        .copied()
+        .filter(|p| !report.unavailable.contains(p))
+        .collect();
+    writeln!(out)?;
+    writeln!(
+        out,
+        "ns per operation (batch wall time / all threads' operations; median of {} rounds)",
+        report.config.rounds
+    )?;
+    write_table(out, report, &ran, |c| Some(c.median_ns))?;
+    let others: Vec<Peer> = ran
+        .iter()
+        .copied()
+        .filter(|&p| p != Peer::Cpulocal)
+        .collect();
+    if ran.contains(&Peer::Cpulocal) && !others.is_empty() {
+        writeln!(out)?;
+        writeln!(
+            out,
+            "ratio to cpulocal (peer's time / cpulocal's in the same round, median; above 1: cpulocal is faster)"
+        )?;
+        write_table(out, report, &others, |c| c.ratio)?;
+    }
+    if !report.unavailable.is_empty() {
+        let names: Vec<&str> = report.unavailable.iter().map(|p| p.name()).collect();
+        writeln!(
+            out,
+            "  not available here: {} (the C baseline needs Linux x86_64 and glibc's rseq area)",
+            names.join(", ")
+        )?;
+    }
+    let shared: Vec<String> = report
+        .max_per_cpu
+        .iter()
+        .filter_map(|&(t, m)| m.filter(|&m| m > 1).map(|m| format!("{m} per CPU at {t}")))
+        .collect();
+    if !shared.is_empty() {
+        writeln!(
+            out,
+            "  threads sharing a CPU: {} (time-sliced by the kernel)",
+            shared.join(", ")
+        )?;
+    }
+    writeln!(out)?;
+    match report.fenced.as_slice() {
+        [] => writeln!(
+            out,
+            "fenced path: not measured (add_on to another CPU needs two CPUs)"
+        )?,
+        fenced => {
+            let samples = fenced[0].samples;
+            let parts: Vec<String> = fenced
+                .iter()
+                .map(|f| {
+                    format!(
+                        "{} ns with the target CPU {} (p90 {} ns)",
+                        grouped(f.median_ns.round() as i64),
+                        match f.target {
+                            Target::Idle => "idle",
+                            Target::Busy => "busy",
+                        },
+                        grouped(f.p90_ns.round() as i64),
+                    )
+                })
+                .collect();
+            writeln!(
+                out,
+                "fenced path, add_on to another CPU (median of {} calls): {}",
+                grouped(samples as u64),
+                parts.join("; ")
+            )?;
+        }
+    }
+    let names: Vec<&str> = STRUCTURES.iter().map(|(n, _)| *n).collect();
+    writeln!(
+        out,
+        "structures: the per-CPU {} do not exist yet (only the counter does), so there is no comparison with crossbeam",
+        names.join(", ")
+    )?;
+    writeln!(out)?;
+    write_chart_paths(out, files)?;
+    writeln!(out, "time: {:.1} s", report.elapsed.as_secs_f64())
+}
+
+/// The "chart:" lines.
+pub fn write_chart_paths(out: &mut impl Write, files: &Files) -> std::io::Result<()> {
+    writeln!(out, "chart: {}", shown(&files.png))?;
+    writeln!(out, "       {}", shown(&files.svg))
+}
+
+fn shown(p: &Path) -> String {
+    p.display().to_string()
+}
+
+// --- JSON -------------------------------------------------------------------
+
+#[derive(Serialize)]
+struct Json<'a> {
+    quick: bool,
+    cpus: usize,
+    placement: &'static str,
+    threads: &'a [usize],
+    rounds: usize,
+    batch_ms: f64,
+    reference: &'static str,
+    peers: Vec<JsonPeer>,
+    results: Vec<JsonResult>,
+    fenced_add_on: Vec<JsonFenced>,
+    structures: Vec<JsonStructure>,
+    chart: JsonChart,
+    elapsed_s: f64,
+}
+
+#[derive(Serialize)]
+struct JsonPeer {
+    name: &'static str,
+    label: &'static str,
+    available: bool,
+}
+
+#[derive(Serialize)]
+struct JsonResult {
+    peer: &'static str,
+    threads: usize,
+    ns_per_op: f64,
+    ns_per_op_min: f64,
+    ns_per_op_max: f64,
+    mops_per_s: f64,
+    ratio_to_cpulocal: Option<f64>,
+    ops_per_thread: u64,
+    max_threads_per_cpu: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct JsonFenced {
+    target: &'static str,
+    samples: usize,
+    median_ns: f64,
+    p90_ns: f64,
+}
+
+#[derive(Serialize)]
+struct JsonStructure {
+    name: &'static str,
+    compare_with: &'static str,
+    status: &'static str,
+}
+
+#[derive(Serialize)]
+struct JsonChart {
+    png: String,
+    svg: String,
+}
+
+fn to_json<'a>(report: &'a Report, files: &Files, quick: bool) -> Json<'a> {
+    let per_cpu = |t: usize| {
+        report
+            .max_per_cpu
+            .iter()
+            .find(|(n, _)| *n == t)
+            .and_then(|(_, m)| *m)
+    };
+    Json {
+        quick,
+        cpus: report.cpus,
+        placement: report.config.placement.name(),
+        threads: &report.config.threads,
+        rounds: report.config.rounds,
+        batch_ms: report.config.batch.as_secs_f64() * 1e3,
+        reference: Peer::Cpulocal.name(),
+        peers: report
+            .config
+            .peers
+            .iter()
+            .map(|&p| JsonPeer {
+                name: p.name(),
+                label: p.label(),
+                available: !report.unavailable.contains(&p),
+            })
+            .collect(),
+        results: report
+            .cells
+            .iter()
+            .map(|c| JsonResult {
+                peer: c.peer.name(),
+                threads: c.threads,
+                ns_per_op: c.median_ns,
+                ns_per_op_min: c.min_ns,
+                ns_per_op_max: c.max_ns,
+                mops_per_s: c.mops(),
+                ratio_to_cpulocal: c.ratio,
+                ops_per_thread: c.ops_per_thread,
+                max_threads_per_cpu: per_cpu(c.threads),
+            })
+            .collect(),
+        fenced_add_on: report
+            .fenced
+            .iter()
+            .map(|f| JsonFenced {
+                target: match f.target {
+                    Target::Idle => "idle",
+                    Target::Busy => "busy",
+                },
+                samples: f.samples,
+                median_ns: f.median_ns,
+                p90_ns: f.p90_ns,
+            })
+            .collect(),
+        structures: STRUCTURES
+            .iter()
+            .map(|&(name, compare_with)| JsonStructure {
+                name,
+                compare_with,
+                status: "not built",
+            })
+            .collect(),
+        chart: JsonChart {
+            png: shown(&files.png),
+            svg: shown(&files.svg),
+        },
+        elapsed_s: report.elapsed.as_secs_f64(),
+    }
+}

@@ -1,0 +1,468 @@
+//! The comparison suite behind `cpulocal bench`: every available [`Peer`] at
+//! each thread count, timed in one process, interleaved, so that the ratios
+//! between peers hold on a noisy machine; plus the cost of cpulocal's fenced
+//! path.
+//!
+//! For each thread count the suite starts one [`Runner`] and a fresh
+//! [`Workload`] per peer, sizes each peer's batch to take about
+//! [`Config::batch`] of wall time, then runs [`Config::rounds`] rounds: one
+//! batch of every peer per round, the order rotated by one peer each round.
+//! A cell's time is the median over its rounds of wall time / total
+//! operations (every thread's), and a peer's ratio to cpulocal is the median
+//! of its per-round ratios (the peer's batch against cpulocal's batch of the
+//! same round), so that a slow phase of the machine affects both sides.
+//!
+//! Each workload adds 1 per operation, and after its rounds the suite checks
+//! that its total equals the operations run: a lost or duplicated update is an
+//! [`Error::Inexact`], whatever the timing.
+//!
+//! ```no_run
+//! use cpulocal_cli::suite::{self, Config};
+//!
+//! let report = suite::run(&Config::quick(), &mut |_| {}).unwrap();
+//! for cell in &report.cells {
+//!     println!("{} @{}: {:.2} ns/op", cell.peer.name(), cell.threads, cell.median_ns);
+//! }
+//! ```
+
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::peers::{FencedAddOn, Peer, Target, Workload};
+use crate::runner::{allowed_cpus, Placement, Runner};
+
+/// What to run; [`Config::full`] and [`Config::quick`] are the two presets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Thread counts, in increasing order.
+    pub threads: Vec<usize>,
+    /// The peers, in report order; [`Peer::Cpulocal`] is the reference of the
+    /// ratios (none are computed without it).
+    pub peers: Vec<Peer>,
+    /// Interleaved rounds per thread count (the median is over these).
+    pub rounds: usize,
+    /// The wall time one batch (one peer, every thread) aims at.
+    pub batch: Duration,
+    /// Fenced `add_on` calls timed one by one, per target state.
+    pub fenced_samples: usize,
+    /// Where the worker threads run.
+    pub placement: Placement,
+}
+
+/// The thread counts of both presets.
+pub const THREADS: [usize; 5] = [1, 2, 4, 8, 16];
+
+impl Config {
+    /// The full suite: 15 rounds of 25 ms batches per thread count, 50,000
+    /// fenced calls per target; about 16 s on 2 CPUs.
+    pub fn full() -> Self {
+        Config {
+            threads: THREADS.to_vec(),
+            peers: Peer::ALL.to_vec(),
+            rounds: 15,
+            batch: Duration::from_millis(25),
+            fenced_samples: 50_000,
+            placement: Placement::Pinned,
+        }
+    }
+
+    /// A short run: 5 rounds of 4 ms batches, 2,000 fenced calls per target;
+    /// about a second on 2 CPUs. Noisier, same shape.
+    pub fn quick() -> Self {
+        Config {
+            rounds: 5,
+            batch: Duration::from_millis(4),
+            fenced_samples: 2_000,
+            ..Self::full()
+        }
+    }
+
+    /// How many [`Progress`] events a run reports (a progress bar's length),
+    /// when called on the thread that runs the suite.
+    pub fn steps(&self) -> u64 {
+        let peers = self.peers.iter().filter(|p| p.available()).count() as u64;
+        let per_count = peers * (1 + self.rounds as u64);
+        self.threads.len() as u64 * per_count + 2
+    }
+}
+
+/// What the suite is about to do; reported once per step (see
+/// [`Config::steps`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// Sizing `peer`'s batch on `threads` threads (also its warm-up).
+    Calibrating {
+        /// Worker threads.
+        threads: usize,
+        /// The peer.
+        peer: Peer,
+    },
+    /// One timed batch of `peer` in round `round` (from 0).
+    Round {
+        /// Worker threads.
+        threads: usize,
+        /// The round.
+        round: usize,
+        /// The peer.
+        peer: Peer,
+    },
+    /// Timing fenced `add_on` calls with the target CPU in this state
+    /// (reported even when the machine has one CPU and nothing runs).
+    Fenced(Target),
+}
+
+/// One peer at one thread count.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cell {
+    /// The peer.
+    pub peer: Peer,
+    /// Worker threads.
+    pub threads: usize,
+    /// Operations per thread in each timed batch.
+    pub ops_per_thread: u64,
+    /// Nanoseconds per operation (batch wall time / all threads' operations),
+    /// one per round, in round order.
+    pub rounds_ns: Vec<f64>,
+    /// The median of `rounds_ns`.
+    pub median_ns: f64,
+    /// The fastest round.
+    pub min_ns: f64,
+    /// The slowest round.
+    pub max_ns: f64,
+    /// The median over rounds of this peer's time / cpulocal's time in the
+    /// same round; above 1, cpulocal is faster. None without a cpulocal cell
+    /// (1.0 for cpulocal itself).
+    pub ratio: Option<f64>,
+}
+
+impl Cell {
+    /// Aggregate throughput, millions of operations per second.
+    pub fn mops(&self) -> f64 {
+        1e3 / self.median_ns
+    }
+}
+
+/// The latency of cpulocal's fenced path: `add_on` to a CPU the caller is not
+/// on, one call at a time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fenced {
+    /// Whether the target CPU was idle or busy.
+    pub target: Target,
+    /// The calls timed.
+    pub samples: usize,
+    /// Median latency, ns (each sample includes one `Instant::now()`).
+    pub median_ns: f64,
+    /// 90th percentile latency, ns.
+    pub p90_ns: f64,
+}
+
+/// What a run measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    /// The configuration run.
+    pub config: Config,
+    /// The CPUs the process may run on.
+    pub cpus: usize,
+    /// Every available peer at every thread count, thread count major, in
+    /// [`Config::peers`] order.
+    pub cells: Vec<Cell>,
+    /// Peers that could not run here (the C peers without the C baseline or
+    /// without glibc's rseq area).
+    pub unavailable: Vec<Peer>,
+    /// Largest number of workers that shared one CPU, per thread count (None
+    /// for floating workers).
+    pub max_per_cpu: Vec<(usize, Option<usize>)>,
+    /// The fenced path, idle then busy target; empty with a single CPU.
+    pub fenced: Vec<Fenced>,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+}
+
+impl Report {
+    /// The cell of `peer` at `threads`, if it ran.
+    pub fn cell(&self, peer: Peer, threads: usize) -> Option<&Cell> {
+        self.cells
+            .iter()
+            .find(|c| c.peer == peer && c.threads == threads)
+    }
+}
+
+/// Why a run failed.
+#[derive(Debug)]
+pub enum Error {
+    /// Threads could not be created or pinned.
+    Io(io::Error),
+    /// A workload's total is not the number of operations run.
+    Inexact {
+        /// The peer.
+        peer: Peer,
+        /// Worker threads.
+        threads: usize,
+        /// Operations run.
+        expected: i64,
+        /// The workload's total.
+        got: i64,
+    },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Io(e) => write!(f, "cannot start the benchmark threads: {e}"),
+            Error::Inexact {
+                peer,
+                threads,
+                expected,
+                got,
+            } => write!(
+                f,
+                "{} on {threads} thread{} counted {got} for {expected} operations (lost or duplicated updates)",
+                peer.name(),
+                if *threads == 1 { "" } else { "s" },
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Self {
+        Error::Io(e)
+    }
+}
+
+/// Runs the suite, calling `progress` before each step.
+///
+/// # Errors
+///
+/// [`Error::Io`] if threads cannot be created or pinned; [`Error::Inexact`]
+/// if a peer lost or duplicated updates.
+pub fn run(config: &Config, progress: &mut dyn FnMut(Progress)) -> Result<Report, Error> {
+    let started = Instant::now();
+    let cpus = allowed_cpus()?.len();
+    let unavailable: Vec<Peer> = config
+        .peers
+        .iter()
+        .copied()
+        .filter(|p| !p.available())
+        .collect();
+    let mut cells = Vec::new();
+    let mut max_per_cpu = Vec::new();
+    for &threads in &config.threads {
+        let runner = Runner::with_placement(threads, config.placement)?;
+        max_per_cpu.push((threads, runner.max_per_cpu()));
+        cells.extend(one_count(config, &runner, progress)?);
+    }
+    let mut fenced = Vec::new();
+    for target in [Target::Idle, Target::Busy] {
+        progress(Progress::Fenced(target));
+        if let Some(f) = FencedAddOn::new(target)? {
+            let samples = config.fenced_samples.max(1);
+            f.time((samples as u64 / 10).max(10)); // warm up
+            let lat = f.latencies(samples);
+            let (total, on_target) = f.total();
+            if !on_target || total < 0 || total as u64 != f.fenced_ops() {
+                return Err(Error::Inexact {
+                    peer: Peer::Cpulocal,
+                    threads: 1,
+                    expected: f.fenced_ops() as i64,
+                    got: total,
+                });
+            }
+            let at = |q: f64| lat[((lat.len() - 1) as f64 * q).round() as usize];
+            fenced.push(Fenced {
+                target,
+                samples,
+                median_ns: at(0.5).as_nanos() as f64,
+                p90_ns: at(0.9).as_nanos() as f64,
+            });
+        }
+    }
+    Ok(Report {
+        config: config.clone(),
+        cpus,
+        cells,
+        unavailable,
+        max_per_cpu,
+        fenced,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// A peer's state during one thread count.
+struct Entry {
+    peer: Peer,
+    workload: Arc<Workload>,
+    ops_per_thread: u64,
+    /// Operations run so far, every thread, calibration included.
+    ran: u64,
+    rounds_ns: Vec<f64>,
+}
+
+/// Every peer at one thread count.
+fn one_count(
+    config: &Config,
+    runner: &Runner,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Vec<Cell>, Error> {
+    let threads = runner.threads();
+    let mut entries = Vec::new();
+    for &peer in &config.peers {
+        let Some(w) = Workload::for_threads(peer, threads) else {
+            continue;
+        };
+        progress(Progress::Calibrating { threads, peer });
+        let mut e = Entry {
+            peer,
+            workload: Arc::new(w),
+            ops_per_thread: 0,
+            ran: 0,
+            rounds_ns: Vec::with_capacity(config.rounds),
+        };
+        e.ops_per_thread = calibrate(runner, &mut e, config.batch);
+        entries.push(e);
+    }
+    for round in 0..config.rounds {
+        let n = entries.len();
+        for k in 0..n {
+            let e = &mut entries[(round + k) % n];
+            progress(Progress::Round {
+                threads,
+                round,
+                peer: e.peer,
+            });
+            let wall = batch(runner, e, e.ops_per_thread);
+            let ops = e.ops_per_thread * threads as u64;
+            e.rounds_ns.push(wall.as_nanos() as f64 / ops as f64);
+        }
+    }
+    for e in &entries {
+        let got = e.workload.total();
+        if got != e.ran as i64 {
+            return Err(Error::Inexact {
+                peer: e.peer,
+                threads,
+                expected: e.ran as i64,
+                got,
+            });
+        }
+    }
+    let reference = entries
+        .iter()
+        .find(|e| e.peer == Peer::Cpulocal)
+        .map(|e| e.rounds_ns.clone());
+    Ok(entries
+        .into_iter()
+        .map(|e| {
+            let ratio = reference.as_ref().and_then(|r| {
+                let paired: Vec<f64> = e
+                    .rounds_ns
+                    .iter()
+                    .zip(r)
+                    .filter(|(_, c)| **c > 0.0)
+                    .map(|(p, c)| p / c)
+                    .collect();
+                median(&paired)
+            });
+            Cell {
+                peer: e.peer,
+                threads,
+                ops_per_thread: e.ops_per_thread,
+                median_ns: median(&e.rounds_ns).unwrap_or(f64::NAN),
+                min_ns: e.rounds_ns.iter().copied().fold(f64::INFINITY, f64::min),
+                max_ns: e.rounds_ns.iter().copied().fold(0.0, f64::max),
+                rounds_ns: e.rounds_ns,
+                ratio,
+            }
+        })
+        .collect())
+}
+
+/// One batch of `ops` operations per thread; returns its wall time.
+fn batch(runner: &Runner, e: &mut Entry, ops: u64) -> Duration {
+    let w = e.workload.clone();
+    e.ran += ops * runner.threads() as u64;
+    runner.run(move |_| w.run(ops))
+}
+
+/// Operations per thread for a batch of about `target` wall time: grows a
+/// batch until it takes a quarter of the target, then scales. Also warms up.
+fn calibrate(runner: &Runner, e: &mut Entry, target: Duration) -> u64 {
+    let mut ops = 256u64;
+    loop {
+        let wall = batch(runner, e, ops);
+        if wall >= target / 4 || ops >= 1 << 32 {
+            let scale = target.as_secs_f64() / wall.as_secs_f64().max(1e-9);
+            return ((ops as f64 * scale) as u64).max(1);
+        }
+        ops *= if wall < target / 64 { 8 } else { 2 };
+    }
+}
+
+/// The median of `v` (mean of the middle two for an even count); None when
+/// empty.
+pub fn median(v: &[f64]) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    Some(if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_even_and_empty() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
+    }
+
+    /// Structure only: every available peer at every count, ratios paired
+    /// with cpulocal, progress reported exactly `steps()` times.
+    #[test]
+    fn a_tiny_run_has_every_cell_and_step() {
+        let config = Config {
+            threads: vec![1, 3],
+            rounds: 3,
+            batch: Duration::from_micros(300),
+            fenced_samples: 50,
+            ..Config::quick()
+        };
+        let mut steps = 0u64;
+        let report = run(&config, &mut |_| steps += 1).unwrap();
+        assert_eq!(steps, config.steps());
+        let available = Peer::ALL.iter().filter(|p| p.available()).count();
+        assert_eq!(report.cells.len(), 2 * available);
+        assert_eq!(
+            report.unavailable.len() + available,
+            Peer::ALL.len(),
+            "{:?}",
+            report.unavailable
+        );
+        for cell in &report.cells {
+            assert_eq!(cell.rounds_ns.len(), 3);
+            assert!(cell.min_ns <= cell.median_ns && cell.median_ns <= cell.max_ns);
+            assert!(cell.median_ns > 0.0 && cell.ops_per_thread > 0);
+            let ratio = cell.ratio.expect("cpulocal ran");
+            assert!(ratio > 0.0);
+            if cell.peer == Peer::Cpulocal {
+                assert_eq!(ratio, 1.0);
+            }
+        }
+        assert_eq!(report.max_per_cpu.len(), 2);
+        let expected_fenced = if report.cpus >= 2 { 2 } else { 0 };
+        assert_eq!(report.fenced.len(), expected_fenced);
+    }
+}
