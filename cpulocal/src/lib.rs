@@ -25,7 +25,7 @@
 //!
 //! The rseq engine exists for Linux x86_64. Every other target, and any
 //! process where rseq or `membarrier(PRIVATE_EXPEDITED_RSEQ)` is unavailable
-//! (seccomp, valgrind, rr, old kernels), runs the fenced engine alone, with the
+//! (seccomp, valgrind, old kernels), runs the fenced engine alone, with the
 //! same results. [`status()`] says which engine runs and why.
 #![deny(unsafe_code)]
 #![warn(

@@ -28,7 +28,7 @@ pub enum RseqOff {
     NoArchSupport,
     /// The kernel refused to register rseq: ENOSYS means a kernel older than
     /// 4.18, a seccomp filter, or a tool that does not support rseq
-    /// (valgrind, rr).
+    /// (valgrind; older rr releases).
     Refused(Errno),
     /// `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ)` is unavailable, so a
     /// fenced operation could not stop a section on another CPU; for
@@ -76,7 +76,8 @@ pub struct Status {
     /// Which engine runs this thread's operations.
     pub engine: Engine,
     /// `getauxval(AT_RSEQ_FEATURE_SIZE)`: how much of `struct rseq` the kernel
-    /// fills (None before Linux 6.3, which fills 20 bytes).
+    /// fills (None before Linux 6.3, which fills 20 bytes, and under tools
+    /// such as valgrind that leave the key out of the auxiliary vector).
     pub feature_size: Option<u64>,
     /// Whether [`node_id()`](crate::node_id) has a value on this thread.
     pub node_id_valid: bool,
@@ -136,7 +137,7 @@ impl fmt::Display for RseqOff {
             RseqOff::NoArchSupport => f.write_str("cpulocal has no rseq critical sections for this architecture"),
             RseqOff::Refused(e) if e.0 == libc::ENOSYS => write!(
                 f,
-                "the kernel refused rseq with {e}: a kernel older than 4.18, a seccomp filter, or a tool without rseq support (valgrind, rr)"
+                "the kernel refused rseq with {e}: a kernel older than 4.18, a seccomp filter, or a tool without rseq support (valgrind; older rr releases)"
             ),
             RseqOff::Refused(e) => write!(f, "the kernel refused rseq registration with {e}"),
             RseqOff::NoMembarrier(e) => write!(
@@ -177,7 +178,8 @@ impl fmt::Display for Status {
             Some(s) => writeln!(f, "rseq feature size:   {s} bytes")?,
             None => writeln!(
                 f,
-                "rseq feature size:   unknown (kernel before 6.3: 20 bytes)"
+                "rseq feature size:   unknown (a kernel before 6.3, which fills 20 bytes, \
+                 or a tool such as valgrind that hides AT_RSEQ_FEATURE_SIZE)"
             )?,
         }
         writeln!(f, "node_id valid:       {}", yes_no(self.node_id_valid))?;

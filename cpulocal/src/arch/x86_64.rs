@@ -14,9 +14,12 @@
 //!     4: mov   [area + rseq_cs], 0      ; post-commit: disarm
 //!   (in __rseq_failure)
 //!        ud1   edi, [rip + RSEQ_SIG]    ; 0f b9 3d + signature: never executed
-//!     5: mov   [area + rseq_cs], 0      ; abort_ip: disarm
-//!        jmp   {abort}
+//!     5: jmp   {abort}                  ; abort_ip; {abort} disarms first
 //! ```
+//!
+//! `abort_ip` holds a single jump, so a debugger single-stepping an aborted
+//! section stops next in the function's own code, where `next` and `step`
+//! work, not in the symbol-less `__rseq_failure` section.
 //!
 //! Disarming after every exit leaves no thread's `rseq_cs` pointing at a
 //! descriptor once its operation returns, so a shared library using cpulocal
@@ -82,7 +85,6 @@ macro_rules! rseq_section {
             ".byte 0x0f, 0xb9, 0x3d",
             ".long {SIG}",
             "5:",
-            "mov qword ptr [{area} + {RSEQ_CS}], 0",
             "jmp {abort}",
             ".popsection",
             RSEQ_CS = const offset_of!(Rseq, rseq_cs),
@@ -92,6 +94,18 @@ macro_rules! rseq_section {
             $($operands)*
         )
     };
+}
+
+/// Clears `rseq_cs`: the first thing every abort label does.
+///
+/// # Safety
+///
+/// `area` is the area the section armed.
+#[inline(always)]
+unsafe fn disarm(area: *mut Rseq) {
+    // SAFETY: the caller's area is live and writable; this thread is the only
+    // user-space writer of its rseq_cs.
+    unsafe { core::ptr::write_volatile(core::ptr::addr_of_mut!((*area).rseq_cs), 0) };
 }
 
 /// What the abort label returns: [`Outcome::Fenced`] if the slot's fence is
@@ -135,7 +149,11 @@ pub(crate) unsafe fn add(area: *mut Rseq, slot: *const CounterSlot, n: i64) -> O
             word = out(reg) _,
             FENCE = const FENCE_OFFSET,
             VALUE = const COUNTER_VALUE_OFFSET,
-            abort = label { return aborted_or_fenced(slot) },
+            abort = label {
+                // SAFETY: the area this section armed.
+                unsafe { disarm(area) };
+                return aborted_or_fenced(slot);
+            },
             options(nostack),
         );
     }
@@ -167,7 +185,11 @@ pub(crate) unsafe fn add_without_fence_check(
             slot = in(reg) slot,
             n = in(reg) n,
             VALUE = const COUNTER_VALUE_OFFSET,
-            abort = label { return Outcome::Aborted },
+            abort = label {
+                // SAFETY: the area this section armed.
+                unsafe { disarm(area) };
+                return Outcome::Aborted;
+            },
             options(nostack),
         );
     }
