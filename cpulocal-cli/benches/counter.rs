@@ -194,11 +194,20 @@ fn summary() {
     }
 }
 
-criterion_group!(benches, per_cpu_add, fenced_add_on);
+criterion_group! {
+    name = benches;
+    // No HTML plots: the workspace builds plotters without system fonts (for
+    // `cpulocal bench`'s charts), and criterion's plots need them.
+    config = Criterion::default().without_plots();
+    targets = per_cpu_add, fenced_add_on
+}
 
 fn main() {
     benches();
-    Criterion::default().configure_from_args().final_summary();
+    Criterion::default()
+        .without_plots()
+        .configure_from_args()
+        .final_summary();
     // `cargo bench -- --list` or a filter that skips groups: the summary reads
     // whatever estimates exist, and says "-" for the rest.
     if !std::env::args().any(|a| a == "--list" || a == "--test") {
