@@ -111,8 +111,9 @@ static NO_RSEQ: Rseq = {
 thread_local! {
     /// The area sections use; see the module docs.
     static AREA: Cell<*const Rseq> = const { Cell::new(&UNSET) };
-    /// Who registered this thread, for `status()`.
-    static REGISTRATION: Cell<Option<Registration>> = const { Cell::new(None) };
+    /// Who registered rseq for this thread, and why its operations are fenced
+    /// (None: they are not), for `status()`.
+    static THREAD: Cell<Option<(Registration, Option<RseqOff>)>> = const { Cell::new(None) };
     /// The area cpulocal registers when glibc did not.
     static OWN_AREA: UnsafeCell<Rseq> = const { UnsafeCell::new(Rseq::unregistered()) };
     /// Whether `OWN_AREA` is registered with the kernel.
@@ -145,35 +146,60 @@ pub(crate) fn ensure_thread() -> bool {
         return false; // set up already; no rseq on this thread
     }
     let p = process();
-    let reg = if !p.sections {
-        Registration::Nobody(p.off.unwrap_or(RseqOff::NoArchSupport))
+    let (who, off) = if !p.sections {
+        // No thread runs sections; still say truthfully who registered.
+        let off = p.off.unwrap_or(RseqOff::NoArchSupport);
+        let who = match p.glibc {
+            Some(g) if g.size != 0 && glibc_registered_thread(g) => Registration::Glibc,
+            _ if OWN_REGISTERED.with(Cell::get) => Registration::Cpulocal,
+            _ => Registration::Nobody(off),
+        };
+        (who, Some(off))
     } else {
         match p.glibc {
             Some(g) if g.size != 0 => {
-                let a = arch::thread_pointer().wrapping_offset(g.offset) as *const Rseq;
-                if cpu_id(a) as i32 >= 0 {
-                    AREA.with(|c| c.set(a));
-                    Registration::Glibc
+                if glibc_registered_thread(g) {
+                    AREA.with(|c| c.set(glibc_area(g)));
+                    (Registration::Glibc, None)
                 } else {
-                    Registration::Nobody(RseqOff::GlibcFailedForThread)
+                    let off = RseqOff::GlibcFailedForThread;
+                    (Registration::Nobody(off), Some(off))
                 }
             }
             _ => match register_own() {
                 Ok(a) => {
                     AREA.with(|c| c.set(a));
-                    Registration::Cpulocal
+                    (Registration::Cpulocal, None)
                 }
-                // The kernel answers EINVAL when another area is registered.
-                Err(e) if e.0 == libc::EINVAL => Registration::Nobody(RseqOff::ForeignRegistration),
-                Err(e) => Registration::Nobody(RseqOff::Refused(e)),
+                Err(e) => {
+                    // The kernel answers EINVAL when another area is registered.
+                    let off = if e.0 == libc::EINVAL {
+                        RseqOff::ForeignRegistration
+                    } else {
+                        RseqOff::Refused(e)
+                    };
+                    (Registration::Nobody(off), Some(off))
+                }
             },
         }
     };
-    if !matches!(reg, Registration::Glibc | Registration::Cpulocal) {
+    if off.is_some() {
         AREA.with(|c| c.set(&NO_RSEQ));
     }
-    REGISTRATION.with(|c| c.set(Some(reg)));
+    THREAD.with(|c| c.set(Some((who, off))));
     cpu_id(area()) as i32 >= 0
+}
+
+/// glibc's area of the calling thread.
+fn glibc_area(g: sys::GlibcRseq) -> *const Rseq {
+    arch::thread_pointer().wrapping_offset(g.offset) as *const Rseq
+}
+
+/// Whether glibc (which registered rseq for the process) registered the
+/// calling thread. Without rseq asm the area cannot be located, and glibc's
+/// process-wide answer stands.
+fn glibc_registered_thread(g: sys::GlibcRseq) -> bool {
+    !arch::HAS_RSEQ || cpu_id(glibc_area(g)) as i32 >= 0
 }
 
 /// Registers this thread's own area; returns it.
@@ -205,8 +231,8 @@ impl Drop for OwnRegistration {
         let own = OWN_AREA.with(UnsafeCell::get);
         // Later destructors of this thread must not use the area.
         let _ = AREA.try_with(|c| c.set(&NO_RSEQ));
-        let _ =
-            REGISTRATION.try_with(|c| c.set(Some(Registration::Nobody(RseqOff::ThreadExiting))));
+        let exiting = RseqOff::ThreadExiting;
+        let _ = THREAD.try_with(|c| c.set(Some((Registration::Nobody(exiting), Some(exiting)))));
         if OWN_REGISTERED
             .try_with(|c| c.replace(false))
             .unwrap_or(false)
@@ -217,12 +243,14 @@ impl Drop for OwnRegistration {
     }
 }
 
-/// Who registered rseq for the calling thread (setting it up if needed).
-pub(crate) fn registration() -> Registration {
+/// Who registered rseq for the calling thread, and why its operations are
+/// fenced (None: they run sections); sets the thread up if needed.
+pub(crate) fn thread_state() -> (Registration, Option<RseqOff>) {
     ensure_thread();
-    REGISTRATION
-        .with(Cell::get)
-        .unwrap_or(Registration::Nobody(RseqOff::NoArchSupport))
+    THREAD.with(Cell::get).unwrap_or((
+        Registration::Nobody(RseqOff::NoArchSupport),
+        Some(RseqOff::NoArchSupport),
+    ))
 }
 
 /// The CPU the caller runs on: `cpu_id` where sections run, else

@@ -71,10 +71,17 @@ pub enum Engine {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Status {
-    /// Who registered rseq for this thread.
+    /// Who registered rseq for this thread (also when cpulocal does not use
+    /// the registration: see `fenced_because`).
     pub registration: Registration,
     /// Which engine runs this thread's operations.
     pub engine: Engine,
+    /// Why this thread's operations all take the fenced path; None when the
+    /// engine is [`Engine::Rseq`]. Where nobody registered rseq it is the
+    /// reason given in `registration`; it also covers a thread that is
+    /// registered but may not run sections (no membarrier, no asm for the
+    /// architecture).
+    pub fenced_because: Option<RseqOff>,
     /// `getauxval(AT_RSEQ_FEATURE_SIZE)`: how much of `struct rseq` the kernel
     /// fills (None before Linux 6.3, which fills 20 bytes, and under tools
     /// such as valgrind that leave the key out of the auxiliary vector).
@@ -96,18 +103,18 @@ pub struct Status {
 
 impl Status {
     pub(crate) fn current() -> Status {
-        let registration = engine::registration();
+        let (registration, fenced_because) = engine::thread_state();
         let p = engine::process();
-        let engine = if matches!(registration, Registration::Glibc | Registration::Cpulocal) {
-            Engine::Rseq
-        } else {
-            Engine::Fenced {
+        let engine = match fenced_because {
+            None => Engine::Rseq,
+            Some(_) => Engine::Fenced {
                 membarrier: p.sections,
-            }
+            },
         };
         Status {
             registration,
             engine,
+            fenced_because,
             feature_size: p.feature_size,
             node_id_valid: engine::area_u32(core::mem::offset_of!(abi::Rseq, node_id)).is_some(),
             mm_cid_valid: engine::area_u32(core::mem::offset_of!(abi::Rseq, mm_cid)).is_some(),
@@ -174,6 +181,12 @@ impl fmt::Display for Status {
         let yes_no = |b: bool| if b { "yes" } else { "no" };
         writeln!(f, "rseq registered by:  {}", self.registration)?;
         writeln!(f, "engine:              {}", self.engine)?;
+        if let (Some(why), false) = (
+            self.fenced_because,
+            matches!(self.registration, Registration::Nobody(_)),
+        ) {
+            writeln!(f, "fenced because:      {why}")?;
+        }
         match self.feature_size {
             Some(s) => writeln!(f, "rseq feature size:   {s} bytes")?,
             None => writeln!(

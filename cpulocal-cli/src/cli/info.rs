@@ -82,13 +82,13 @@ fn write_str(s: &str, to: &mut String) {
 
 /// The status as a pretty-printed JSON object.
 fn to_json(s: &Status) -> String {
-    let (registration, rseq_off) = match s.registration {
-        Registration::Glibc => ("glibc", None),
-        Registration::Cpulocal => ("cpulocal", None),
-        Registration::Nobody(why) => ("nobody", Some(why)),
-        _ => ("other", None),
+    let registration = match s.registration {
+        Registration::Glibc => "glibc",
+        Registration::Cpulocal => "cpulocal",
+        Registration::Nobody(_) => "nobody",
+        _ => "other",
     };
-    let (rseq_off_tag, rseq_off_errno) = match rseq_off {
+    let (rseq_off_tag, rseq_off_errno) = match s.fenced_because {
         None => (None, None),
         Some(RseqOff::NoArchSupport) => (Some("no_arch_support"), None),
         Some(RseqOff::Refused(e)) => (Some("refused"), Some(e.0)),
