@@ -129,7 +129,7 @@ impl Status {
 impl fmt::Display for Registration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Registration::Glibc => f.write_str("glibc (cpulocal uses glibc's rseq area)"),
+            Registration::Glibc => f.write_str("glibc"),
             Registration::Cpulocal => f.write_str(
                 "cpulocal (glibc did not register rseq; cpulocal registered its own area)",
             ),
