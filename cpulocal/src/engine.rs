@@ -233,12 +233,28 @@ impl Drop for OwnRegistration {
         let _ = AREA.try_with(|c| c.set(&NO_RSEQ));
         let exiting = RseqOff::ThreadExiting;
         let _ = THREAD.try_with(|c| c.set(Some((Registration::Nobody(exiting), Some(exiting)))));
-        if OWN_REGISTERED
+        let registered = OWN_REGISTERED
             .try_with(|c| c.replace(false))
-            .unwrap_or(false)
-        {
+            .unwrap_or(false);
+        #[cfg(feature = "testing")]
+        let registered = registered && !crate::testing::skip_unregister();
+        if registered {
             // SAFETY: `own` is this thread's registered area.
             let _ = unsafe { sys::rseq_unregister(own) };
+        }
+        // Poisoned, so a test can see that the kernel no longer writes it.
+        #[cfg(feature = "testing")]
+        // SAFETY: the area is ours; once unregistered nothing else writes it
+        // (with `SkipUnregister` the kernel still may: what the test detects).
+        unsafe {
+            core::ptr::write_volatile(
+                core::ptr::addr_of_mut!((*own).cpu_id_start),
+                crate::testing::POISON,
+            );
+            core::ptr::write_volatile(
+                core::ptr::addr_of_mut!((*own).cpu_id),
+                crate::testing::POISON,
+            );
         }
     }
 }
@@ -291,4 +307,18 @@ pub(crate) fn area_u32(offset: usize) -> Option<usize> {
     // SAFETY: `a` is a live area (module invariant) and `offset + 4` is within
     // its 32 bytes; a volatile read as for `cpu_id`.
     Some(unsafe { core::ptr::read_volatile(a.cast::<u8>().add(offset).cast::<u32>()) } as usize)
+}
+
+/// `(cpu_id_start, cpu_id)` of the calling thread's own area (for tests).
+#[cfg(feature = "testing")]
+pub(crate) fn own_area_cpu_ids() -> (u32, u32) {
+    let own = OWN_AREA.with(UnsafeCell::get);
+    // SAFETY: our own area, alive as long as the thread's TLS; volatile reads
+    // of fields the kernel may write between our instructions.
+    unsafe {
+        (
+            core::ptr::read_volatile(core::ptr::addr_of!((*own).cpu_id_start)),
+            core::ptr::read_volatile(core::ptr::addr_of!((*own).cpu_id)),
+        )
+    }
 }

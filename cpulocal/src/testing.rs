@@ -8,6 +8,7 @@ mod switches {
 
     static SKIP_MEMBARRIER: AtomicBool = AtomicBool::new(false);
     static SKIP_FENCE_CHECK: AtomicBool = AtomicBool::new(false);
+    static SKIP_UNREGISTER: AtomicBool = AtomicBool::new(false);
 
     /// A way to break the protocol.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,6 +18,9 @@ mod switches {
         SkipMembarrier,
         /// Sections skip the fence check: they commit while a fence is held.
         SkipFenceCheck,
+        /// Threads that registered cpulocal's own rseq area exit without
+        /// unregistering it.
+        SkipUnregister,
     }
 
     /// Breaks (`on`) or restores the protocol, process-wide.
@@ -24,8 +28,24 @@ mod switches {
         match what {
             Break::SkipMembarrier => SKIP_MEMBARRIER.store(on, Ordering::SeqCst),
             Break::SkipFenceCheck => SKIP_FENCE_CHECK.store(on, Ordering::SeqCst),
+            Break::SkipUnregister => SKIP_UNREGISTER.store(on, Ordering::SeqCst),
         }
     }
+
+    pub(crate) fn skip_unregister() -> bool {
+        SKIP_UNREGISTER.load(Ordering::Relaxed)
+    }
+
+    /// What cpulocal's own rseq area of the calling thread holds in
+    /// `(cpu_id_start, cpu_id)`. After the thread-exit destructor has
+    /// unregistered it, both are [`POISON`] until something writes them,
+    /// which only the kernel would, were the area still registered.
+    pub fn own_area_cpu_ids() -> (u32, u32) {
+        crate::engine::own_area_cpu_ids()
+    }
+
+    /// The value the thread-exit destructor writes into the unregistered area.
+    pub const POISON: u32 = 0xdead_beef;
 
     pub(crate) fn skip_membarrier() -> bool {
         SKIP_MEMBARRIER.load(Ordering::Relaxed)
