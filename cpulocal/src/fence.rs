@@ -142,6 +142,7 @@ impl Fence {
 
     /// Whether the fence is held (by anyone).
     #[inline]
+    #[cfg_attr(not(cpulocal_rseq), allow(dead_code))] // asked by sections only
     pub(crate) fn is_held(&self) -> bool {
         self.0.load(Ordering::Relaxed) & HELD != 0
     }

@@ -32,6 +32,7 @@ pub(crate) type CounterSlot = Slot<core::sync::atomic::AtomicI64>;
 /// Offset of the fence word in every slot: sections address it from the slot.
 pub(crate) const FENCE_OFFSET: usize = core::mem::offset_of!(CounterSlot, fence);
 /// Offset of a counter slot's value.
+#[cfg_attr(not(cpulocal_rseq), allow(dead_code))] // used by sections only
 pub(crate) const COUNTER_VALUE_OFFSET: usize = core::mem::offset_of!(CounterSlot, value);
 const _: () = assert!(FENCE_OFFSET == 0, "the fence opens every slot");
 
