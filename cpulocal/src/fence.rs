@@ -148,7 +148,7 @@ impl Fence {
     }
 
     /// Sets the word directly, to drive the sections' branches in tests.
-    #[cfg(test)]
+    #[cfg(all(test, cpulocal_rseq))]
     pub(crate) fn set_for_test(&self, word: u32) {
         self.0.store(word, Ordering::Relaxed);
     }

@@ -37,7 +37,7 @@ pub(crate) const COUNTER_VALUE_OFFSET: usize = core::mem::offset_of!(CounterSlot
 const _: () = assert!(FENCE_OFFSET == 0, "the fence opens every slot");
 
 /// A free-standing counter slot (fence word, value) for the asm unit tests.
-#[cfg(test)]
+#[cfg(all(test, cpulocal_rseq))]
 pub(crate) fn test_slot(fence_word: u32, value: i64) -> CounterSlot {
     let slot = Slot {
         fence: Fence::new(0),
@@ -47,7 +47,7 @@ pub(crate) fn test_slot(fence_word: u32, value: i64) -> CounterSlot {
     slot
 }
 
-#[cfg(test)]
+#[cfg(all(test, cpulocal_rseq))]
 impl CounterSlot {
     pub(crate) fn value(&self) -> i64 {
         // SAFETY: test slots are never locked.
