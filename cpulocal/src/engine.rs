@@ -75,7 +75,12 @@ fn decide() -> Process {
     // this thread registers its own area now (kept for the thread).
     let probe = match glibc {
         Some(g) if g.size != 0 => Ok(()),
-        _ => register_own().map(drop),
+        // EINVAL: this thread has an area cpulocal cannot locate, so rseq
+        // works; the thread itself finds out in `ensure_thread`.
+        _ => match register_own() {
+            Err(Errno(libc::EINVAL)) => Ok(()),
+            r => r.map(drop),
+        },
     };
     let off = match (probe, membarrier) {
         (Err(e), _) => Some(RseqOff::Refused(e)),
@@ -83,6 +88,9 @@ fn decide() -> Process {
         (Ok(()), Ok(())) => None,
     };
     let sections = off.is_none() && !cfg!(miri);
+    if !sections {
+        unregister_own(); // the probe's area would only be in others' way
+    }
     SECTIONS.store(sections, Ordering::SeqCst);
     Process {
         sections,
@@ -183,10 +191,12 @@ pub(crate) fn ensure_thread() -> bool {
             },
         }
     };
+    // The state first: a signal handler that runs once AREA is set finds the
+    // thread set up and reads THREAD.
+    THREAD.with(|c| c.set(Some((who, off))));
     if off.is_some() {
         AREA.with(|c| c.set(&NO_RSEQ));
     }
-    THREAD.with(|c| c.set(Some((who, off))));
     cpu_id(area()) as i32 >= 0
 }
 
@@ -224,6 +234,19 @@ fn register_own() -> Result<*const Rseq, Errno> {
     }
 }
 
+/// Unregisters this thread's own area, if it is registered.
+fn unregister_own() {
+    if OWN_REGISTERED
+        .try_with(|c| c.replace(false))
+        .unwrap_or(false)
+    {
+        let own = OWN_AREA.with(UnsafeCell::get);
+        // SAFETY: `own` is this thread's registered area.
+        let r = unsafe { sys::rseq_unregister(own) };
+        debug_assert!(r.is_ok(), "rseq unregistration failed: {r:?}");
+    }
+}
+
 struct OwnRegistration;
 
 impl Drop for OwnRegistration {
@@ -233,14 +256,12 @@ impl Drop for OwnRegistration {
         let _ = AREA.try_with(|c| c.set(&NO_RSEQ));
         let exiting = RseqOff::ThreadExiting;
         let _ = THREAD.try_with(|c| c.set(Some((Registration::Nobody(exiting), Some(exiting)))));
-        let registered = OWN_REGISTERED
-            .try_with(|c| c.replace(false))
-            .unwrap_or(false);
         #[cfg(feature = "testing")]
-        let registered = registered && !crate::testing::skip_unregister();
-        if registered {
-            // SAFETY: `own` is this thread's registered area.
-            let _ = unsafe { sys::rseq_unregister(own) };
+        let skip = crate::testing::skip_unregister();
+        #[cfg(not(feature = "testing"))]
+        let skip = false;
+        if !skip {
+            unregister_own();
         }
         // Poisoned, so a test can see that the kernel no longer writes it.
         #[cfg(feature = "testing")]

@@ -30,12 +30,21 @@
 //! # Fork
 //!
 //! A child of a multithreaded process inherits fence words held by threads
-//! that do not exist in it. Holder ids are per-thread numbers that survive
-//! `fork` (unlike kernel thread ids), and every fork child starts a new
-//! generation (a `pthread_atfork` handler). A held word is *stale* when its
-//! generation is not the current one and its holder is not the thread that
-//! forked: no thread of this process holds it, and the next acquirer takes it
-//! over instead of waiting forever. The forking thread keeps what it held.
+//! that do not exist in it. Holder ids are kernel thread ids, cached per
+//! thread; the forking thread keeps its parent-side id in the child, and every
+//! fork child starts a new generation (a `pthread_atfork` handler). A held
+//! word is *stale* when its generation is not the current one and its holder
+//! is not the thread that forked: no thread of this process holds it, and the
+//! next acquirer, whichever thread it is, takes it over instead of waiting
+//! forever. The forking thread keeps what it held.
+//!
+//! Limits: the generation has 8 bits, so a chain of 256 nested forks can make
+//! a stale word look current again; `vfork`, `_Fork` and raw `clone` run no
+//! fork handlers, and fork-child handlers registered before cpulocal's run
+//! while the old generation is still current; and if the parent thread whose
+//! id the forking thread keeps exits and the kernel reuses that id for a new
+//! thread of the child, the two share an id. In each case an operation may
+//! wait on a fence no live thread holds.
 //! A counter's fenced operation is a single atomic instruction, so its slot is
 //! consistent whatever the parent's holder was doing; a [`PerCpu`] slot locked
 //! by another thread at the fork may hold a half-done update, as data under
@@ -63,8 +72,6 @@ const GENERATION_SHIFT: u32 = 22;
 /// The holder's id: [`holder_id`], 1 to 2^22 - 1.
 const ID: u32 = (1 << GENERATION_SHIFT) - 1;
 
-/// The next holder id to hand out.
-static NEXT_ID: AtomicU32 = AtomicU32::new(1);
 /// The current fork generation (how many forks led to this process, modulo
 /// 256), shifted into place.
 static CURRENT_GENERATION: AtomicU32 = AtomicU32::new(0);
@@ -76,9 +83,9 @@ thread_local! {
     static HOLDER_ID: Cell<u32> = const { Cell::new(0) };
 }
 
-/// The calling thread's holder id: a number unique among the process's live
-/// threads (ids wrap after 4 million threads), kept across `fork` by the
-/// forking thread.
+/// The calling thread's holder id: its kernel thread id (below 2^22, Linux's
+/// `PID_MAX_LIMIT`), so unique among the live threads of the process. Cached;
+/// the forking thread keeps its parent-side id in a fork child (see *Fork*).
 #[inline]
 pub(crate) fn holder_id() -> u32 {
     HOLDER_ID.with(|c| {
@@ -86,12 +93,7 @@ pub(crate) fn holder_id() -> u32 {
         if id != 0 {
             return id;
         }
-        let id = loop {
-            let id = NEXT_ID.fetch_add(1, Ordering::Relaxed) & ID;
-            if id != 0 {
-                break id;
-            }
-        };
+        let id = sys::gettid() & ID;
         c.set(id);
         id
     })
@@ -114,9 +116,16 @@ fn held_by(id: u32) -> u32 {
 /// Whether a word is held by no live thread of this process (see the module
 /// docs, *Fork*).
 fn is_stale(word: u32) -> bool {
-    word & HELD != 0
-        && word & GENERATION != CURRENT_GENERATION.load(Ordering::Relaxed)
-        && word & ID != FORKER.load(Ordering::Relaxed)
+    stale_in(
+        word,
+        CURRENT_GENERATION.load(Ordering::Relaxed),
+        FORKER.load(Ordering::Relaxed),
+    )
+}
+
+/// [`is_stale`] for a given current generation and forking thread.
+fn stale_in(word: u32, generation: u32, forker: u32) -> bool {
+    word & HELD != 0 && word & GENERATION != generation && word & ID != forker
 }
 
 /// A fence word: the slot index when free, else [`HELD`] | holder (see the
@@ -300,6 +309,52 @@ mod tests {
         );
         f.acquire(3, 7).unwrap();
         f.release(3);
+    }
+
+    #[test]
+    fn stale_words_after_fork() {
+        let generation = |g: u32| (g << GENERATION_SHIFT) & GENERATION;
+        let word = |g: u32, id: u32| HELD | generation(g) | id;
+        // Generation 1, forked by thread 7 of generation 0.
+        let (now, forker) = (generation(1), 7);
+        assert!(!stale_in(word(1, 9), now, forker), "taken in this process");
+        assert!(
+            !stale_in(word(0, 7), now, forker),
+            "held by the forking thread"
+        );
+        assert!(
+            stale_in(word(0, 9), now, forker),
+            "held by a thread the child lacks"
+        );
+        assert!(
+            stale_in(word(0, 9) | WAITERS, now, forker),
+            "with sleepers marked"
+        );
+        assert!(!stale_in(3, now, forker), "a free word is never stale");
+        // A grandchild forked by thread 9 of generation 1.
+        let (now, forker) = (generation(2), 9);
+        assert!(
+            stale_in(word(0, 7), now, forker),
+            "the first forker is gone"
+        );
+        assert!(
+            !stale_in(word(1, 9), now, forker),
+            "the second forker's own"
+        );
+        assert!(
+            stale_in(word(1, 8), now, forker),
+            "another thread of generation 1"
+        );
+        // The 8-bit generation wraps (documented limit).
+        assert_eq!(generation(256), generation(0));
+    }
+
+    #[test]
+    fn holder_ids_are_thread_ids() {
+        let here = holder_id();
+        assert_eq!(here, sys::gettid());
+        let there = std::thread::spawn(holder_id).join().unwrap();
+        assert_ne!(here, there);
     }
 
     #[test]

@@ -116,7 +116,9 @@ pub fn possible_cpus() -> usize {
 }
 
 /// The NUMA node of the current CPU, from rseq's `node_id`; None where this
-/// thread has no rseq area or the kernel does not fill the field (before 6.3).
+/// thread has no rseq area, its operations are fenced (see
+/// [`Status::fenced_because`]), or the kernel does not fill the field (before
+/// 6.3).
 ///
 /// # Examples
 ///
@@ -131,7 +133,8 @@ pub fn node_id() -> Option<usize> {
 
 /// The thread's concurrency id, from rseq's `mm_cid`: a small number, unique
 /// among the process's running threads, below min(threads, CPUs). None where
-/// this thread has no rseq area or the kernel does not fill it (before 6.3).
+/// this thread has no rseq area, its operations are fenced, or the kernel does
+/// not fill it (before 6.3).
 ///
 /// # Examples
 ///

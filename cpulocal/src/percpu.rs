@@ -141,9 +141,11 @@ impl<T> PerCpu<T> {
 
     /// Locks `cpu`'s slot through its fence: waits for another holder (briefly
     /// spinning, then sleeping), and returns a guard that gives `&mut T` until
-    /// dropped. Works from any thread on any CPU. A thread that forked while
-    /// another thread held the slot takes it over in the child (see
-    /// *Fork* in the crate docs).
+    /// dropped. Works from any thread on any CPU. In a fork child, a slot
+    /// that a thread absent from the child held at the fork is taken over by
+    /// whichever thread locks it first (its value may hold a half-done
+    /// update, as data under any lock does after fork); the forking thread
+    /// still holds what it held.
     ///
     /// # Errors
     ///

@@ -10,7 +10,8 @@ use crate::sys::{self, Errno};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Registration {
-    /// glibc (>= 2.35) registered the thread; cpulocal uses glibc's area.
+    /// glibc (>= 2.35) registered the thread; cpulocal runs its sections in
+    /// glibc's area unless `Status::fenced_because` says otherwise.
     Glibc,
     /// glibc did not register rseq (an older or other libc, or
     /// `GLIBC_TUNABLES=glibc.pthread.rseq=0`), so cpulocal registered its own
@@ -155,7 +156,7 @@ impl fmt::Display for RseqOff {
                 "glibc did not register rseq for this thread (cpu_id = -2): the thread that created it had no rseq area",
             ),
             RseqOff::ForeignRegistration => f.write_str(
-                "another rseq area is registered for this thread that glibc does not publish (EINVAL): another library's, or a statically linked glibc's",
+                "an rseq area cpulocal cannot locate is registered for this thread (EINVAL): another library's, or a statically linked glibc's",
             ),
             RseqOff::ThreadExiting => f.write_str("the thread is exiting; cpulocal's own rseq area was unregistered"),
         }

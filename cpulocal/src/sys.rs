@@ -145,6 +145,12 @@ pub fn futex_wake(word: &AtomicU32, n: i32) {
     }
 }
 
+/// The kernel thread id of the caller.
+pub fn gettid() -> u32 {
+    // SAFETY: gettid takes no arguments and cannot fail.
+    unsafe { libc::syscall(libc::SYS_gettid) as u32 }
+}
+
 /// The CPU the caller runs on, from `sched_getcpu()`; 0 if it fails.
 pub fn sched_getcpu() -> usize {
     // SAFETY: sched_getcpu takes no arguments.

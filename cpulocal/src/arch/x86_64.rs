@@ -72,6 +72,7 @@ macro_rules! rseq_section {
             ".quad 3f, (4f - 3f), 5f",
             ".popsection",
             ".pushsection __rseq_cs_ptr_array, \"awR\"", // R: kept by --gc-sections
+            ".balign 8",
             ".quad 9b",
             ".popsection",
             "lea {rseq_cs_tmp}, [rip + 9b]",
