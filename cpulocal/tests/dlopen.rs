@@ -13,6 +13,8 @@
 use std::ffi::CString;
 use std::path::PathBuf;
 use std::process::Command;
+
+mod child;
 use std::sync::{Arc, Barrier};
 
 const MODE: &str = "CPULOCAL_DLOPEN_CHILD";
@@ -40,21 +42,8 @@ fn build_fixture() -> PathBuf {
 #[test]
 fn unloading_a_library_that_used_cpulocal_is_safe() {
     let lib = build_fixture();
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "dlopen_child", "--nocapture", "--test-threads=1"])
-        .env(MODE, &lib)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "child failed ({}):\n{text}",
-        out.status
-    );
+    let (status, text) = child::run_test("dlopen_child", &[(MODE, lib.to_str().unwrap())]);
+    assert!(status.success(), "child failed ({status}):\n{text}");
     assert!(text.contains("DLOPEN OK"), "child did not finish:\n{text}");
 }
 

@@ -9,12 +9,13 @@
 //! skipped on purpose the same check must fail, which shows it is sensitive.
 
 use std::cell::Cell;
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use cpulocal::testing::{self, Break, POISON};
 use cpulocal::{PerCpuCounter, Registration};
+
+mod child;
 
 const MODE: &str = "CPULOCAL_THREAD_EXIT_CHILD";
 const THREADS: usize = 200;
@@ -92,21 +93,13 @@ fn child() {
 }
 
 fn child_passes(mode: &str) {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child", "--nocapture", "--test-threads=1"])
-        .env(MODE, mode)
-        .env("GLIBC_TUNABLES", "glibc.pthread.rseq=0")
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let (status, text) = child::run_test(
+        "child",
+        &[(MODE, mode), ("GLIBC_TUNABLES", "glibc.pthread.rseq=0")],
     );
     assert!(
-        out.status.success() && text.contains("THREAD EXIT OK"),
-        "{mode}: {}\n{text}",
-        out.status
+        status.success() && text.contains("THREAD EXIT OK"),
+        "{mode}: {status}\n{text}"
     );
 }
 
