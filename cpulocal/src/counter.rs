@@ -125,12 +125,7 @@ impl PerCpuCounter {
             // number; `slot` is this counter's.
             unsafe { Self::section(slot, area, cpu, n) }
         });
-        match first {
-            Some(Outcome::Committed) => {}
-            Some(Outcome::Aborted) => self.after_abort(None, n),
-            Some(Outcome::Fenced) => self.after_fenced(None, n),
-            None => self.without_section(None, n),
-        }
+        self.unless_committed(first, None, n);
     }
 
     /// Adds `n` to the slot of `cpu`, from any CPU: the seed's
@@ -168,12 +163,7 @@ impl PerCpuCounter {
         } else {
             None
         };
-        match first {
-            Some(Outcome::Committed) => {}
-            Some(Outcome::Aborted) => self.after_abort(Some(cpu), n),
-            Some(Outcome::Fenced) => self.after_fenced(Some(cpu), n),
-            None => self.without_section(Some(cpu), n),
-        }
+        self.unless_committed(first, Some(cpu), n);
     }
 
     /// One critical-section attempt on `slot`.
@@ -200,6 +190,18 @@ impl PerCpuCounter {
         unsafe { arch::add(area, slot, n) }
     }
 
+    /// Finishes an operation whose inline attempt ended with `first` (None: no
+    /// section ran) through the slow path, unless it committed.
+    #[inline(always)]
+    fn unless_committed(&self, first: Option<Outcome>, target: Option<usize>, n: i64) {
+        match first {
+            Some(Outcome::Committed) => {}
+            Some(Outcome::Aborted) => self.after_abort(target, n),
+            Some(Outcome::Fenced) => self.after_fenced(target, n),
+            None => self.without_section(target, n),
+        }
+    }
+
     // One cold entry per way the inline attempt can fail, so the fast path
     // sets up no arguments for them.
     #[cold]
@@ -218,6 +220,13 @@ impl PerCpuCounter {
     #[inline(never)]
     fn without_section(&self, target: Option<usize>, n: i64) {
         self.add_slow(target, n, None);
+    }
+
+    /// The slot of `cpu` (in range) and its value.
+    fn slot(&self, cpu: usize) -> (&CounterSlot, &AtomicI64) {
+        let slot = self.slots.slot(cpu).expect("CPU below the slot count");
+        // SAFETY: the counter never locks its slots (module invariant).
+        (slot, unsafe { slot.shared() })
     }
 
     /// Retries a bounded number of times, then takes the fenced path. `first`
@@ -256,12 +265,7 @@ impl PerCpuCounter {
         }
         self.stats.fenced.fetch_add(1, Ordering::Relaxed);
         let cpu = target.unwrap_or_else(|| engine::current_cpu() % self.cpus());
-        let slot = self
-            .slots
-            .slot(cpu)
-            .expect("CPU checked against the slot count");
-        // SAFETY: never locked (module invariant).
-        let value = unsafe { slot.shared() };
+        let (slot, value) = self.slot(cpu);
         fence::with_signals_blocked(&slot.fence, cpu, || value.fetch_add(n, Ordering::Relaxed));
     }
 
@@ -283,11 +287,7 @@ impl PerCpuCounter {
     /// A snapshot of every slot, in CPU order.
     pub fn per_cpu(&self) -> Vec<i64> {
         (0..self.cpus())
-            .map(|cpu| {
-                let slot = self.slots.slot(cpu).expect("in range");
-                // SAFETY: never locked (module invariant).
-                unsafe { slot.shared() }.load(Ordering::Relaxed)
-            })
+            .map(|cpu| self.slot(cpu).1.load(Ordering::Relaxed))
             .collect()
     }
 
@@ -308,9 +308,7 @@ impl PerCpuCounter {
     pub fn take(&self) -> i64 {
         (0..self.cpus())
             .map(|cpu| {
-                let slot = self.slots.slot(cpu).expect("in range");
-                // SAFETY: never locked (module invariant).
-                let value = unsafe { slot.shared() };
+                let (slot, value) = self.slot(cpu);
                 fence::with_signals_blocked(&slot.fence, cpu, || value.swap(0, Ordering::Relaxed))
             })
             .fold(0i64, i64::wrapping_add)

@@ -251,31 +251,30 @@ struct OwnRegistration;
 
 impl Drop for OwnRegistration {
     fn drop(&mut self) {
-        let own = OWN_AREA.with(UnsafeCell::get);
         // Later destructors of this thread must not use the area.
         let _ = AREA.try_with(|c| c.set(&NO_RSEQ));
         let exiting = RseqOff::ThreadExiting;
         let _ = THREAD.try_with(|c| c.set(Some((Registration::Nobody(exiting), Some(exiting)))));
-        #[cfg(feature = "testing")]
-        let skip = crate::testing::skip_unregister();
-        #[cfg(not(feature = "testing"))]
-        let skip = false;
-        if !skip {
+        if !crate::testing::skip_unregister() {
             unregister_own();
         }
         // Poisoned, so a test can see that the kernel no longer writes it.
         #[cfg(feature = "testing")]
-        // SAFETY: the area is ours; once unregistered nothing else writes it
-        // (with `SkipUnregister` the kernel still may: what the test detects).
-        unsafe {
-            core::ptr::write_volatile(
-                core::ptr::addr_of_mut!((*own).cpu_id_start),
-                crate::testing::POISON,
-            );
-            core::ptr::write_volatile(
-                core::ptr::addr_of_mut!((*own).cpu_id),
-                crate::testing::POISON,
-            );
+        {
+            let own = OWN_AREA.with(UnsafeCell::get);
+            // SAFETY: the area is ours; once unregistered nothing else writes
+            // it (with `SkipUnregister` the kernel still may: what the test
+            // detects).
+            unsafe {
+                core::ptr::write_volatile(
+                    core::ptr::addr_of_mut!((*own).cpu_id_start),
+                    crate::testing::POISON,
+                );
+                core::ptr::write_volatile(
+                    core::ptr::addr_of_mut!((*own).cpu_id),
+                    crate::testing::POISON,
+                );
+            }
         }
     }
 }

@@ -67,6 +67,11 @@ mod switches {
     pub(crate) fn skip_fence_check() -> bool {
         false
     }
+
+    #[inline(always)]
+    pub(crate) fn skip_unregister() -> bool {
+        false
+    }
 }
 
 #[cfg(feature = "testing")]
