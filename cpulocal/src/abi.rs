@@ -23,7 +23,9 @@ pub struct Rseq {
     pub flags: u32,
     /// NUMA node of `cpu_id` (feature size >= 24).
     pub node_id: u32,
-    /// Concurrency id within the process (feature size >= 28).
+    /// Concurrency id within the process (feature size >= 28). cpulocal's
+    /// dummy areas hold an out-of-range value here, so that `mm_cid`-indexed
+    /// structures send threads without rseq to the slow path, as `cpu_id` does.
     pub mm_cid: u32,
     /// Padding up to the original 32-byte size.
     pub _reserved: u32,
@@ -39,7 +41,7 @@ impl Rseq {
             rseq_cs: 0,
             flags: 0,
             node_id: 0,
-            mm_cid: 0,
+            mm_cid: CPU_ID_UNINITIALIZED,
             _reserved: 0,
         }
     }

@@ -8,14 +8,15 @@
 #![allow(unsafe_code)]
 
 use core::fmt;
-use core::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicI64, Ordering};
 
 use crossbeam_utils::CachePadded;
 
 use crate::arch::{self, Outcome};
 use crate::fence;
 use crate::percpu::{CounterSlot, PerCpu};
-use crate::{engine, testing, RSEQ_ATTEMPTS};
+use crate::stats::{PathStats, Stats};
+use crate::{engine, testing, Index, RSEQ_ATTEMPTS};
 
 /// A counter split into one cache line per CPU: adding is a restartable
 /// sequence on the current CPU's slot (about as cheap as a non-atomic add),
@@ -46,32 +47,12 @@ use crate::{engine, testing, RSEQ_ATTEMPTS};
 /// ```
 pub struct PerCpuCounter {
     slots: PerCpu<AtomicI64>,
+    /// Offset of the slot numbering's field (`cpu_id` or `mm_cid`) in the
+    /// rseq area.
+    offset: usize,
     /// Out of line, so that the counter holds no interior mutability of its
     /// own and callers' loops keep the slot array's address in a register.
     stats: Box<CachePadded<Stats>>,
-}
-
-#[derive(Default)]
-struct Stats {
-    retried: AtomicU64,
-    aborts: AtomicU64,
-    fenced: AtomicU64,
-}
-
-/// How many operations left the fast path, for [`PerCpuCounter::stats`].
-///
-/// Only slow-path events are counted, so the fast path stays a single critical
-/// section: operations that committed at the first attempt are
-/// `total - retried - fenced`, where the caller knows the total.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct PathStats {
-    /// Operations that committed on the fast path after one or more aborts.
-    pub retried: u64,
-    /// Aborted critical-section attempts, in all.
-    pub aborts: u64,
-    /// Operations that completed on the fenced path.
-    pub fenced: u64,
 }
 
 impl PerCpuCounter {
@@ -84,15 +65,40 @@ impl PerCpuCounter {
     /// assert_eq!(c.sum(), 0);
     /// ```
     pub fn new() -> Self {
+        Self::with_index(Index::Cpu)
+    }
+
+    /// A counter at zero whose slots are numbered `by` CPU or concurrency id
+    /// (see [`Index`] for what `MmCid` gives where the kernel lacks it).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cpulocal::{Index, PerCpuCounter};
+    ///
+    /// let c = PerCpuCounter::with_index(Index::MmCid);
+    /// c.add(2);
+    /// assert_eq!(c.sum(), 2);
+    /// assert!(c.cpus() <= cpulocal::possible_cpus());
+    /// ```
+    pub fn with_index(by: Index) -> Self {
+        let slots = PerCpu::with_index(by, |_| AtomicI64::new(0));
         PerCpuCounter {
-            slots: PerCpu::new(|_| AtomicI64::new(0)),
+            offset: slots.index().field_offset(),
+            slots,
             stats: Default::default(),
         }
     }
 
-    /// The number of per-CPU slots ([`possible_cpus()`](crate::possible_cpus)).
+    /// The number of slots: [`possible_cpus()`](crate::possible_cpus) for
+    /// [`Index::Cpu`], fewer for [`Index::MmCid`].
     pub fn cpus(&self) -> usize {
         self.slots.len()
+    }
+
+    /// How the slots are numbered.
+    pub fn index(&self) -> Index {
+        self.slots.index()
     }
 
     /// Adds `n` to the slot of the CPU the caller runs on.
@@ -118,17 +124,19 @@ impl PerCpuCounter {
     #[inline]
     pub fn add(&self, n: i64) {
         let area = engine::area();
-        let cpu = engine::cpu_id(area);
-        // No slot for `cpu` means -1 (thread not set up) or -2 (no rseq).
+        let cpu = engine::index_in(area, self.offset);
+        // No slot for `cpu` means -1 (thread not set up) or -2 (no rseq), or
+        // an mm_cid beyond the slots (affinity widened since construction).
         let first = self.slots.slot(cpu as usize).map(|slot| {
-            // SAFETY: `area` is this thread's live area and `cpu` its CPU
-            // number; `slot` is this counter's.
-            unsafe { Self::section(slot, area, cpu, n) }
+            // SAFETY: `area` is this thread's live area and `cpu` its index;
+            // `slot` is this counter's.
+            unsafe { self.section(slot, area, cpu, n) }
         });
         self.unless_committed(first, None, n);
     }
 
-    /// Adds `n` to the slot of `cpu`, from any CPU: the seed's
+    /// Adds `n` to the slot of `cpu` (a concurrency id for [`Index::MmCid`]),
+    /// from any CPU: the seed's
     /// `percpu_addv(v, count, cpu)`. A critical section when the caller runs on
     /// `cpu`, otherwise the fenced path on that CPU's slot. The caller never
     /// retries.
@@ -156,10 +164,10 @@ impl PerCpuCounter {
             )
         };
         let area = engine::area();
-        let here = engine::cpu_id(area);
+        let here = engine::index_in(area, self.offset);
         let first = if here as usize == cpu {
             // SAFETY: as in `add`.
-            Some(unsafe { Self::section(slot, area, here, n) })
+            Some(unsafe { self.section(slot, area, here, n) })
         } else {
             None
         };
@@ -171,10 +179,11 @@ impl PerCpuCounter {
     /// # Safety
     ///
     /// `area` is the calling thread's area from `engine::area()` and `cpu` the
-    /// slot's CPU (used only by the `testing` build's broken section).
+    /// slot's index (used only by the `testing` build's broken section).
     #[inline(always)]
     #[cfg_attr(not(feature = "testing"), allow(unused_variables))]
     unsafe fn section(
+        &self,
         slot: &CounterSlot,
         area: *mut crate::abi::Rseq,
         cpu: u32,
@@ -183,11 +192,11 @@ impl PerCpuCounter {
         if testing::skip_fence_check() {
             #[cfg(feature = "testing")]
             // SAFETY: as below.
-            return unsafe { arch::add_without_fence_check(area, cpu, slot, n) };
+            return unsafe { arch::add_without_fence_check(area, self.offset, cpu, slot, n) };
         }
         // SAFETY: the counter never locks its slots, so the value is only
         // reached through atomics and sections; `area` is live (caller).
-        unsafe { arch::add(area, slot, n) }
+        unsafe { arch::add(area, self.offset, slot, n) }
     }
 
     /// Finishes an operation whose inline attempt ended with `first` (None: no
@@ -196,7 +205,7 @@ impl PerCpuCounter {
     fn unless_committed(&self, first: Option<Outcome>, target: Option<usize>, n: i64) {
         match first {
             Some(Outcome::Committed) => {}
-            Some(Outcome::Aborted) => self.after_abort(target, n),
+            Some(Outcome::Aborted | Outcome::CompareFailed) => self.after_abort(target, n),
             Some(Outcome::Fenced) => self.after_fenced(target, n),
             None => self.without_section(target, n),
         }
@@ -237,7 +246,7 @@ impl PerCpuCounter {
         let mut fenced = first == Some(Outcome::Fenced);
         while !fenced && aborts < u64::from(RSEQ_ATTEMPTS) {
             let area = engine::area();
-            let cpu = engine::cpu_id(area);
+            let cpu = engine::index_in(area, self.offset);
             let Some(slot) = self.slots.slot(cpu as usize) else {
                 if engine::ensure_thread() {
                     continue; // first operation of this thread: sections now run
@@ -248,25 +257,21 @@ impl PerCpuCounter {
                 break; // a remote CPU: only the fenced path reaches it
             }
             // SAFETY: as in `add`.
-            match unsafe { Self::section(slot, area, cpu, n) } {
+            match unsafe { self.section(slot, area, cpu, n) } {
                 Outcome::Committed => {
-                    if aborts > 0 {
-                        self.stats.retried.fetch_add(1, Ordering::Relaxed);
-                        self.stats.aborts.fetch_add(aborts, Ordering::Relaxed);
-                    }
+                    self.stats.retried(aborts);
                     return;
                 }
                 Outcome::Fenced => fenced = true,
-                Outcome::Aborted => aborts += 1,
+                Outcome::Aborted | Outcome::CompareFailed => aborts += 1,
             }
         }
-        if aborts > 0 {
-            self.stats.aborts.fetch_add(aborts, Ordering::Relaxed);
-        }
-        self.stats.fenced.fetch_add(1, Ordering::Relaxed);
-        let cpu = target.unwrap_or_else(|| engine::current_cpu() % self.cpus());
+        self.stats.fenced(aborts);
+        let cpu = target.unwrap_or_else(|| self.index().current(self.cpus()));
         let (slot, value) = self.slot(cpu);
-        fence::with_signals_blocked(&slot.fence, cpu, || value.fetch_add(n, Ordering::Relaxed));
+        fence::with_signals_blocked(&slot.fence, cpu, self.index(), || {
+            value.fetch_add(n, Ordering::Relaxed)
+        });
     }
 
     /// The sum of all slots (wrapping). Concurrent adds may or may not be
@@ -309,7 +314,9 @@ impl PerCpuCounter {
         (0..self.cpus())
             .map(|cpu| {
                 let (slot, value) = self.slot(cpu);
-                fence::with_signals_blocked(&slot.fence, cpu, || value.swap(0, Ordering::Relaxed))
+                fence::with_signals_blocked(&slot.fence, cpu, self.index(), || {
+                    value.swap(0, Ordering::Relaxed)
+                })
             })
             .fold(0i64, i64::wrapping_add)
     }
@@ -326,11 +333,7 @@ impl PerCpuCounter {
     /// assert!(c.cpus() == 1 || c.stats().fenced >= 1);
     /// ```
     pub fn stats(&self) -> PathStats {
-        PathStats {
-            retried: self.stats.retried.load(Ordering::Relaxed),
-            aborts: self.stats.aborts.load(Ordering::Relaxed),
-            fenced: self.stats.fenced.load(Ordering::Relaxed),
-        }
+        self.stats.snapshot()
     }
 }
 

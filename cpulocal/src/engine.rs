@@ -113,6 +113,7 @@ static UNSET: Rseq = Rseq::unregistered();
 static NO_RSEQ: Rseq = {
     let mut a = Rseq::unregistered();
     a.cpu_id = CPU_ID_REGISTRATION_FAILED;
+    a.mm_cid = CPU_ID_REGISTRATION_FAILED;
     a
 };
 
@@ -144,6 +145,15 @@ pub(crate) fn cpu_id(area: *const Rseq) -> u32 {
     // (module invariant); the kernel writes it only while this thread is not
     // running user code, so a volatile read sees the current value.
     unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*area).cpu_id)) }
+}
+
+/// Reads the u32 at `offset` (`cpu_id` or `mm_cid`: see
+/// [`Index::field_offset`](crate::Index)) of an area returned by [`area`].
+#[inline(always)]
+pub(crate) fn index_in(area: *const Rseq, offset: usize) -> u32 {
+    debug_assert!(offset + 4 <= core::mem::size_of::<Rseq>());
+    // SAFETY: as in `cpu_id`; `offset` is that of a u32 field of the area.
+    unsafe { core::ptr::read_volatile(area.cast::<u8>().add(offset).cast::<u32>()) }
 }
 
 /// Sets up the calling thread if it has not been; returns true when sections

@@ -55,7 +55,7 @@
 use core::cell::Cell;
 use core::sync::atomic::{AtomicU32, Ordering};
 
-use crate::{engine, sys};
+use crate::{engine, sys, Index};
 
 /// Spins on a held fence before sleeping. A holder's work is a few hundred
 /// nanoseconds (a membarrier and one operation), so a short spin usually wins;
@@ -237,12 +237,18 @@ impl Fence {
     }
 }
 
-/// Aborts every critical section on `cpu` (step 2), when sections can run.
-pub(crate) fn barrier(cpu: usize) {
+/// Aborts every critical section that may be working on slot `index` (step 2),
+/// when sections can run: those on CPU `index` for [`Index::Cpu`], those on
+/// every CPU for [`Index::MmCid`] (membarrier cannot target a concurrency id).
+pub(crate) fn barrier(index: usize, by: Index) {
     if !engine::sections_possible() || crate::testing::skip_membarrier() {
         return;
     }
-    if sys::membarrier_rseq(Some(cpu)).is_err() {
+    let one_cpu = match by {
+        Index::Cpu => sys::membarrier_rseq(Some(index)),
+        Index::MmCid => sys::membarrier_rseq(None),
+    };
+    if one_cpu.is_err() {
         // Registration succeeded, so this cannot fail for a possible CPU; if it
         // ever does, the all-CPU form gives the same guarantee.
         if let Err(e) = sys::membarrier_rseq(None) {
@@ -254,11 +260,11 @@ pub(crate) fn barrier(cpu: usize) {
     }
 }
 
-/// Runs `op` with `fence` (the fence of CPU `cpu`'s slot) held, all signals of
-/// the calling thread blocked. Blocking signals is what makes the fenced path
-/// async-signal-safe: a handler can never interrupt its own thread while it
-/// holds a fence, so it can never wait on itself, nor on a thread that waits
-/// on it.
+/// Runs `op` with `fence` (the fence of slot `index`, numbered `by` CPU or
+/// concurrency id) held, all signals of the calling thread blocked. Blocking
+/// signals is what makes the fenced path async-signal-safe: a handler can
+/// never interrupt its own thread while it holds a fence, so it can never wait
+/// on itself, nor on a thread that waits on it.
 ///
 /// # Panics
 ///
@@ -266,13 +272,18 @@ pub(crate) fn barrier(cpu: usize) {
 /// installed later that denies it): the slot could not be protected from
 /// critical sections. The fence is released first.
 #[inline(never)]
-pub(crate) fn with_signals_blocked<R>(fence: &Fence, cpu: usize, op: impl FnOnce() -> R) -> R {
+pub(crate) fn with_signals_blocked<R>(
+    fence: &Fence,
+    index: usize,
+    by: Index,
+    op: impl FnOnce() -> R,
+) -> R {
     let _blocked = sys::SignalsBlocked::new();
     fence
-        .acquire(cpu, holder_id())
+        .acquire(index, holder_id())
         .expect("a fence cannot be held by a thread whose signals are blocked while it holds it");
-    let _held = Held { fence, index: cpu };
-    barrier(cpu);
+    let _held = Held { fence, index };
+    barrier(index, by);
     op()
 }
 
@@ -360,10 +371,12 @@ mod tests {
     #[test]
     fn a_panic_under_the_fence_releases_it() {
         let f = Fence::new(0);
-        let r = std::panic::catch_unwind(|| with_signals_blocked(&f, 0, || panic!("inside")));
+        let r = std::panic::catch_unwind(|| {
+            with_signals_blocked(&f, 0, Index::Cpu, || panic!("inside"))
+        });
         assert!(r.is_err());
         assert!(!f.is_held(), "the fence must be released on unwind");
-        assert_eq!(with_signals_blocked(&f, 0, || 5), 5);
+        assert_eq!(with_signals_blocked(&f, 0, Index::Cpu, || 5), 5);
     }
 
     #[test]

@@ -37,10 +37,17 @@
 mod abi;
 mod arch;
 mod counter;
+mod domain;
 mod engine;
 mod error;
 mod fence;
+mod index;
+pub mod opv;
 mod percpu;
+mod shape;
+#[cfg(test)]
+mod shape_tests;
+mod stats;
 mod status;
 mod sys;
 #[cfg(feature = "testing")]
@@ -48,10 +55,13 @@ pub mod testing;
 #[cfg(not(feature = "testing"))]
 mod testing;
 
-pub use counter::{PathStats, PerCpuCounter};
+pub use counter::PerCpuCounter;
+pub use domain::{CompareFailed, Domain, Order};
 pub use error::Error;
 pub use fence::SPINS_BEFORE_SLEEP;
+pub use index::Index;
 pub use percpu::{PerCpu, SlotGuard};
+pub use stats::PathStats;
 pub use status::{Engine, Registration, RseqOff, Status};
 pub use sys::Errno;
 

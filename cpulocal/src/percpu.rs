@@ -18,7 +18,7 @@ use core::ops::{Deref, DerefMut};
 use crossbeam_utils::CachePadded;
 
 use crate::fence::Fence;
-use crate::{engine, fence, sys, Error};
+use crate::{engine, fence, Error, Index};
 
 /// One CPU's slot: the fence word, then the value, in one padded line.
 #[repr(C)]
@@ -56,6 +56,12 @@ impl CounterSlot {
 }
 
 impl<T> Slot<T> {
+    /// A raw pointer to the value, for operations under the fence.
+    #[allow(dead_code)] // for the operation vectors
+    pub(crate) fn value_ptr(&self) -> *mut T {
+        self.value.get()
+    }
+
     /// The value, for structures that only use atomics or sections on it.
     ///
     /// # Safety
@@ -95,6 +101,7 @@ impl<T> Slot<T> {
 /// ```
 pub struct PerCpu<T> {
     slots: Box<[CachePadded<Slot<T>>]>,
+    by: Index,
 }
 
 // SAFETY: a PerCpu owns its values; moving it moves them.
@@ -109,9 +116,27 @@ impl<T> PerCpu<T> {
     /// Also makes the process-wide engine decision (rseq and membarrier
     /// registration) if no earlier constructor did, so that operations, which
     /// may run in signal handlers, never have to.
-    pub fn new(mut init: impl FnMut(usize) -> T) -> Self {
+    pub fn new(init: impl FnMut(usize) -> T) -> Self {
+        Self::with_index(Index::Cpu, init)
+    }
+
+    /// One slot per CPU or per concurrency id, as `by` says (see [`Index`] for
+    /// the slot count and what `MmCid` gives where the kernel lacks it), each
+    /// initialised by `init(index)`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cpulocal::{Index, PerCpu};
+    ///
+    /// let slots = PerCpu::with_index(Index::MmCid, |_| 0u32);
+    /// *slots.lock_current() += 1;
+    /// assert_eq!(slots.iter().map(|s| *s).sum::<u32>(), 1);
+    /// ```
+    pub fn with_index(by: Index, mut init: impl FnMut(usize) -> T) -> Self {
         engine::process();
-        let slots = (0..sys::possible_cpus())
+        let by = by.effective();
+        let slots = (0..by.slots())
             .map(|cpu| {
                 CachePadded::new(Slot {
                     fence: Fence::new(cpu),
@@ -119,13 +144,18 @@ impl<T> PerCpu<T> {
                 })
             })
             .collect();
-        PerCpu { slots }
+        PerCpu { slots, by }
     }
 
     /// The number of slots: [`possible_cpus()`](crate::possible_cpus) at
-    /// construction.
+    /// construction for [`Index::Cpu`], possibly fewer for [`Index::MmCid`].
     pub fn len(&self) -> usize {
         self.slots.len()
+    }
+
+    /// How the slots are numbered.
+    pub fn index(&self) -> Index {
+        self.by
     }
 
     /// Always false: a machine has at least one CPU.
@@ -203,7 +233,8 @@ impl<T> PerCpu<T> {
             .unwrap_or_else(|e| panic!("PerCpu::lock: {e}"))
     }
 
-    /// Locks the slot of the CPU the caller runs on. The thread may migrate
+    /// Locks the slot of the CPU (or concurrency id) the caller runs on. The
+    /// thread may migrate
     /// while it holds the guard; the guard still holds the slot it locked
     /// ([`SlotGuard::cpu`]).
     ///
@@ -221,7 +252,7 @@ impl<T> PerCpu<T> {
     /// ```
     #[track_caller]
     pub fn lock_current(&self) -> SlotGuard<'_, T> {
-        self.lock(engine::current_cpu() % self.len())
+        self.lock(self.by.current(self.len()))
     }
 
     /// Locks each slot in turn, in CPU order; each guard holds its slot until

@@ -91,6 +91,10 @@ pub struct Status {
     pub node_id_valid: bool,
     /// Whether [`mm_cid()`](crate::mm_cid) has a value on this thread.
     pub mm_cid_valid: bool,
+    /// Whether structures built with [`Index::MmCid`](crate::Index::MmCid)
+    /// get it: critical sections run in this process and the kernel's
+    /// feature size covers `mm_cid`. Where false, they index by `cpu_id`.
+    pub mm_cid_indexing: bool,
     /// Result of registering `membarrier(PRIVATE_EXPEDITED_RSEQ)` for the
     /// process (attempted on every architecture; only used where sections run).
     pub membarrier_rseq: Result<(), Errno>,
@@ -119,6 +123,7 @@ impl Status {
             feature_size: p.feature_size,
             node_id_valid: engine::area_u32(core::mem::offset_of!(abi::Rseq, node_id)).is_some(),
             mm_cid_valid: engine::area_u32(core::mem::offset_of!(abi::Rseq, mm_cid)).is_some(),
+            mm_cid_indexing: crate::index::mm_cid_indexing(),
             membarrier_rseq: p.membarrier,
             glibc_rseq_size: p.glibc.map(|g| g.size),
             possible_cpus: sys::possible_cpus(),
@@ -198,6 +203,15 @@ impl fmt::Display for Status {
         }
         writeln!(f, "node_id valid:       {}", yes_no(self.node_id_valid))?;
         writeln!(f, "mm_cid valid:        {}", yes_no(self.mm_cid_valid))?;
+        if self.mm_cid_indexing {
+            writeln!(f, "mm_cid indexing:     available")?;
+        } else {
+            writeln!(
+                f,
+                "mm_cid indexing:     unavailable (no rseq sections, or a feature size below 28 bytes): \
+                 structures asking for Index::MmCid index by cpu_id"
+            )?;
+        }
         match self.membarrier_rseq {
             Ok(()) => writeln!(f, "membarrier (RSEQ):   registered")?,
             Err(e) => writeln!(f, "membarrier (RSEQ):   unavailable ({e})")?,

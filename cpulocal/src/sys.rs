@@ -158,6 +158,22 @@ pub fn sched_getcpu() -> usize {
     usize::try_from(cpu).unwrap_or(0)
 }
 
+/// How many CPUs the calling thread may run on (`sched_getaffinity`); the
+/// possible CPUs if the call fails.
+pub fn allowed_cpus() -> usize {
+    // SAFETY: an all-zero cpu_set_t is a valid empty set; the kernel writes at
+    // most its size.
+    let mut set: libc::cpu_set_t = unsafe { core::mem::zeroed() };
+    // SAFETY: `set` is a valid cpu_set_t of the size passed.
+    let r =
+        unsafe { libc::sched_getaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if r != 0 {
+        return possible_cpus();
+    }
+    // SAFETY: `set` was filled by the kernel.
+    (unsafe { libc::CPU_COUNT(&set) } as usize).max(1)
+}
+
 /// All signals blocked for as long as the guard lives (`pthread_sigmask`).
 /// Not `Send`: the mask belongs to the thread that created the guard.
 pub struct SignalsBlocked {

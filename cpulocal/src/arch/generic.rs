@@ -10,7 +10,9 @@
 
 use super::Outcome;
 use crate::abi::Rseq;
+use crate::fence::Fence;
 use crate::percpu::CounterSlot;
+use crate::shape::Shape;
 
 /// This target has no critical sections.
 pub(crate) const HAS_RSEQ: bool = false;
@@ -22,7 +24,17 @@ pub(crate) const HAS_RSEQ: bool = false;
 ///
 /// None needed; it reads and writes nothing.
 #[inline(always)]
-pub(crate) unsafe fn add(_: *mut Rseq, _: *const CounterSlot, _: i64) -> Outcome {
+pub(crate) unsafe fn add(_: *mut Rseq, _: usize, _: *const CounterSlot, _: i64) -> Outcome {
+    Outcome::Aborted
+}
+
+/// As [`add`].
+///
+/// # Safety
+///
+/// None needed; it reads and writes nothing.
+#[inline(always)]
+pub(crate) unsafe fn section(_: *mut Rseq, _: usize, _: *const Fence, _: &Shape) -> Outcome {
     Outcome::Aborted
 }
 
@@ -35,6 +47,7 @@ pub(crate) unsafe fn add(_: *mut Rseq, _: *const CounterSlot, _: i64) -> Outcome
 #[inline(always)]
 pub(crate) unsafe fn add_without_fence_check(
     _: *mut Rseq,
+    _: usize,
     _: u32,
     _: *const CounterSlot,
     _: i64,

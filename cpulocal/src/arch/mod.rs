@@ -6,7 +6,8 @@
 //!
 //! - `HAS_RSEQ`: whether sections exist;
 //! - `thread_pointer()`: the ABI thread pointer (glibc's area is at an offset);
-//! - one `unsafe fn` per section, returning [`Outcome`].
+//! - `add()`, the counter's section, and `section()`, which runs any
+//!   [`Shape`](crate::shape::Shape) as a section; both return [`Outcome`].
 
 /// How a critical section ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +20,10 @@ pub(crate) enum Outcome {
     Aborted,
     /// The slot's fence word was set: take the fenced path. Nothing was written.
     Fenced,
+    /// A compare of the operation failed: the operation is done, with nothing
+    /// stored.
+    #[cfg_attr(not(cpulocal_rseq), allow(dead_code))] // no sections, no compares
+    CompareFailed,
 }
 
 #[cfg(cpulocal_rseq)]

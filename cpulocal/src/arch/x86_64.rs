@@ -51,7 +51,9 @@ use core::mem::offset_of;
 
 use super::Outcome;
 use crate::abi::{Rseq, RSEQ_SIG};
+use crate::fence::Fence;
 use crate::percpu::{CounterSlot, COUNTER_VALUE_OFFSET, FENCE_OFFSET};
+use crate::shape::Shape;
 
 /// This target has critical sections.
 pub(crate) const HAS_RSEQ: bool = true;
@@ -89,7 +91,6 @@ macro_rules! rseq_section {
             "jmp {abort}",
             ".popsection",
             RSEQ_CS = const offset_of!(Rseq, rseq_cs),
-            CPU_ID = const offset_of!(Rseq, cpu_id),
             SIG = const RSEQ_SIG,
             rseq_cs_tmp = out(reg) _,
             $($operands)*
@@ -114,25 +115,39 @@ unsafe fn disarm(area: *mut Rseq) {
 #[inline(always)]
 fn aborted_or_fenced(slot: *const CounterSlot) -> Outcome {
     // SAFETY: `slot` is the live slot the section ran on (its caller's
+    // promise); its fence opens it.
+    fenced_or_aborted(unsafe { &(*slot).fence })
+}
+
+/// [`aborted_or_fenced`] for a fence given on its own.
+#[inline(always)]
+fn fenced_or_aborted(fence: *const Fence) -> Outcome {
+    // SAFETY: `fence` is the live fence the section checked (its caller's
     // promise); the fence word is an atomic.
-    if unsafe { &(*slot).fence }.is_held() {
+    if unsafe { &*fence }.is_held() {
         Outcome::Fenced
     } else {
         Outcome::Aborted
     }
 }
 
-/// `slot.value += n` on the slot of the CPU the thread runs on; the add itself
-/// is the commit.
+/// `slot.value += n` on the slot of the CPU (or concurrency id) the thread runs
+/// on; the add itself is the commit. `index` is the offset in `area` of the
+/// slot numbering's field (`cpu_id` or `mm_cid`).
 ///
 /// # Safety
 ///
 /// - `area` points to a writable `struct rseq`: the calling thread's registered
-///   area, or a fake one in tests;
+///   area, or a fake one in tests; `index` is the offset of a u32 field in it;
 /// - `slot` points to a live counter slot whose value no one else writes except
 ///   through sections on its CPU or under its fence.
 #[inline(always)]
-pub(crate) unsafe fn add(area: *mut Rseq, slot: *const CounterSlot, n: i64) -> Outcome {
+pub(crate) unsafe fn add(
+    area: *mut Rseq,
+    index: usize,
+    slot: *const CounterSlot,
+    n: i64,
+) -> Outcome {
     // SAFETY: the caller guarantees both pointers; the asm reads `area.cpu_id`
     // and the slot's fence word, writes `area.rseq_cs`, and read-modify-writes
     // the slot's value.
@@ -140,11 +155,12 @@ pub(crate) unsafe fn add(area: *mut Rseq, slot: *const CounterSlot, n: i64) -> O
         rseq_section!(
             check: [
                 "mov {word:e}, dword ptr [{slot} + {FENCE}]",
-                "cmp dword ptr [{area} + {CPU_ID}], {word:e}",
+                "cmp dword ptr [{area} + {index}], {word:e}",
                 "jne 5f",
             ],
             body: ["add qword ptr [{slot} + {VALUE}], {n}"],
             area = in(reg) area,
+            index = in(reg) index,
             slot = in(reg) slot,
             n = in(reg) n,
             word = out(reg) _,
@@ -161,17 +177,18 @@ pub(crate) unsafe fn add(area: *mut Rseq, slot: *const CounterSlot, n: i64) -> O
     Outcome::Committed
 }
 
-/// [`add`] without the fence check: it compares `cpu_id` with `cpu` alone,
-/// the protocol broken on purpose, for the tests that show the stress tests
-/// detect it.
+/// [`add`] without the fence check: it compares the index field with `cpu`
+/// alone, the protocol broken on purpose, for the tests that show the stress
+/// tests detect it.
 ///
 /// # Safety
 ///
-/// As [`add`], with `cpu` the slot's CPU.
+/// As [`add`], with `cpu` the slot's index.
 #[cfg(feature = "testing")]
 #[inline(always)]
 pub(crate) unsafe fn add_without_fence_check(
     area: *mut Rseq,
+    index: usize,
     cpu: u32,
     slot: *const CounterSlot,
     n: i64,
@@ -179,9 +196,10 @@ pub(crate) unsafe fn add_without_fence_check(
     // SAFETY: as in `add`, minus the fence read.
     unsafe {
         rseq_section!(
-            check: ["cmp dword ptr [{area} + {CPU_ID}], {cpu:e}", "jne 5f"],
+            check: ["cmp dword ptr [{area} + {index}], {cpu:e}", "jne 5f"],
             body: ["add qword ptr [{slot} + {VALUE}], {n}"],
             area = in(reg) area,
+            index = in(reg) index,
             cpu = in(reg) cpu,
             slot = in(reg) slot,
             n = in(reg) n,
@@ -193,6 +211,211 @@ pub(crate) unsafe fn add_without_fence_check(
             },
             options(nostack),
         );
+    }
+    Outcome::Committed
+}
+
+/// Emits a shape's section: the check compares the index field at
+/// `[area + index]` with the fence word at `[fence]` (CPU or concurrency id and
+/// fence in one comparison, as in [`add`]), and the abort label reports a held
+/// fence or an abort. Operands `area`, `index` and `fence` name the caller's
+/// locals of those names; a body that compares jumps to `{fail}` on a
+/// mismatch, and the caller supplies that label (see [`compare_failed`]).
+macro_rules! shape_section {
+    ($area:ident, $index:ident, $fence:ident, body: [$($body:literal),+ $(,)?], $($operands:tt)*) => {
+        rseq_section!(
+            check: [
+                "mov {word:e}, dword ptr [{fence}]",
+                "cmp dword ptr [{area} + {index}], {word:e}",
+                "jne 5f",
+            ],
+            body: [$($body),+],
+            area = in(reg) $area,
+            index = in(reg) $index,
+            fence = in(reg) $fence,
+            word = out(reg) _,
+            abort = label {
+                // SAFETY: the area this section armed.
+                unsafe { disarm($area) };
+                return fenced_or_aborted($fence);
+            },
+            $($operands)*
+        )
+    };
+}
+
+/// What a `{fail}` label returns, after disarming.
+///
+/// # Safety
+///
+/// As [`disarm`].
+#[inline(always)]
+unsafe fn compare_failed(area: *mut Rseq) -> Outcome {
+    // SAFETY: the caller's area.
+    unsafe { disarm(area) };
+    Outcome::CompareFailed
+}
+
+/// Runs `shape` as one critical section on the slot whose fence is `fence`,
+/// for the thread whose area is `area`; `index` is the offset of the slot
+/// numbering's field in the area. Each arm's asm is the shape's meaning
+/// ([`Shape::apply`]) with the commit as its last instruction. x86_64 stores
+/// are release stores, so both [`Order`](crate::Order)s are the same code.
+///
+/// # Safety
+///
+/// - `area` and `index` as for [`add`]; `fence` points to the live fence of
+///   the slot the shape's data belongs to;
+/// - the shape's pointers are valid for it (see [`crate::shape`]).
+#[inline(always)]
+pub(crate) unsafe fn section(
+    area: *mut Rseq,
+    index: usize,
+    fence: *const Fence,
+    shape: &Shape,
+) -> Outcome {
+    // SAFETY (every asm block): the caller guarantees the pointers; each block
+    // reads the index field and the fence word, writes `area.rseq_cs`, and
+    // touches only the words its shape names.
+    match *shape {
+        Shape::CbneStore { v, expect, newv } => unsafe {
+            shape_section!(area, index, fence,
+                body: [
+                    "cmp qword ptr [{v}], {expect}",
+                    "jne {fail}",
+                    "mov qword ptr [{v}], {newv}",
+                ],
+                v = in(reg) v,
+                expect = in(reg) expect,
+                newv = in(reg) newv,
+                // SAFETY: the area this section armed.
+                fail = label { return unsafe { compare_failed(area) } },
+                options(nostack),
+            );
+        },
+        Shape::AddStore { v, count } => unsafe {
+            shape_section!(area, index, fence,
+                body: ["add qword ptr [{v}], {count}"],
+                v = in(reg) v,
+                count = in(reg) count,
+                options(nostack),
+            );
+        },
+        Shape::CbeqStoreAddLoadStore {
+            v,
+            expectnot,
+            offset,
+            load,
+        } => unsafe {
+            shape_section!(area, index, fence,
+                body: [
+                    "mov {head}, qword ptr [{v}]",
+                    "cmp {head}, {expectnot}",
+                    "je {fail}",
+                    "mov qword ptr [{load}], {head}",
+                    "mov {head}, qword ptr [{head} + {offset}]",
+                    "mov qword ptr [{v}], {head}",
+                ],
+                v = in(reg) v,
+                expectnot = in(reg) expectnot,
+                offset = in(reg) offset,
+                load = in(reg) load,
+                head = out(reg) _,
+                // SAFETY: the area this section armed.
+                fail = label { return unsafe { compare_failed(area) } },
+                options(nostack),
+            );
+        },
+        Shape::CbneStoreStore {
+            v,
+            expect,
+            v2,
+            newv2,
+            newv,
+        } => unsafe {
+            shape_section!(area, index, fence,
+                body: [
+                    "cmp qword ptr [{v}], {expect}",
+                    "jne {fail}",
+                    "mov qword ptr [{v2}], {newv2}",
+                    "mov qword ptr [{v}], {newv}",
+                ],
+                v = in(reg) v,
+                expect = in(reg) expect,
+                v2 = in(reg) v2,
+                newv2 = in(reg) newv2,
+                newv = in(reg) newv,
+                // SAFETY: the area this section armed.
+                fail = label { return unsafe { compare_failed(area) } },
+                options(nostack),
+            );
+        },
+        Shape::CbneMemcpyStore {
+            v,
+            expect,
+            dst,
+            src,
+            len,
+            newv,
+        } => unsafe {
+            // `rep movsb` may be interrupted after any byte; the kernel then
+            // aborts the section and the whole copy is redone.
+            shape_section!(area, index, fence,
+                body: [
+                    "cmp qword ptr [{v}], {expect}",
+                    "jne {fail}",
+                    "rep movsb byte ptr [rdi], byte ptr [rsi]",
+                    "mov qword ptr [{v}], {newv}",
+                ],
+                v = in(reg) v,
+                expect = in(reg) expect,
+                newv = in(reg) newv,
+                // SAFETY: the area this section armed.
+                fail = label { return unsafe { compare_failed(area) } },
+                inout("rdi") dst => _,
+                inout("rsi") src => _,
+                inout("rcx") len => _,
+                options(nostack),
+            );
+        },
+        Shape::CbneLoadCbneStore {
+            v,
+            expect,
+            v2,
+            expect2,
+            newv,
+        } => unsafe {
+            shape_section!(area, index, fence,
+                body: [
+                    "cmp qword ptr [{v}], {expect}",
+                    "jne {fail}",
+                    "cmp qword ptr [{v2}], {expect2}",
+                    "jne {fail}",
+                    "mov qword ptr [{v}], {newv}",
+                ],
+                v = in(reg) v,
+                expect = in(reg) expect,
+                v2 = in(reg) v2,
+                expect2 = in(reg) expect2,
+                newv = in(reg) newv,
+                // SAFETY: the area this section armed.
+                fail = label { return unsafe { compare_failed(area) } },
+                options(nostack),
+            );
+        },
+        Shape::AddLoadAddStore { ptr, offset, inc } => unsafe {
+            shape_section!(area, index, fence,
+                body: [
+                    "mov {base}, qword ptr [{ptr}]",
+                    "add qword ptr [{base} + {offset}], {inc}",
+                ],
+                ptr = in(reg) ptr,
+                offset = in(reg) offset,
+                inc = in(reg) inc,
+                base = out(reg) _,
+                options(nostack),
+            );
+        },
     }
     Outcome::Committed
 }
@@ -215,6 +438,8 @@ mod tests {
     use crate::fence::HELD;
     use crate::percpu::test_slot;
 
+    const CPU_ID: usize = offset_of!(Rseq, cpu_id);
+
     fn fake_area(cpu: u32) -> Box<Rseq> {
         let mut area = Box::new(Rseq::unregistered());
         area.cpu_id_start = cpu;
@@ -228,7 +453,7 @@ mod tests {
         // The free fence of CPU 3's slot.
         let slot = test_slot(3, 10);
         // SAFETY: all pointers are to live locals.
-        let out = unsafe { add(&mut *area, &slot, -4) };
+        let out = unsafe { add(&mut *area, CPU_ID, &slot, -4) };
         assert_eq!(out, Outcome::Committed);
         assert_eq!(slot.value(), 6);
     }
@@ -239,7 +464,7 @@ mod tests {
         // CPU 3's slot; the thread is on CPU 2.
         let slot = test_slot(3, 10);
         // SAFETY: all pointers are to live locals.
-        let out = unsafe { add(&mut *area, &slot, 5) };
+        let out = unsafe { add(&mut *area, CPU_ID, &slot, 5) };
         assert_eq!(out, Outcome::Aborted);
         assert_eq!(slot.value(), 10, "an aborted section must not write");
         assert_eq!(area.rseq_cs, 0, "the abort path disarms");
@@ -251,7 +476,7 @@ mod tests {
         // CPU 1's slot, held by holder 1234.
         let slot = test_slot(HELD | 1234, 10);
         // SAFETY: all pointers are to live locals.
-        let out = unsafe { add(&mut *area, &slot, 5) };
+        let out = unsafe { add(&mut *area, CPU_ID, &slot, 5) };
         assert_eq!(out, Outcome::Fenced);
         assert_eq!(slot.value(), 10, "a fenced section must not write");
         assert_eq!(area.rseq_cs, 0, "the fenced exit disarms");
@@ -282,7 +507,7 @@ mod tests {
     #[inline(never)]
     fn add_out_of_line(area: *mut Rseq, slot: *const CounterSlot, n: i64) -> Outcome {
         // SAFETY: the test passes live pointers.
-        unsafe { add(area, slot, n) }
+        unsafe { add(area, CPU_ID, slot, n) }
     }
 
     fn check_descriptor(cs: &RseqCs) {

@@ -1,0 +1,401 @@
+//! [`Domain`]: the operation shapes on caller-owned per-CPU memory, at the raw
+//! pointer level (as librseq offers them), and the fences that guard it.
+#![allow(unsafe_code)]
+
+use core::fmt;
+
+use crossbeam_utils::CachePadded;
+
+use crate::fence::Fence;
+use crate::shape::{self, Shape};
+use crate::stats::{PathStats, Stats};
+use crate::{engine, Index};
+
+/// Whether an operation's final store publishes the stores before it.
+///
+/// `Release` makes the commit a store-release: a thread that reads the
+/// committed value with an acquire load also sees everything written before
+/// it (the speculative store of `cbne_store_store`, the copied bytes of
+/// `cbne_memcpy_store`, and the caller's own earlier writes). On x86_64 every
+/// store is a release store, so both variants are the same instructions there;
+/// the fenced engine and other architectures honour the difference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Order {
+    /// The final store is a plain (relaxed) store.
+    #[default]
+    Relaxed,
+    /// The final store is a store-release.
+    Release,
+}
+
+/// A compare in an operation found a value other than the one it required;
+/// nothing was stored. A normal outcome: the caller reloads and decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+#[error("the compared word did not hold the expected value; nothing was stored")]
+pub struct CompareFailed;
+
+/// A set of per-CPU fence words for per-CPU memory the caller owns: the
+/// librseq operation shapes and operation vectors run on it, each on the data
+/// of one slot `index` (a CPU number, or a concurrency id: see [`Index`]).
+///
+/// Every operation of a domain on slot `i` is atomic with respect to every
+/// other operation of that domain on slot `i`, wherever they run: on the CPU
+/// of slot `i` an operation is a restartable sequence; from any other CPU, or
+/// after [`RSEQ_ATTEMPTS`](crate::RSEQ_ATTEMPTS) aborts, or without rseq, it
+/// takes slot `i`'s fence, aborts the sections working on that slot with
+/// membarrier, and runs as ordinary code. The caller never sees an abort and
+/// never retries; a failed compare is the only "no".
+///
+/// The memory an operation names is the caller's: for each slot, the words
+/// that slot's operations touch must be touched by no other code while the
+/// domain is in use (reads by other threads excepted, with the usual care for
+/// torn or stale values). Memory used with one domain must not be used with
+/// another.
+///
+/// # Examples
+///
+/// A per-CPU LIFO of node indexes, built on [`cbne_store`](Self::cbne_store)
+/// and [`cbeq_store_add_load_store`](Self::cbeq_store_add_load_store):
+///
+/// ```
+/// use cpulocal::{Domain, Index};
+/// use std::sync::atomic::AtomicUsize;
+///
+/// #[repr(C)]
+/// struct Node { next: usize, value: u64 }
+///
+/// let domain = Domain::new(Index::Cpu);
+/// // One list head per slot; 0 is the empty list.
+/// let heads: Vec<AtomicUsize> = (0..domain.len()).map(|_| AtomicUsize::new(0)).collect();
+/// let node = Box::into_raw(Box::new(Node { next: 0, value: 42 }));
+///
+/// // Push on the current CPU's list.
+/// let cpu = domain.current();
+/// let head = heads[cpu].as_ptr();
+/// loop {
+///     let old = heads[cpu].load(std::sync::atomic::Ordering::Relaxed);
+///     // SAFETY: `node` is ours until published; `head` is slot `cpu`'s word,
+///     // only ever written through this domain.
+///     unsafe { (*node).next = old };
+///     if unsafe { domain.cbne_store(cpu, head, old, node as usize, cpulocal::Order::Release) }.is_ok() {
+///         break;
+///     }
+/// }
+///
+/// // Pop it again, from any CPU: next is at offset 0 of a node.
+/// // SAFETY: as above; nodes are only freed after being popped.
+/// let popped = unsafe { domain.cbeq_store_add_load_store(cpu, head, 0, 0) };
+/// assert_eq!(popped, Some(node as usize));
+/// // SAFETY: popped, so ours again.
+/// assert_eq!(unsafe { Box::from_raw(node) }.value, 42);
+/// ```
+pub struct Domain {
+    pub(crate) by: Index,
+    pub(crate) fences: Box<[CachePadded<Fence>]>,
+    stats: Box<CachePadded<Stats>>,
+}
+
+impl Domain {
+    /// A domain numbered `by` CPU or concurrency id (see [`Index`] for what
+    /// `MmCid` falls back to), with one fence per slot.
+    pub fn new(by: Index) -> Domain {
+        engine::process();
+        let by = by.effective();
+        Domain {
+            by,
+            fences: (0..by.slots())
+                .map(|i| CachePadded::new(Fence::new(i)))
+                .collect(),
+            stats: Default::default(),
+        }
+    }
+
+    /// How this domain numbers its slots.
+    pub fn index(&self) -> Index {
+        self.by
+    }
+
+    /// The number of slots: valid indexes are `0..len()`.
+    pub fn len(&self) -> usize {
+        self.fences.len()
+    }
+
+    /// Always false: a domain has a slot per CPU or concurrency id.
+    pub fn is_empty(&self) -> bool {
+        self.fences.is_empty()
+    }
+
+    /// The slot index for the calling thread now: its CPU (`cpu_id_start`)
+    /// or its concurrency id. The thread may move right after; an operation on
+    /// this index is still correct, only slower (fenced) if it did.
+    pub fn current(&self) -> usize {
+        self.by.current(self.len())
+    }
+
+    /// How many of this domain's shape operations left the fast path.
+    pub fn stats(&self) -> PathStats {
+        self.stats.snapshot()
+    }
+
+    /// The fence of slot `index`.
+    ///
+    /// # Panics
+    ///
+    /// If `index >= self.len()`, naming the operation `what`.
+    #[track_caller]
+    pub(crate) fn fence(&self, index: usize, what: &str) -> &Fence {
+        match self.fences.get(index) {
+            Some(f) => f,
+            None => panic!(
+                "Domain::{what}: slot {index} is out of range (this domain has slots 0..{})",
+                self.len()
+            ),
+        }
+    }
+
+    /// Runs `shape` on slot `index`.
+    ///
+    /// # Safety
+    ///
+    /// The shape's pointers are valid for it (each public method's contract).
+    #[inline]
+    #[track_caller]
+    unsafe fn perform(
+        &self,
+        index: usize,
+        what: &str,
+        shape: Shape,
+        order: Order,
+    ) -> Result<(), CompareFailed> {
+        let fence = self.fence(index, what);
+        // SAFETY: the caller's contract.
+        unsafe { shape::perform(&shape, order, index, fence, self.by, &self.stats) }
+    }
+
+    /// `if *v == expect { *v = newv; Ok } else { Err(CompareFailed) }` on slot
+    /// `index`'s data: a compare-and-store.
+    ///
+    /// # Safety
+    ///
+    /// `v` is valid for reads and writes and 8-byte aligned, and is slot
+    /// `index`'s data in the sense of the type docs.
+    ///
+    /// # Panics
+    ///
+    /// If `index >= self.len()`.
+    #[track_caller]
+    pub unsafe fn cbne_store(
+        &self,
+        index: usize,
+        v: *mut usize,
+        expect: usize,
+        newv: usize,
+        order: Order,
+    ) -> Result<(), CompareFailed> {
+        // SAFETY: the caller's contract.
+        unsafe {
+            self.perform(
+                index,
+                "cbne_store",
+                Shape::CbneStore { v, expect, newv },
+                order,
+            )
+        }
+    }
+
+    /// `*v += count` (wrapping) on slot `index`'s data.
+    ///
+    /// # Safety
+    ///
+    /// As [`cbne_store`](Self::cbne_store).
+    ///
+    /// # Panics
+    ///
+    /// If `index >= self.len()`.
+    #[track_caller]
+    pub unsafe fn add_store(&self, index: usize, v: *mut usize, count: isize, order: Order) {
+        let count = count as usize;
+        // SAFETY: the caller's contract.
+        let r = unsafe { self.perform(index, "add_store", Shape::AddStore { v, count }, order) };
+        debug_assert!(r.is_ok(), "add_store has no compare");
+    }
+
+    /// List pop: `if *v == expectnot { None } else { let head = *v; *v =
+    /// *(head + offset); Some(head) }` on slot `index`'s data, where `head +
+    /// offset` is a byte address (the head node's link word). Always
+    /// relaxed: its only store unlinks a node and publishes nothing.
+    ///
+    /// # Safety
+    ///
+    /// As [`cbne_store`](Self::cbne_store) for `v`; and whenever `*v !=
+    /// expectnot`, `*v + offset` is a valid, aligned address of a `usize`
+    /// that stays valid while any operation of this domain may read it (nodes
+    /// are freed only after they are popped).
+    ///
+    /// # Panics
+    ///
+    /// If `index >= self.len()`.
+    #[track_caller]
+    pub unsafe fn cbeq_store_add_load_store(
+        &self,
+        index: usize,
+        v: *mut usize,
+        expectnot: usize,
+        offset: usize,
+    ) -> Option<usize> {
+        let mut load = 0usize;
+        let shape = Shape::CbeqStoreAddLoadStore {
+            v,
+            expectnot,
+            offset,
+            load: &mut load,
+        };
+        // SAFETY: the caller's contract; `load` is a live local.
+        unsafe { self.perform(index, "cbeq_store_add_load_store", shape, Order::Relaxed) }
+            .ok()
+            .map(|()| load)
+    }
+
+    /// `if *v == expect { *v2 = newv2; *v = newv; Ok } else { Err }` on slot
+    /// `index`'s data: a speculative store to `v2`, committed by the store to
+    /// `v` (with [`Order::Release`], a reader that acquires `v` sees `v2`).
+    ///
+    /// # Safety
+    ///
+    /// As [`cbne_store`](Self::cbne_store), for `v` and `v2`.
+    ///
+    /// # Panics
+    ///
+    /// If `index >= self.len()`.
+    #[track_caller]
+    pub unsafe fn cbne_store_store(
+        &self,
+        index: usize,
+        v: *mut usize,
+        expect: usize,
+        v2: *mut usize,
+        newv2: usize,
+        newv: usize,
+        order: Order,
+    ) -> Result<(), CompareFailed> {
+        let shape = Shape::CbneStoreStore {
+            v,
+            expect,
+            v2,
+            newv2,
+            newv,
+        };
+        // SAFETY: the caller's contract.
+        unsafe { self.perform(index, "cbne_store_store", shape, order) }
+    }
+
+    /// `if *v == expect { copy len bytes src -> dst; *v = newv; Ok } else
+    /// { Err }` on slot `index`'s data.
+    ///
+    /// # Safety
+    ///
+    /// As [`cbne_store`](Self::cbne_store) for `v`; `src` is valid for reads
+    /// and `dst` for writes of `len` bytes, the two do not overlap, and `dst`
+    /// is slot `index`'s data.
+    ///
+    /// # Panics
+    ///
+    /// If `index >= self.len()`.
+    #[track_caller]
+    pub unsafe fn cbne_memcpy_store(
+        &self,
+        index: usize,
+        v: *mut usize,
+        expect: usize,
+        dst: *mut u8,
+        src: *const u8,
+        len: usize,
+        newv: usize,
+        order: Order,
+    ) -> Result<(), CompareFailed> {
+        let shape = Shape::CbneMemcpyStore {
+            v,
+            expect,
+            dst,
+            src,
+            len,
+            newv,
+        };
+        // SAFETY: the caller's contract.
+        unsafe { self.perform(index, "cbne_memcpy_store", shape, order) }
+    }
+
+    /// `if *v == expect && *v2 == expect2 { *v = newv; Ok } else { Err }` on
+    /// slot `index`'s data.
+    ///
+    /// # Safety
+    ///
+    /// As [`cbne_store`](Self::cbne_store) for `v`; `v2` is valid for reads and
+    /// aligned.
+    ///
+    /// # Panics
+    ///
+    /// If `index >= self.len()`.
+    #[track_caller]
+    pub unsafe fn cbne_load_cbne_store(
+        &self,
+        index: usize,
+        v: *mut usize,
+        expect: usize,
+        v2: *const usize,
+        expect2: usize,
+        newv: usize,
+        order: Order,
+    ) -> Result<(), CompareFailed> {
+        let shape = Shape::CbneLoadCbneStore {
+            v,
+            expect,
+            v2,
+            expect2,
+            newv,
+        };
+        // SAFETY: the caller's contract.
+        unsafe { self.perform(index, "cbne_load_cbne_store", shape, order) }
+    }
+
+    /// `*(*ptr + offset) += inc` (wrapping) on slot `index`'s data, where
+    /// `*ptr + offset` is a byte address: an add through a pointer that
+    /// another operation may swap.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` is valid for reads and aligned, and `*ptr + offset` is a valid,
+    /// aligned address of a `usize` of slot `index`'s data.
+    ///
+    /// # Panics
+    ///
+    /// If `index >= self.len()`.
+    #[track_caller]
+    pub unsafe fn add_load_add_store(
+        &self,
+        index: usize,
+        ptr: *const usize,
+        offset: usize,
+        inc: isize,
+        order: Order,
+    ) {
+        let shape = Shape::AddLoadAddStore {
+            ptr,
+            offset,
+            inc: inc as usize,
+        };
+        // SAFETY: the caller's contract.
+        let r = unsafe { self.perform(index, "add_load_add_store", shape, order) };
+        debug_assert!(r.is_ok(), "add_load_add_store has no compare");
+    }
+}
+
+impl fmt::Debug for Domain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Domain")
+            .field("index", &self.by)
+            .field("slots", &self.len())
+            .field("stats", &self.stats())
+            .finish()
+    }
+}

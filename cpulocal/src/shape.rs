@@ -1,0 +1,225 @@
+//! The operation shapes: each described once, here, and run by two engines.
+//!
+//! [`Shape`] names an operation and its operands. [`Shape::apply`] is its
+//! meaning, as ordinary code: the fenced engine runs exactly that, with the
+//! slot's fence held. [`arch::section`] runs the same operation as one
+//! restartable sequence (on x86_64: `arch/x86_64.rs`, one asm block per
+//! shape). The differential tests below hold the two to each other on random
+//! inputs, in both orders and both index modes.
+//!
+//! [`perform`] is the one policy for all shapes: critical-section attempts on
+//! the slot's CPU, at most [`RSEQ_ATTEMPTS`] of them, then the fenced path.
+//!
+//! # Safety
+//!
+//! A `Shape`'s pointers are valid as the public method that built it requires
+//! ([`Domain`](crate::Domain)); the words it names belong to one slot and are
+//! written only by that slot's operations, so under the slot's fence (after
+//! the membarrier) they are the fence holder's alone.
+#![allow(unsafe_code)]
+
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::arch::{self, Outcome};
+use crate::domain::{CompareFailed, Order};
+use crate::fence::{self, Fence};
+use crate::stats::Stats;
+use crate::{engine, Index, RSEQ_ATTEMPTS};
+
+/// One operation and its operands; `v` is always the word whose store
+/// commits. All words are `usize`, adds wrap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shape {
+    /// `*v == expect` ? `*v = newv` : fail.
+    CbneStore {
+        v: *mut usize,
+        expect: usize,
+        newv: usize,
+    },
+    /// `*v += count`.
+    AddStore { v: *mut usize, count: usize },
+    /// `*v == expectnot` ? fail : `*load = *v; *v = *(*v + offset)` (list pop;
+    /// `offset` in bytes).
+    CbeqStoreAddLoadStore {
+        v: *mut usize,
+        expectnot: usize,
+        offset: usize,
+        load: *mut usize,
+    },
+    /// `*v == expect` ? `*v2 = newv2; *v = newv` : fail.
+    CbneStoreStore {
+        v: *mut usize,
+        expect: usize,
+        v2: *mut usize,
+        newv2: usize,
+        newv: usize,
+    },
+    /// `*v == expect` ? copy `len` bytes `src` -> `dst`; `*v = newv` : fail.
+    CbneMemcpyStore {
+        v: *mut usize,
+        expect: usize,
+        dst: *mut u8,
+        src: *const u8,
+        len: usize,
+        newv: usize,
+    },
+    /// `*v == expect && *v2 == expect2` ? `*v = newv` : fail.
+    CbneLoadCbneStore {
+        v: *mut usize,
+        expect: usize,
+        v2: *const usize,
+        expect2: usize,
+        newv: usize,
+    },
+    /// `*(*ptr + offset) += inc` (`offset` in bytes).
+    AddLoadAddStore {
+        ptr: *const usize,
+        offset: usize,
+        inc: usize,
+    },
+}
+
+/// A word of the slot, as an atomic for the fenced engine.
+///
+/// # Safety
+///
+/// `p` is valid and aligned (the shape's contract).
+unsafe fn word<'a>(p: *const usize) -> &'a AtomicUsize {
+    // SAFETY: valid and aligned by the caller; under the fence nothing else
+    // writes it, and atomics make concurrent readers well defined.
+    unsafe { AtomicUsize::from_ptr(p.cast_mut()) }
+}
+
+impl Shape {
+    /// The shape's meaning, as ordinary code: what the fenced engine runs.
+    /// Loads are relaxed (the fence's acquire orders them); the final store is
+    /// a store-release for [`Order::Release`].
+    ///
+    /// # Safety
+    ///
+    /// The pointers are valid (module docs), and the caller holds the slot's
+    /// fence, or is a test with the memory to itself.
+    pub(crate) unsafe fn apply(&self, order: Order) -> Result<(), CompareFailed> {
+        let commit = match order {
+            Order::Relaxed => Ordering::Relaxed,
+            Order::Release => Ordering::Release,
+        };
+        let check = |ok: bool| if ok { Ok(()) } else { Err(CompareFailed) };
+        // SAFETY (every block below): the pointers are valid (caller).
+        match *self {
+            Shape::CbneStore { v, expect, newv } => {
+                let v = unsafe { word(v) };
+                check(v.load(Ordering::Relaxed) == expect)?;
+                v.store(newv, commit);
+            }
+            Shape::AddStore { v, count } => {
+                let v = unsafe { word(v) };
+                v.store(v.load(Ordering::Relaxed).wrapping_add(count), commit);
+            }
+            Shape::CbeqStoreAddLoadStore {
+                v,
+                expectnot,
+                offset,
+                load,
+            } => {
+                let v = unsafe { word(v) };
+                let head = v.load(Ordering::Relaxed);
+                check(head != expectnot)?;
+                unsafe { load.write(head) };
+                let next = unsafe { word((head as *const u8).wrapping_add(offset).cast()) };
+                v.store(next.load(Ordering::Relaxed), commit);
+            }
+            Shape::CbneStoreStore {
+                v,
+                expect,
+                v2,
+                newv2,
+                newv,
+            } => {
+                let v = unsafe { word(v) };
+                check(v.load(Ordering::Relaxed) == expect)?;
+                unsafe { word(v2) }.store(newv2, Ordering::Relaxed);
+                v.store(newv, commit);
+            }
+            Shape::CbneMemcpyStore {
+                v,
+                expect,
+                dst,
+                src,
+                len,
+                newv,
+            } => {
+                let v = unsafe { word(v) };
+                check(v.load(Ordering::Relaxed) == expect)?;
+                unsafe { core::ptr::copy_nonoverlapping(src, dst, len) };
+                v.store(newv, commit);
+            }
+            Shape::CbneLoadCbneStore {
+                v,
+                expect,
+                v2,
+                expect2,
+                newv,
+            } => {
+                let v = unsafe { word(v) };
+                check(v.load(Ordering::Relaxed) == expect)?;
+                check(unsafe { word(v2) }.load(Ordering::Relaxed) == expect2)?;
+                v.store(newv, commit);
+            }
+            Shape::AddLoadAddStore { ptr, offset, inc } => {
+                let base = unsafe { word(ptr) }.load(Ordering::Relaxed);
+                let v = unsafe { word((base as *const u8).wrapping_add(offset).cast()) };
+                v.store(v.load(Ordering::Relaxed).wrapping_add(inc), commit);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs `shape` on slot `index` (numbered `by`), whose fence is `fence`: up to
+/// [`RSEQ_ATTEMPTS`] critical sections while the thread is on that slot's CPU
+/// (or concurrency id), else, or then, the fenced path. Counts slow-path
+/// events in `stats`.
+///
+/// # Safety
+///
+/// `shape`'s pointers are valid and name slot `index`'s data (module docs).
+#[inline]
+pub(crate) unsafe fn perform(
+    shape: &Shape,
+    order: Order,
+    index: usize,
+    fence: &Fence,
+    by: Index,
+    stats: &Stats,
+) -> Result<(), CompareFailed> {
+    let offset = by.field_offset();
+    let mut aborts = 0u64;
+    while aborts < u64::from(RSEQ_ATTEMPTS) {
+        let area = engine::area();
+        if engine::index_in(area, offset) as usize != index {
+            if engine::cpu_id(area) == crate::abi::CPU_ID_UNINITIALIZED && engine::ensure_thread() {
+                continue; // first operation of this thread: sections now run
+            }
+            break; // another slot's CPU, or no rseq on this thread
+        }
+        // SAFETY: `area` is this thread's live area, `offset` one of its
+        // index fields, `fence` the slot's; the shape's pointers are valid
+        // (caller).
+        match unsafe { arch::section(area, offset, fence, shape) } {
+            Outcome::Committed => {
+                stats.retried(aborts);
+                return Ok(());
+            }
+            Outcome::CompareFailed => {
+                stats.retried(aborts);
+                return Err(CompareFailed);
+            }
+            Outcome::Fenced => break,
+            Outcome::Aborted => aborts += 1,
+        }
+    }
+    stats.fenced(aborts);
+    // SAFETY: the fence is held while `apply` runs (caller: valid pointers).
+    fence::with_signals_blocked(fence, index, by, || unsafe { shape.apply(order) })
+}

@@ -1,0 +1,1 @@
+//! Differential tests of the shapes (to be written).
