@@ -51,12 +51,13 @@ fn assert_success(o: &Output) {
     );
 }
 
-const STATUS_LINES: [&str; 9] = [
+const STATUS_LINES: [&str; 10] = [
     "rseq registered by:",
     "engine:",
     "rseq feature size:",
     "node_id valid:",
     "mm_cid valid:",
+    "mm_cid indexing:",
     "membarrier (RSEQ):",
     "glibc __rseq_size:",
     "possible CPUs:",
@@ -144,7 +145,7 @@ fn info_json_has_the_documented_fields() {
     // Nobody registered: necessarily fenced.
     assert!(registration != "nobody" || engine == "fenced", "{v}");
 
-    for key in ["node_id_valid", "mm_cid_valid"] {
+    for key in ["node_id_valid", "mm_cid_valid", "mm_cid_indexing"] {
         assert!(obj[key].is_boolean(), "{key} in {v}");
     }
     for key in ["feature_size", "glibc_rseq_size", "rseq_off_errno"] {

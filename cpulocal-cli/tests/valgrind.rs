@@ -195,6 +195,7 @@ fn info_json_under_memcheck_says_fenced_and_why() {
         ("glibc_rseq_size", serde_json::json!(0)),
         ("node_id_valid", serde_json::json!(false)),
         ("mm_cid_valid", serde_json::json!(false)),
+        ("mm_cid_indexing", serde_json::json!(false)),
     ] {
         assert_eq!(v[key], want, "{key} in:\n{out}");
     }

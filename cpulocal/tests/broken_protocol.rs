@@ -26,7 +26,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use cpulocal::testing::{self, Break};
-use cpulocal::{Engine, PerCpuCounter};
+use cpulocal::{Engine, Index, PerCpuCounter};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -230,31 +230,7 @@ fn demonstrate(what: Break) {
         );
 
         // 2. The general stress harness.
-        let started = Instant::now();
-        let mut rounds = 0u64;
-        let found = loop {
-            rounds += 1;
-            let mut cfg = small_stress(format!("{what:?} round {rounds}"));
-            cfg.seed = seed.wrapping_add(rounds);
-            let out = common::run(&cfg);
-            if !out.is_exact() {
-                break Some(out);
-            }
-            if started.elapsed() > DETECTION_BUDGET {
-                break None;
-            }
-        };
-        let Some(found) = found else {
-            panic!(
-                "with {what:?} the general stress still gave exact sums for {rounds} rounds \
-                 ({:.1?}): the stress tests cannot detect this broken protocol",
-                started.elapsed()
-            );
-        };
-        eprintln!(
-            "{what:?}: general stress detected it in round {rounds} after {:.2?}: {found}",
-            started.elapsed()
-        );
+        general_stress_detects(what, Index::Cpu, seed);
     }
 
     // Restored: exact again.
@@ -265,6 +241,64 @@ fn demonstrate(what: Break) {
         "collision round after restoring the protocol is not exact: {after:?}"
     );
     common::stress(&small_stress(format!("control after {what:?}")));
+}
+
+/// Runs the general stress harness (counter numbered `by`) in small rounds
+/// with `what` broken until a sum comes out wrong; fails after
+/// [`DETECTION_BUDGET`].
+fn general_stress_detects(what: Break, by: Index, seed: u64) {
+    let started = Instant::now();
+    let mut rounds = 0u64;
+    let found = loop {
+        rounds += 1;
+        let mut cfg = small_stress(format!("{what:?} {by:?} round {rounds}"));
+        cfg.seed = seed.wrapping_add(rounds);
+        cfg.index = by;
+        let out = common::run(&cfg);
+        if !out.is_exact() {
+            break Some(out);
+        }
+        if started.elapsed() > DETECTION_BUDGET {
+            break None;
+        }
+    };
+    let Some(found) = found else {
+        panic!(
+            "with {what:?} the general stress ({by:?} indexing) still gave exact sums for \
+             {rounds} rounds ({:.1?}): the stress tests cannot detect this broken protocol",
+            started.elapsed()
+        );
+    };
+    eprintln!(
+        "{what:?}: general stress ({by:?} indexing) detected it in round {rounds} after {:.2?}: {found}",
+        started.elapsed()
+    );
+}
+
+/// The mm_cid fenced path stops sections with the all-CPU membarrier; with
+/// it skipped, the general stress on an mm_cid-indexed counter must fail too.
+#[test]
+fn mm_cid_stress_detects_skipped_membarrier() {
+    let _only_us = lock_switch();
+    if can_demonstrate().is_none() {
+        return;
+    }
+    if !cpulocal::status().mm_cid_indexing {
+        eprintln!("SKIPPED: the kernel does not offer mm_cid indexing here");
+        return;
+    }
+    let seed = common::seed();
+    let control = |label: &str| {
+        let mut cfg = small_stress(label.to_owned());
+        cfg.index = Index::MmCid;
+        common::stress(&cfg);
+    };
+    control("mm_cid control before");
+    {
+        let _broken = Broken::new(Break::SkipMembarrier);
+        general_stress_detects(Break::SkipMembarrier, Index::MmCid, seed);
+    }
+    control("mm_cid control after");
 }
 
 #[test]

@@ -104,7 +104,7 @@ fn to_json(s: &Status) -> String {
         _ => ("other", None),
     };
     let errno = |e: Option<i32>| e.map_or(Json::Null, |e| Json::Int(e.into()));
-    let fields: [(&str, Json); 15] = [
+    let fields: [(&str, Json); 16] = [
         ("registration", registration.into()),
         ("registration_text", s.registration.to_string().into()),
         ("rseq_off", rseq_off_tag.into()),
@@ -115,6 +115,7 @@ fn to_json(s: &Status) -> String {
         ("feature_size", s.feature_size.map(num).into()),
         ("node_id_valid", s.node_id_valid.into()),
         ("mm_cid_valid", s.mm_cid_valid.into()),
+        ("mm_cid_indexing", s.mm_cid_indexing.into()),
         (
             "membarrier_rseq",
             match s.membarrier_rseq {

@@ -41,7 +41,7 @@ pub enum Command {
     /// "foreign_registration", "thread_exiting", "other"; null when on),
     /// rseq_off_errno, engine ("rseq" or "fenced"), engine_text,
     /// fenced_membarrier (bool when fenced, else null), feature_size,
-    /// node_id_valid, mm_cid_valid, membarrier_rseq ("registered" or
+    /// node_id_valid, mm_cid_valid, mm_cid_indexing, membarrier_rseq ("registered" or
     /// "unavailable"), membarrier_rseq_errno, glibc_rseq_size, possible_cpus,
     /// cpu. Absent values are null.
     Info {

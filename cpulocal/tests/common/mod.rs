@@ -101,6 +101,8 @@ pub struct Cfg {
     pub seed: u64,
     /// Bound on the whole run; exceeding it fails the run (a hang or livelock).
     pub timeout: Duration,
+    /// How the counter numbers its slots.
+    pub index: cpulocal::Index,
     /// Called on the calling thread right before and right after it spawns
     /// the workers (and before any helper), to give the workers a different
     /// setup from the other threads.
@@ -133,6 +135,7 @@ impl Cfg {
             seed: seed(),
             timeout: Duration::from_secs_f64(180.0 * scale.max(1.0)),
             around_worker_spawn: None,
+            index: cpulocal::Index::Cpu,
         }
     }
 }
@@ -604,7 +607,7 @@ pub fn run(cfg: &Cfg) -> Outcome {
     install_handler();
     let started = Instant::now();
     let deadline = started + cfg.timeout;
-    let counter = Arc::new(PerCpuCounter::new());
+    let counter = Arc::new(PerCpuCounter::with_index(cfg.index));
     let cpus = counter.cpus();
     let allowed = allowed_cpus();
     assert!(!allowed.is_empty());
