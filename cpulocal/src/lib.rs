@@ -21,6 +21,24 @@
 //! println!("{}", cpulocal::status());   // which engine runs, and why
 //! ```
 //!
+//! # Building blocks
+//!
+//! - [`PerCpuCounter`]: add, add on any CPU, sum, take.
+//! - [`PerCpu<T>`]: a value per CPU, locked through its fence from anywhere.
+//! - [`PerCpuList<T>`]: a per-CPU LIFO of owned values (push, pop, pop on
+//!   any CPU, drain), safe, on the list shapes.
+//! - [`Domain`]: the seven librseq operation shapes (compare-and-store, add,
+//!   list pop, store-store, memcpy-store, double compare, add through a
+//!   pointer) on per-CPU memory of your own, at the raw-pointer level, each
+//!   with [`Order::Relaxed`] and [`Order::Release`] variants; a failed compare
+//!   is a normal result ([`CompareFailed`]), never an abort.
+//! - [`opv`]: operation vectors, the user-space `cpu_opv`: up to 16 compares,
+//!   copies and arithmetic operations run on one CPU's data atomically with
+//!   respect to its critical sections; raw on a [`Domain`], safe on a
+//!   [`PerCpu`] of plain data.
+//! - [`Index`]: number slots by CPU (`cpu_id`) or by concurrency id
+//!   (`mm_cid`), chosen at construction.
+//!
 //! # Platform support
 //!
 //! The rseq engine exists for Linux x86_64. Every other target, and any
@@ -42,6 +60,7 @@ mod engine;
 mod error;
 mod fence;
 mod index;
+mod list;
 pub mod opv;
 mod percpu;
 mod shape;
@@ -60,6 +79,7 @@ pub use domain::{CompareFailed, Domain, Order};
 pub use error::Error;
 pub use fence::SPINS_BEFORE_SLEEP;
 pub use index::Index;
+pub use list::PerCpuList;
 pub use percpu::{PerCpu, SlotGuard};
 pub use stats::PathStats;
 pub use status::{Engine, Registration, RseqOff, Status};

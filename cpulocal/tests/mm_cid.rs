@@ -20,7 +20,10 @@ fn index_follows_status() {
     // 6.3+ kernels fill mm_cid; this machine's kernel does, with rseq on.
     let s = cpulocal::status();
     if s.engine == cpulocal::Engine::Rseq && s.feature_size.is_some_and(|f| f >= 28) {
-        assert!(available, "rseq runs and the feature size covers mm_cid: {s}");
+        assert!(
+            available,
+            "rseq runs and the feature size covers mm_cid: {s}"
+        );
     }
 }
 
@@ -51,7 +54,10 @@ fn slots_follow_the_allowed_cpus() {
         let by_cpu = PerCpuCounter::new();
         by_cpu.add(1);
         assert_eq!(by_cpu.per_cpu()[last], 1);
-        eprintln!("mm_cid counter: {c:?}; thread on CPU {last}, mm_cid {:?}", cpulocal::mm_cid());
+        eprintln!(
+            "mm_cid counter: {c:?}; thread on CPU {last}, mm_cid {:?}",
+            cpulocal::mm_cid()
+        );
     })
     .join()
     .unwrap();
