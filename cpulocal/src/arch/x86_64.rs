@@ -535,9 +535,10 @@ mod tests {
         let code = unsafe {
             core::slice::from_raw_parts(start as *const u8, cs.post_commit_offset as usize)
         };
-        // `add` opens with the check: `mov w, dword ptr [slot]` (opcode 0x8b,
-        // optionally after a REX prefix), then `cmp [area + 4], w` (0x39); the
-        // testing build's broken variant opens with the cmp alone.
+        // Every section opens with the check: `mov w, dword ptr [fence]`
+        // (opcode 0x8b, optionally after a REX prefix), then
+        // `cmp [area + index], w` (0x39); the testing build's broken variant
+        // opens with the cmp alone.
         let op = if code[0] & 0xf0 == 0x40 { 1 } else { 0 };
         assert!(
             code[op] == 0x8b || (cfg!(feature = "testing") && code[op] == 0x39),
@@ -545,13 +546,16 @@ mod tests {
         );
         assert!(
             code[..8].contains(&0x39),
-            "the check compares with cpu_id: {code:02x?}"
+            "the check compares with the index field: {code:02x?}"
         );
-        // ... and ends with the commit `add qword ptr [slot + 8], n`: REX.W 01
-        // /r disp8 (a base of r12 adds an SIB byte).
+        // ... and ends with the commit, a 64-bit store to memory: `add qword
+        // ptr [..], r` (the counter, `add_store`, `add_load_add_store`) or
+        // `mov qword ptr [..], r` (the other shapes): REX.W 01 or 89 /r, with
+        // an optional displacement or SIB byte.
         let tail = &code[code.len().saturating_sub(5)..];
         assert!(
-            tail.windows(2).any(|w| w[0] & 0xf8 == 0x48 && w[1] == 0x01),
+            tail.windows(2)
+                .any(|w| w[0] & 0xf8 == 0x48 && (w[1] == 0x01 || w[1] == 0x89)),
             "commit must end the section: {code:02x?}"
         );
     }
