@@ -295,8 +295,11 @@ impl Domain {
     /// # Safety
     ///
     /// As [`cbne_store`](Self::cbne_store) for `v`; `src` is valid for reads
-    /// and `dst` for writes of `len` bytes, the two do not overlap, and `dst`
-    /// is slot `index`'s data.
+    /// and `dst` for writes of `len` bytes, and the two do not overlap. Each
+    /// of them is either slot `index`'s data or memory private to the caller:
+    /// a push copies a private item into the slot (`dst` in the slot), a pop
+    /// copies the slot's item out (`src` in the slot, `dst` a local whose
+    /// bytes count only once the call returns `Ok`).
     ///
     /// # Panics
     ///

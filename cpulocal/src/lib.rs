@@ -26,7 +26,10 @@
 //! - [`PerCpuCounter`]: add, add on any CPU, sum, take.
 //! - [`PerCpu<T>`]: a value per CPU, locked through its fence from anywhere.
 //! - [`PerCpuList<T>`]: a per-CPU LIFO of owned values (push, pop, pop on
-//!   any CPU, drain), safe, on the list shapes.
+//!   any CPU, drain), on the list shapes.
+//! - [`PerCpuBuffer<T>`] and [`PerCpuMemcpyBuffer<T>`]: bounded per-CPU
+//!   stacks of owned items (one word each, store-store shape) or of copies of
+//!   small items (memcpy shape); a push to a full buffer gives the item back.
 //! - [`Domain`]: the seven librseq operation shapes (compare-and-store, add,
 //!   list pop, store-store, memcpy-store, double compare, add through a
 //!   pointer) on per-CPU memory of your own, at the raw-pointer level, each
@@ -54,6 +57,7 @@
 
 mod abi;
 mod arch;
+mod buffer;
 mod counter;
 mod domain;
 mod engine;
@@ -61,6 +65,7 @@ mod error;
 mod fence;
 mod index;
 mod list;
+mod memcpy_buffer;
 pub mod opv;
 mod percpu;
 mod shape;
@@ -74,12 +79,14 @@ pub mod testing;
 #[cfg(not(feature = "testing"))]
 mod testing;
 
+pub use buffer::PerCpuBuffer;
 pub use counter::PerCpuCounter;
 pub use domain::{CompareFailed, Domain, Order};
 pub use error::Error;
 pub use fence::SPINS_BEFORE_SLEEP;
 pub use index::Index;
 pub use list::PerCpuList;
+pub use memcpy_buffer::PerCpuMemcpyBuffer;
 pub use percpu::{PerCpu, SlotGuard};
 pub use stats::PathStats;
 pub use status::{Engine, Registration, RseqOff, Status};

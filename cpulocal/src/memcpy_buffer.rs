@@ -1,0 +1,472 @@
+//! [`PerCpuMemcpyBuffer<T>`]: a bounded per-CPU stack of small `Copy` values
+//! stored inline, built on the memcpy-store shape.
+//!
+//! # Safety
+//!
+//! Each slot is a fence, a count and `capacity` entries of `T` bytes. Entries
+//! `0..count` are *live*: each holds the bytes of a `T` copied in whole by a
+//! committed push. Entries at `count` and above are free: uninitialised,
+//! stale, or partly written by an aborted push; nobody reads them as `T`.
+//!
+//! A slot's count and entries are written, and its entries read, only through
+//! that slot's fence: by [`shape::perform`] (a critical section on the slot's
+//! CPU, or the shape run as ordinary code under the fence after the
+//! membarrier) and by `drain` (under the fence). There is no `Drop`: `T` is
+//! `Copy`. So each operation is one step that no other access to the slot
+//! interleaves with, and the non-atomic copies of entry bytes never race: a
+//! section is aborted before another thread runs on its CPU (preemption) and
+//! before a fence holder touches the slot (the membarrier), and an aborted
+//! copy is redone from the start. Both operations compare the count and copy
+//! inside the step:
+//!
+//! - **push** (`count == c < capacity`): copies the value into entry `c`,
+//!   which is free, then commits `count = c + 1` with a store-release.
+//! - **pop** (`count == c > 0`): copies entry `c - 1`, which is live, into a
+//!   local, then commits `count = c - 1`. The copy is made in the same step as
+//!   the compare, so it is the bytes of the value live at the commit, whatever
+//!   happened to the slot since the caller read the count: nothing read
+//!   outside the step is trusted, and there is no ABA.
+//!
+//! A committed push's bytes are complete (the copy precedes the commit), and
+//! a committed pop's local holds exactly one live entry's bytes, which the
+//! commit then frees. `T: Copy`, so a value may be duplicated bytewise and
+//! never needs dropping.
+#![allow(unsafe_code)]
+
+use core::cell::UnsafeCell;
+use core::fmt;
+use core::mem::{size_of, MaybeUninit};
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use crossbeam_utils::CachePadded;
+
+use crate::domain::Order;
+use crate::fence::{self, Fence};
+use crate::shape::{self, Shape};
+use crate::stats::{PathStats, Stats};
+use crate::{engine, Error, Index};
+
+/// One CPU's count and fence in one padded line; the entries out of line.
+struct Slot<T> {
+    fence: Fence,
+    /// Live entries: `0..count`.
+    count: AtomicUsize,
+    /// `capacity` entries, aligned for `T`.
+    data: Box<[UnsafeCell<MaybeUninit<T>>]>,
+}
+
+/// A bounded per-CPU stack of small `Copy` values stored inline:
+/// [`push`](Self::push) copies a value into the current CPU's buffer and
+/// [`pop`](Self::pop) copies one out, with one restartable sequence each (no
+/// atomic instruction, no allocation); [`pop_on`](Self::pop_on) and
+/// [`drain`](Self::drain) reach any CPU's buffer through its fence.
+///
+/// The copy happens inside the critical section, before the count's store
+/// commits it: a pop never sees a half-written value, and a value is popped
+/// by exactly one caller. A section preempted mid-copy restarts and copies
+/// again, so large values abort more often; the size is capped at
+/// [`MAX_ITEM_SIZE`](Self::MAX_ITEM_SIZE) bytes (the user-space `cpu_opv`'s
+/// per-copy bound), and a bigger `T` does not compile. For values that are
+/// large, not `Copy`, or need dropping, use
+/// [`PerCpuBuffer`](crate::PerCpuBuffer).
+///
+/// Order is last-in first-out per CPU; across CPUs there is none. Capacity
+/// is fixed per CPU at construction, `capacity × cpus() × size_of::<T>()`
+/// bytes allocated up front; a push onto a full buffer gives the value back.
+///
+/// # Examples
+///
+/// ```
+/// use cpulocal::PerCpuMemcpyBuffer;
+///
+/// #[derive(Clone, Copy, Debug, PartialEq)]
+/// struct Sample { at: u64, value: [f32; 4] }
+///
+/// let samples = PerCpuMemcpyBuffer::new(64);
+/// samples.push(Sample { at: 1, value: [1.0; 4] }).unwrap();
+/// let all: Vec<Sample> = samples.drain().collect();
+/// assert_eq!(all, [Sample { at: 1, value: [1.0; 4] }]);
+/// ```
+///
+/// A value above [`MAX_ITEM_SIZE`](Self::MAX_ITEM_SIZE) bytes is refused
+/// when the program is built (by `cargo build`; `cargo check` does not
+/// evaluate the assertion):
+///
+/// ```compile_fail
+/// let too_big = cpulocal::PerCpuMemcpyBuffer::<[u8; 4097]>::new(1);
+/// ```
+///
+/// Values cross threads, so sharing the buffer needs `T: Send`:
+///
+/// ```compile_fail
+/// fn shared<T: Sync>(_: &T) {}
+/// shared(&cpulocal::PerCpuMemcpyBuffer::<*const u8>::new(1));
+/// ```
+pub struct PerCpuMemcpyBuffer<T: Copy> {
+    slots: Box<[CachePadded<Slot<T>>]>,
+    capacity: usize,
+    by: Index,
+    stats: Box<CachePadded<Stats>>,
+}
+
+// SAFETY: the buffer owns its values (inline copies); moving it moves them.
+unsafe impl<T: Copy + Send> Send for PerCpuMemcpyBuffer<T> {}
+// SAFETY: entries are only touched under the slot's fence or in its critical
+// sections (module docs); `&PerCpuMemcpyBuffer` hands out owned copies only,
+// moved between threads, so `T: Send` suffices.
+unsafe impl<T: Copy + Send> Sync for PerCpuMemcpyBuffer<T> {}
+
+impl<T: Copy> PerCpuMemcpyBuffer<T> {
+    /// The largest `T`, in bytes: the user-space `cpu_opv`'s bound on one
+    /// copy. A copy this size is a few hundred nanoseconds, short enough to
+    /// complete in a critical section nearly always.
+    pub const MAX_ITEM_SIZE: usize = 4096;
+
+    /// Evaluated at build time by the constructor: refuses a `T` above
+    /// [`MAX_ITEM_SIZE`](Self::MAX_ITEM_SIZE).
+    const SIZE_OK: () = assert!(
+        size_of::<T>() <= Self::MAX_ITEM_SIZE,
+        "PerCpuMemcpyBuffer: size_of::<T>() exceeds MAX_ITEM_SIZE (4096 bytes); use PerCpuBuffer"
+    );
+
+    /// An empty buffer of `capacity` values per possible CPU.
+    ///
+    /// # Panics
+    ///
+    /// If `capacity` is 0. (A `T` larger than
+    /// [`MAX_ITEM_SIZE`](Self::MAX_ITEM_SIZE) fails to compile.)
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let b = cpulocal::PerCpuMemcpyBuffer::<u64>::new(16);
+    /// assert_eq!(b.capacity(), 16);
+    /// assert_eq!(b.cpus(), cpulocal::possible_cpus());
+    /// ```
+    #[track_caller]
+    pub fn new(capacity: usize) -> Self {
+        Self::with_index(Index::Cpu, capacity)
+    }
+
+    /// An empty buffer of `capacity` values per slot, the slots numbered `by`
+    /// CPU or concurrency id (see [`Index`]).
+    ///
+    /// # Panics
+    ///
+    /// If `capacity` is 0.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cpulocal::{Index, PerCpuMemcpyBuffer};
+    ///
+    /// let b = PerCpuMemcpyBuffer::with_index(Index::MmCid, 8);
+    /// b.push([7u8; 3]).unwrap();
+    /// assert_eq!(b.drain().collect::<Vec<_>>(), [[7, 7, 7]]);
+    /// ```
+    #[track_caller]
+    pub fn with_index(by: Index, capacity: usize) -> Self {
+        let () = Self::SIZE_OK;
+        assert!(
+            capacity > 0,
+            "PerCpuMemcpyBuffer: the capacity per CPU must be at least 1"
+        );
+        engine::process();
+        let by = by.effective();
+        PerCpuMemcpyBuffer {
+            slots: (0..by.slots())
+                .map(|i| {
+                    CachePadded::new(Slot {
+                        fence: Fence::new(i),
+                        count: AtomicUsize::new(0),
+                        data: (0..capacity)
+                            .map(|_| UnsafeCell::new(MaybeUninit::uninit()))
+                            .collect(),
+                    })
+                })
+                .collect(),
+            capacity,
+            by,
+            stats: Default::default(),
+        }
+    }
+
+    /// The number of per-CPU buffers.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let b = cpulocal::PerCpuMemcpyBuffer::<u8>::new(1);
+    /// assert!(b.cpus() >= 1);
+    /// ```
+    pub fn cpus(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// How many values each CPU's buffer holds at most.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert_eq!(cpulocal::PerCpuMemcpyBuffer::<u8>::new(5).capacity(), 5);
+    /// ```
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// How the buffers are numbered.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cpulocal::{Index, PerCpuMemcpyBuffer};
+    /// assert_eq!(PerCpuMemcpyBuffer::<u8>::new(1).index(), Index::Cpu);
+    /// ```
+    pub fn index(&self) -> Index {
+        self.by
+    }
+
+    /// How many operations left the fast path so far.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let b = cpulocal::PerCpuMemcpyBuffer::new(4);
+    /// b.push(1u32).unwrap();
+    /// let s = b.stats();
+    /// assert!(s.retried + s.fenced <= 1);
+    /// ```
+    pub fn stats(&self) -> PathStats {
+        self.stats.snapshot()
+    }
+
+    /// Runs a memcpy-store on buffer `cpu`: if its count is `expect`, copies
+    /// one `T` from `src` to `dst` and stores `newv` in the count.
+    ///
+    /// # Safety
+    ///
+    /// One of `src`, `dst` is an entry of buffer `cpu` as the module docs
+    /// allow (the free entry `expect` for a push, the live entry `expect - 1`
+    /// for a pop); the other is the caller's, valid for one `T`.
+    #[inline]
+    unsafe fn copy(
+        &self,
+        cpu: usize,
+        expect: usize,
+        dst: *mut T,
+        src: *const T,
+        newv: usize,
+    ) -> bool {
+        let slot = &self.slots[cpu];
+        let shape = Shape::CbneMemcpyStore {
+            v: slot.count.as_ptr(),
+            expect,
+            dst: dst.cast(),
+            src: src.cast(),
+            len: size_of::<T>(),
+            newv,
+        };
+        // SAFETY: the caller's entries; the fence is that of their slot.
+        // Release for both directions: a push publishes the copied bytes; a
+        // pop's copy out is ordered before the store that frees the entry.
+        unsafe {
+            shape::perform(
+                &shape,
+                Order::Release,
+                cpu,
+                &slot.fence,
+                self.by,
+                &self.stats,
+            )
+        }
+        .is_ok()
+    }
+
+    /// Copies `value` into the current CPU's buffer, or gives it back if that
+    /// buffer is full (other CPUs' buffers are not looked at).
+    ///
+    /// # Errors
+    ///
+    /// `Err(value)` when the current CPU's buffer holds
+    /// [`capacity`](Self::capacity) values.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let b = cpulocal::PerCpuMemcpyBuffer::new(1);
+    /// assert!(b.push(1u16).is_ok());
+    /// // Refused if still on the same CPU, else stored on the new one.
+    /// match b.push(2) {
+    ///     Err(back) => assert_eq!(back, 2),
+    ///     Ok(()) => assert_eq!(b.drain().count(), 2),
+    /// }
+    /// ```
+    pub fn push(&self, value: T) -> Result<(), T> {
+        loop {
+            let cpu = self.by.current(self.cpus());
+            let slot = &self.slots[cpu];
+            let c = slot.count.load(Ordering::Relaxed);
+            if c >= self.capacity {
+                return Err(value);
+            }
+            // SAFETY: entry `c < capacity` of buffer `cpu`, free when the
+            // compare holds; `value` is a live local.
+            if unsafe { self.copy(cpu, c, slot.data[c].get().cast(), &value, c + 1) } {
+                return Ok(());
+            }
+            // Another push or pop on that buffer came first: read it again.
+        }
+    }
+
+    /// Pops the value last pushed on the current CPU's buffer, if any. Values
+    /// on other CPUs' buffers are not looked at: see
+    /// [`pop_on`](Self::pop_on) and [`drain`](Self::drain).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let b = cpulocal::PerCpuMemcpyBuffer::new(4);
+    /// assert_eq!(b.pop(), None::<[u64; 2]>);
+    /// b.push([1, 2]).unwrap();
+    /// // Some([1, 2]) unless the thread migrated in between.
+    /// let got = b.pop().into_iter().chain(b.drain()).collect::<Vec<_>>();
+    /// assert_eq!(got, [[1, 2]]);
+    /// ```
+    pub fn pop(&self) -> Option<T> {
+        loop {
+            let cpu = self.by.current(self.cpus());
+            if let Some(v) = self.try_pop(cpu) {
+                return v;
+            }
+        }
+    }
+
+    /// Pops the value last pushed on `cpu`'s buffer, from any CPU (a critical
+    /// section if the caller runs on `cpu`, the fenced path otherwise).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CpuOutOfRange`] if `cpu >= self.cpus()`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let b = cpulocal::PerCpuMemcpyBuffer::new(4);
+    /// b.push(1u8).unwrap();
+    /// let found: Vec<u8> = (0..b.cpus()).filter_map(|c| b.pop_on(c).unwrap()).collect();
+    /// assert_eq!(found, [1]);
+    /// assert!(b.pop_on(b.cpus()).is_err());
+    /// ```
+    pub fn pop_on(&self, cpu: usize) -> Result<Option<T>, Error> {
+        if cpu >= self.cpus() {
+            return Err(Error::CpuOutOfRange {
+                cpu,
+                slots: self.cpus(),
+            });
+        }
+        loop {
+            if let Some(v) = self.try_pop(cpu) {
+                return Ok(v);
+            }
+        }
+    }
+
+    /// One pop attempt on buffer `cpu`: `Some(result)` when it is over, None
+    /// when the count changed under it.
+    fn try_pop(&self, cpu: usize) -> Option<Option<T>> {
+        let slot = &self.slots[cpu];
+        let c = slot.count.load(Ordering::Relaxed);
+        if c == 0 {
+            return Some(None);
+        }
+        let mut out = MaybeUninit::<T>::uninit();
+        let top = slot.data[c - 1].get().cast::<T>();
+        // SAFETY: entry `c - 1 < capacity` of buffer `cpu`, live when the
+        // compare holds; `out` is a live local with room for one `T`.
+        if !unsafe { self.copy(cpu, c, out.as_mut_ptr(), top, c - 1) } {
+            return None;
+        }
+        // SAFETY: the pop committed: the copy, made in the same step as the
+        // compare, holds the bytes of the live entry `c - 1` (module docs),
+        // a `T` a push copied in whole.
+        Some(Some(unsafe { out.assume_init() }))
+    }
+
+    /// Takes every buffer's values, one CPU after the other: each buffer is
+    /// copied out and emptied whole under its fence when the iterator reaches
+    /// it, then yielded in LIFO order. Values pushed meanwhile stay for a
+    /// later call.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let b = cpulocal::PerCpuMemcpyBuffer::new(8);
+    /// for i in 0..3u32 {
+    ///     b.push(i).unwrap();
+    /// }
+    /// let mut got: Vec<u32> = b.drain().collect();
+    /// got.sort();
+    /// assert_eq!(got, [0, 1, 2]);
+    /// assert_eq!(b.drain().count(), 0);
+    /// ```
+    pub fn drain(&self) -> impl Iterator<Item = T> + '_ {
+        Drain {
+            buffer: self,
+            next_cpu: 0,
+            taken: Vec::with_capacity(self.capacity),
+        }
+    }
+}
+
+/// [`PerCpuMemcpyBuffer::drain`]'s iterator: copies one CPU's buffer into
+/// `taken` at a time.
+struct Drain<'a, T: Copy> {
+    buffer: &'a PerCpuMemcpyBuffer<T>,
+    next_cpu: usize,
+    /// Values copied out of a buffer; yielded from the back.
+    taken: Vec<T>,
+}
+
+impl<T: Copy> Iterator for Drain<'_, T> {
+    type Item = T;
+    fn next(&mut self) -> Option<T> {
+        loop {
+            if let Some(v) = self.taken.pop() {
+                return Some(v);
+            }
+            let cpu = self.next_cpu;
+            let slot = self.buffer.slots.get(cpu)?;
+            self.next_cpu += 1;
+            let taken = &mut self.taken;
+            fence::with_signals_blocked(&slot.fence, cpu, self.buffer.by, || {
+                let n = slot.count.load(Ordering::Relaxed);
+                debug_assert!(taken.is_empty() && taken.capacity() >= n);
+                // SAFETY: under the fence the slot is ours (module docs):
+                // entries `0..n` are live `T`s, and `taken`, empty, has room
+                // for `capacity >= n` of them (no allocation under the
+                // fence). `UnsafeCell<MaybeUninit<T>>` has the layout of `T`.
+                unsafe {
+                    core::ptr::copy_nonoverlapping(
+                        slot.data.as_ptr().cast::<T>(),
+                        taken.as_mut_ptr(),
+                        n,
+                    );
+                    taken.set_len(n);
+                }
+                slot.count.store(0, Ordering::Relaxed);
+            });
+        }
+    }
+}
+
+impl<T: Copy> fmt::Debug for PerCpuMemcpyBuffer<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PerCpuMemcpyBuffer")
+            .field("cpus", &self.cpus())
+            .field("capacity", &self.capacity)
+            .field("item_size", &size_of::<T>())
+            .field("index", &self.by)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
