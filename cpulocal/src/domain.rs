@@ -48,9 +48,10 @@ pub struct CompareFailed;
 ///
 /// The memory an operation names is the caller's: for each slot, the words
 /// that slot's operations touch must be touched by no other code while the
-/// domain is in use (reads by other threads excepted, with the usual care for
-/// torn or stale values). Memory used with one domain must not be used with
-/// another.
+/// domain is in use, except that other threads may read the words with atomic
+/// loads (`AtomicUsize::load`), as hints that a later compare confirms: the
+/// shapes write whole aligned words, atomically on both engines. Memory used
+/// with one domain must not be used with another.
 ///
 /// # Examples
 ///

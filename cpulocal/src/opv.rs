@@ -14,7 +14,33 @@
 //! - [`PerCpu::run_ops`](crate::PerCpu::run_ops): byte offsets into a
 //!   `PerCpu<T: Pod>` slot ([`SlotOp`]), safe: every offset is checked
 //!   against the slot.
+//!
+//! The limits are those of the 2017 `cpu_opv` proposal: [`MAX_OPS`]
+//! operations, [`MAX_LEN`] bytes per compare or copy, integer operands of 1,
+//! 2, 4 or 8 bytes, shift counts below the operand's width.
+//!
+//! # Safety
+//!
+//! Both entry points end in one executor, [`execute`], which dereferences the
+//! operations' pointers as ordinary (non-atomic) loads and stores. It runs
+//! only on a vector that [`validate`] accepted (no null pointer, lengths and
+//! sizes within the limits) and only while the target slot's fence is held,
+//! so no operation of the same domain or `PerCpu` on that slot runs
+//! concurrently. For a [`Domain`] the membarrier taken with the fence also
+//! aborts the critical sections on the slot; what the pointers may name is
+//! the caller's promise ([`Domain::run_ops`]). For a [`PerCpu`] the pointers
+//! are built here from offsets checked against `size_of::<T>()` and from the
+//! caller's slices, and `T: Pod` makes every byte pattern a valid `T`.
 #![allow(unsafe_code)]
+
+use core::ptr;
+use core::sync::atomic::{fence, AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering};
+
+use bytemuck::Pod;
+
+use crate::fence::{self as fenced, Fence};
+use crate::sys::SignalsBlocked;
+use crate::{Domain, PerCpu};
 
 /// Most operations in one vector (as the 2017 `cpu_opv`).
 pub const MAX_OPS: usize = 16;
@@ -30,44 +56,105 @@ pub enum Op {
     /// Stop with [`OpError::CompareFailed`] unless the `len` bytes at `a` and
     /// `b` are equal.
     CompareEq {
+        /// The first operand.
         a: *const u8,
+        /// The second operand.
         b: *const u8,
+        /// Bytes to compare; 0 compares equal.
         len: usize,
     },
     /// Stop with [`OpError::CompareFailed`] if the `len` bytes at `a` and `b`
     /// are equal.
     CompareNe {
+        /// The first operand.
         a: *const u8,
+        /// The second operand.
         b: *const u8,
+        /// Bytes to compare; 0 compares equal, so stops the vector.
         len: usize,
     },
     /// Copy `len` bytes from `src` to `dst` (which must not overlap).
     Memcpy {
+        /// Where the bytes go.
         dst: *mut u8,
+        /// Where they come from.
         src: *const u8,
+        /// How many bytes.
         len: usize,
     },
     /// [`Op::Memcpy`] after a release fence: a reader that acquires what the
     /// copy wrote sees every earlier store.
     MemcpyRelease {
+        /// Where the bytes go.
         dst: *mut u8,
+        /// Where they come from.
         src: *const u8,
+        /// How many bytes.
         len: usize,
     },
     /// `*p += count`.
-    Add { p: *mut u8, size: usize, count: i64 },
+    Add {
+        /// The integer.
+        p: *mut u8,
+        /// Its size in bytes.
+        size: usize,
+        /// The addend, truncated to `size` bytes (so -1 subtracts one).
+        count: i64,
+    },
     /// [`Op::Add`] after a release fence.
-    AddRelease { p: *mut u8, size: usize, count: i64 },
+    AddRelease {
+        /// The integer.
+        p: *mut u8,
+        /// Its size in bytes.
+        size: usize,
+        /// The addend, truncated to `size` bytes.
+        count: i64,
+    },
     /// `*p |= mask`.
-    Or { p: *mut u8, size: usize, mask: u64 },
+    Or {
+        /// The integer.
+        p: *mut u8,
+        /// Its size in bytes.
+        size: usize,
+        /// The mask, truncated to `size` bytes.
+        mask: u64,
+    },
     /// `*p &= mask`.
-    And { p: *mut u8, size: usize, mask: u64 },
+    And {
+        /// The integer.
+        p: *mut u8,
+        /// Its size in bytes.
+        size: usize,
+        /// The mask, truncated to `size` bytes.
+        mask: u64,
+    },
     /// `*p ^= mask`.
-    Xor { p: *mut u8, size: usize, mask: u64 },
+    Xor {
+        /// The integer.
+        p: *mut u8,
+        /// Its size in bytes.
+        size: usize,
+        /// The mask, truncated to `size` bytes.
+        mask: u64,
+    },
     /// `*p <<= bits`, `bits` below the operand's width in bits.
-    LShift { p: *mut u8, size: usize, bits: u32 },
+    LShift {
+        /// The integer.
+        p: *mut u8,
+        /// Its size in bytes.
+        size: usize,
+        /// The shift count, below `8 * size`.
+        bits: u32,
+    },
     /// `*p >>= bits` (logical), `bits` below the operand's width in bits.
-    RShift { p: *mut u8, size: usize, bits: u32 },
+    RShift {
+        /// The integer (shifted as unsigned).
+        p: *mut u8,
+        /// Its size in bytes.
+        size: usize,
+        /// The shift count, below `8 * size`.
+        bits: u32,
+    },
     /// A full memory barrier.
     Mb,
 }
@@ -78,27 +165,96 @@ pub enum Op {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SlotOp<'a> {
     /// Stop unless the slot's bytes at `at` equal `expect`.
-    CompareEq { at: usize, expect: &'a [u8] },
+    CompareEq {
+        /// Offset in the slot's value.
+        at: usize,
+        /// The bytes required there (at most [`MAX_LEN`]).
+        expect: &'a [u8],
+    },
     /// Stop if the slot's bytes at `at` equal `expect`.
-    CompareNe { at: usize, expect: &'a [u8] },
+    CompareNe {
+        /// Offset in the slot's value.
+        at: usize,
+        /// The bytes that must not be there (at most [`MAX_LEN`]).
+        expect: &'a [u8],
+    },
     /// Copy `from` into the slot at `at`.
-    Memcpy { at: usize, from: &'a [u8] },
+    Memcpy {
+        /// Offset in the slot's value.
+        at: usize,
+        /// The bytes to copy (at most [`MAX_LEN`]).
+        from: &'a [u8],
+    },
     /// [`SlotOp::Memcpy`] after a release fence.
-    MemcpyRelease { at: usize, from: &'a [u8] },
+    MemcpyRelease {
+        /// Offset in the slot's value.
+        at: usize,
+        /// The bytes to copy (at most [`MAX_LEN`]).
+        from: &'a [u8],
+    },
     /// Add `count` to the `size`-byte integer at `at`.
-    Add { at: usize, size: usize, count: i64 },
+    Add {
+        /// Offset of the integer in the slot's value.
+        at: usize,
+        /// Its size in bytes.
+        size: usize,
+        /// The addend, truncated to `size` bytes.
+        count: i64,
+    },
     /// [`SlotOp::Add`] after a release fence.
-    AddRelease { at: usize, size: usize, count: i64 },
+    AddRelease {
+        /// Offset of the integer in the slot's value.
+        at: usize,
+        /// Its size in bytes.
+        size: usize,
+        /// The addend, truncated to `size` bytes.
+        count: i64,
+    },
     /// Or `mask` into the integer at `at`.
-    Or { at: usize, size: usize, mask: u64 },
+    Or {
+        /// Offset of the integer in the slot's value.
+        at: usize,
+        /// Its size in bytes.
+        size: usize,
+        /// The mask, truncated to `size` bytes.
+        mask: u64,
+    },
     /// And `mask` into the integer at `at`.
-    And { at: usize, size: usize, mask: u64 },
+    And {
+        /// Offset of the integer in the slot's value.
+        at: usize,
+        /// Its size in bytes.
+        size: usize,
+        /// The mask, truncated to `size` bytes.
+        mask: u64,
+    },
     /// Xor `mask` into the integer at `at`.
-    Xor { at: usize, size: usize, mask: u64 },
+    Xor {
+        /// Offset of the integer in the slot's value.
+        at: usize,
+        /// Its size in bytes.
+        size: usize,
+        /// The mask, truncated to `size` bytes.
+        mask: u64,
+    },
     /// Shift the integer at `at` left by `bits`.
-    LShift { at: usize, size: usize, bits: u32 },
+    LShift {
+        /// Offset of the integer in the slot's value.
+        at: usize,
+        /// Its size in bytes.
+        size: usize,
+        /// The shift count, below `8 * size`.
+        bits: u32,
+    },
     /// Shift the integer at `at` right (logical) by `bits`.
-    RShift { at: usize, size: usize, bits: u32 },
+    RShift {
+        /// Offset of the integer in the slot's value.
+        at: usize,
+        /// Its size in bytes.
+        size: usize,
+        /// The shift count, below `8 * size`.
+        bits: u32,
+    },
     /// A full memory barrier.
     Mb,
 }
@@ -180,4 +336,543 @@ pub enum OpError {
         /// Index of the failed compare.
         op: usize,
     },
+}
+
+impl Domain {
+    /// Runs the operation vector `ops` on slot `index`'s data, atomically with
+    /// respect to every other operation of this domain on slot `index`
+    /// (shapes, critical sections, vectors): the user-space `cpu_opv`.
+    ///
+    /// The whole vector is checked first; a bad one is refused before any
+    /// byte is written. Then the slot's fence is taken (all signals blocked),
+    /// the critical sections working on the slot are aborted with membarrier,
+    /// and the operations run in order as ordinary code, from whatever CPU the
+    /// caller is on. An empty vector only takes and releases the fence.
+    ///
+    /// # Errors
+    ///
+    /// Refusals, nothing written (the first one found, in this order):
+    /// [`OpError::TooManyOps`]; [`OpError::CpuOutOfRange`] if `index >=
+    /// self.len()`; then, operation by operation, [`OpError::TooLong`],
+    /// [`OpError::BadSize`], [`OpError::ShiftTooWide`],
+    /// [`OpError::NullPointer`].
+    ///
+    /// [`OpError::CompareFailed`] if a compare failed: the operations before
+    /// it ran, none after it.
+    ///
+    /// # Safety
+    ///
+    /// For every operation of the vector (only a vector that passes the
+    /// checks is run):
+    /// - each pointer is valid for reads (and, where the operation writes,
+    ///   writes) of its `len` or `size` bytes, and the bytes read are
+    ///   initialised;
+    /// - the `dst` and `src` of a copy do not overlap;
+    /// - the bytes the vector writes are slot `index`'s data in the sense of
+    ///   the [`Domain`] docs: touched only through this domain's operations on
+    ///   slot `index`. Integer operands aligned to their size, and copies
+    ///   whose `dst`, `src` and `len` are all multiples of 8, are read and
+    ///   written with relaxed atomic accesses (one per operand, or per 8-byte
+    ///   word), so other threads may read those words meanwhile with atomic
+    ///   loads, as they may read the words the shapes write. Unaligned
+    ///   operands and other copies use plain accesses: no other thread may
+    ///   read those bytes while a vector may run, except through this
+    ///   domain.
+    ///
+    /// The bytes a vector only reads (expected values, copy sources) may be
+    /// any memory that nothing writes while the vector runs.
+    ///
+    /// # Examples
+    ///
+    /// A versioned per-CPU total: add to it only if the version is the one
+    /// the caller saw, and bump the version in the same vector.
+    ///
+    /// ```
+    /// use cpulocal::opv::{Op, OpError};
+    /// use cpulocal::{Domain, Index};
+    ///
+    /// let domain = Domain::new(Index::Cpu);
+    /// // Per slot: [version, total], used only through `domain`.
+    /// let mut slots = vec![[0u64; 2]; domain.len()];
+    /// let cpu = domain.current();
+    /// let version = slots[cpu].as_mut_ptr().cast::<u8>();
+    /// let total = version.wrapping_add(8);
+    /// let seen = 0u64.to_ne_bytes();
+    /// let bump = [
+    ///     Op::CompareEq { a: version, b: seen.as_ptr(), len: 8 },
+    ///     Op::Add { p: total, size: 8, count: 5 },
+    ///     Op::AddRelease { p: version, size: 8, count: 1 },
+    /// ];
+    /// // SAFETY: every pointer names 8 bytes of `slots[cpu]` or of `seen`,
+    /// // and `slots` is used only through `domain` until the last call.
+    /// unsafe { domain.run_ops(cpu, &bump) }?;
+    ///
+    /// // The version is 1 now: the same vector stops at its compare.
+    /// // SAFETY: as above.
+    /// let again = unsafe { domain.run_ops(cpu, &bump) };
+    /// assert_eq!(again, Err(OpError::CompareFailed { op: 0 }));
+    ///
+    /// // A bad operation anywhere refuses the whole vector: the add before it
+    /// // does not run.
+    /// let bad = [
+    ///     Op::Add { p: total, size: 8, count: 1 },
+    ///     Op::Add { p: total, size: 3, count: 1 },
+    /// ];
+    /// // SAFETY: as above.
+    /// let refused = unsafe { domain.run_ops(cpu, &bad) };
+    /// assert_eq!(refused, Err(OpError::BadSize { op: 1, size: 3 }));
+    /// assert_eq!(slots[cpu], [1, 5]);
+    /// # Ok::<(), OpError>(())
+    /// ```
+    pub unsafe fn run_ops(&self, index: usize, ops: &[Op]) -> Result<(), OpError> {
+        check_count(ops.len())?;
+        let fence = self.fences.get(index).ok_or(OpError::CpuOutOfRange {
+            cpu: index,
+            slots: self.len(),
+        })?;
+        validate(ops, |i, op| {
+            if op.has_null() {
+                Err(OpError::NullPointer { op: i })
+            } else {
+                Ok(())
+            }
+        })?;
+        fenced::with_signals_blocked(fence, index, self.by, || {
+            // SAFETY: `validate` accepted the vector; the pointers are valid
+            // and name slot `index`'s data (the caller's contract), which is
+            // ours alone while the fence is held and the sections on the slot
+            // have been aborted by the membarrier.
+            unsafe { execute(ops) }
+        })
+    }
+}
+
+impl<T: Pod> PerCpu<T> {
+    /// Runs the operation vector `ops` on `cpu`'s slot, atomically with
+    /// respect to every lock of that slot and every other vector on it: a
+    /// batch of compares, copies and integer updates at byte offsets of the
+    /// slot's value, from any thread on any CPU.
+    ///
+    /// The whole vector is checked first, including every offset against
+    /// `size_of::<T>()`; a bad one is refused before any byte is written.
+    /// Then the slot's fence is taken as [`lock`](Self::lock) takes it (all
+    /// signals of the thread blocked while it is held), and the operations
+    /// run in order. `T: Pod` makes any bytes a vector leaves a valid `T`.
+    ///
+    /// Not async-signal-safe: like [`lock`](Self::lock), it may wait for
+    /// another thread that holds the slot.
+    ///
+    /// # Errors
+    ///
+    /// Refusals, nothing written (the first one found, in this order):
+    /// [`OpError::TooManyOps`]; [`OpError::CpuOutOfRange`] if `cpu >=
+    /// self.len()`; then, operation by operation, [`OpError::TooLong`],
+    /// [`OpError::BadSize`], [`OpError::ShiftTooWide`],
+    /// [`OpError::OutOfBounds`]; last [`OpError::HeldByThisThread`] if this
+    /// thread holds the slot already (a [`SlotGuard`](crate::SlotGuard), or a
+    /// signal handler interrupting its own thread's lock).
+    ///
+    /// [`OpError::CompareFailed`] if a compare failed: the operations before
+    /// it ran, none after it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cpulocal::opv::{OpError, SlotOp};
+    /// use cpulocal::PerCpu;
+    ///
+    /// // Per CPU: [sequence, sum].
+    /// let slots: PerCpu<[u64; 2]> = PerCpu::new(|_| [0, 0]);
+    /// let zero = 0u64.to_ne_bytes();
+    /// let ops = [
+    ///     SlotOp::CompareEq { at: 0, expect: &zero },
+    ///     SlotOp::Add { at: 8, size: 8, count: 40 },
+    ///     SlotOp::Add { at: 0, size: 8, count: 1 },
+    /// ];
+    /// slots.run_ops(0, &ops)?;
+    /// // The sequence is 1 now: the compare stops the vector.
+    /// assert_eq!(slots.run_ops(0, &ops), Err(OpError::CompareFailed { op: 0 }));
+    ///
+    /// // An 8-byte add at offset 12 would reach past the 16-byte value.
+    /// let past = [SlotOp::Add { at: 12, size: 8, count: 1 }];
+    /// assert_eq!(
+    ///     slots.run_ops(0, &past),
+    ///     Err(OpError::OutOfBounds { op: 0, at: 12, end: 20, slot_size: 16 })
+    /// );
+    /// // A held slot is refused rather than deadlocking.
+    /// let guard = slots.lock(0);
+    /// assert_eq!(slots.run_ops(0, &ops), Err(OpError::HeldByThisThread { cpu: 0 }));
+    /// assert_eq!(*guard, [1, 40]);
+    /// # Ok::<(), OpError>(())
+    /// ```
+    pub fn run_ops(&self, cpu: usize, ops: &[SlotOp<'_>]) -> Result<(), OpError> {
+        check_count(ops.len())?;
+        let slot = self.slot(cpu).ok_or(OpError::CpuOutOfRange {
+            cpu,
+            slots: self.len(),
+        })?;
+        let slot_size = core::mem::size_of::<T>();
+        let base = slot.value_ptr().cast::<u8>();
+        let mut raw = [Op::Mb; MAX_OPS];
+        for (r, op) in raw.iter_mut().zip(ops) {
+            *r = op.translate(base);
+        }
+        let raw = &raw[..ops.len()];
+        validate(raw, |i, _| ops[i].check_bounds(i, slot_size))?;
+
+        // Signals first, as `with_signals_blocked` does: a handler then never
+        // runs while this thread holds the fence.
+        let _blocked = SignalsBlocked::new();
+        slot.fence
+            .acquire(cpu, fenced::holder_id())
+            .map_err(|_| OpError::HeldByThisThread { cpu })?;
+        let _held = Held {
+            fence: &slot.fence,
+            index: cpu,
+        };
+        // No membarrier: critical sections run only on the slots of this
+        // crate's own structures (such as a counter's `PerCpu<AtomicI64>`,
+        // neither `Pod` nor reachable by users), never on a `PerCpu<T: Pod>`
+        // of the caller's; so the fence alone excludes every other access to
+        // the value, as for `lock`.
+        //
+        // SAFETY: `validate` accepted the vector, so every slot range lies
+        // within the value (`check_bounds`), where `translate` pointed it;
+        // the other operands are the caller's slices, valid for their length
+        // and disjoint from the value, which no reference can reach while the
+        // fence is held (or `&mut self` is borrowed). The fence is ours, so
+        // the value's bytes are ours alone, and `T: Pod` makes them
+        // initialised before and a valid `T` after.
+        unsafe { execute(raw) }
+    }
+}
+
+/// Releases a fence when dropped, also when unwinding.
+struct Held<'a> {
+    fence: &'a Fence,
+    index: usize,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.fence.release(self.index);
+    }
+}
+
+impl Op {
+    /// Whether a pointer of the operation is null.
+    fn has_null(&self) -> bool {
+        match *self {
+            Op::CompareEq { a, b, .. } | Op::CompareNe { a, b, .. } => a.is_null() || b.is_null(),
+            Op::Memcpy { dst, src, .. } | Op::MemcpyRelease { dst, src, .. } => {
+                dst.is_null() || src.is_null()
+            }
+            Op::Add { p, .. }
+            | Op::AddRelease { p, .. }
+            | Op::Or { p, .. }
+            | Op::And { p, .. }
+            | Op::Xor { p, .. }
+            | Op::LShift { p, .. }
+            | Op::RShift { p, .. } => p.is_null(),
+            Op::Mb => false,
+        }
+    }
+
+    /// Checks the operation's length, operand size and shift count.
+    fn check_shape(&self, op: usize) -> Result<(), OpError> {
+        match *self {
+            Op::CompareEq { len, .. }
+            | Op::CompareNe { len, .. }
+            | Op::Memcpy { len, .. }
+            | Op::MemcpyRelease { len, .. } => {
+                if len > MAX_LEN {
+                    return Err(OpError::TooLong { op, len });
+                }
+            }
+            Op::Add { size, .. }
+            | Op::AddRelease { size, .. }
+            | Op::Or { size, .. }
+            | Op::And { size, .. }
+            | Op::Xor { size, .. } => check_size(op, size)?,
+            Op::LShift { size, bits, .. } | Op::RShift { size, bits, .. } => {
+                check_size(op, size)?;
+                if u64::from(bits) >= 8 * size as u64 {
+                    return Err(OpError::ShiftTooWide { op, bits, size });
+                }
+            }
+            Op::Mb => {}
+        }
+        Ok(())
+    }
+}
+
+impl SlotOp<'_> {
+    /// The raw operation, with `base` the slot value's first byte. The slot
+    /// pointer is computed with wrapping arithmetic, so translating a vector
+    /// before its offsets are checked is harmless; it is dereferenced only
+    /// after [`check_bounds`](Self::check_bounds) accepted it.
+    fn translate(&self, base: *mut u8) -> Op {
+        let at = |at: usize| base.wrapping_add(at);
+        match *self {
+            SlotOp::CompareEq { at: a, expect } => Op::CompareEq {
+                a: at(a),
+                b: expect.as_ptr(),
+                len: expect.len(),
+            },
+            SlotOp::CompareNe { at: a, expect } => Op::CompareNe {
+                a: at(a),
+                b: expect.as_ptr(),
+                len: expect.len(),
+            },
+            SlotOp::Memcpy { at: a, from } => Op::Memcpy {
+                dst: at(a),
+                src: from.as_ptr(),
+                len: from.len(),
+            },
+            SlotOp::MemcpyRelease { at: a, from } => Op::MemcpyRelease {
+                dst: at(a),
+                src: from.as_ptr(),
+                len: from.len(),
+            },
+            SlotOp::Add { at: a, size, count } => Op::Add {
+                p: at(a),
+                size,
+                count,
+            },
+            SlotOp::AddRelease { at: a, size, count } => Op::AddRelease {
+                p: at(a),
+                size,
+                count,
+            },
+            SlotOp::Or { at: a, size, mask } => Op::Or {
+                p: at(a),
+                size,
+                mask,
+            },
+            SlotOp::And { at: a, size, mask } => Op::And {
+                p: at(a),
+                size,
+                mask,
+            },
+            SlotOp::Xor { at: a, size, mask } => Op::Xor {
+                p: at(a),
+                size,
+                mask,
+            },
+            SlotOp::LShift { at: a, size, bits } => Op::LShift {
+                p: at(a),
+                size,
+                bits,
+            },
+            SlotOp::RShift { at: a, size, bits } => Op::RShift {
+                p: at(a),
+                size,
+                bits,
+            },
+            SlotOp::Mb => Op::Mb,
+        }
+    }
+
+    /// Checks that the bytes the operation touches in the slot, `at` and the
+    /// `len` or `size` after it, lie within a `slot_size`-byte value.
+    fn check_bounds(&self, op: usize, slot_size: usize) -> Result<(), OpError> {
+        let (at, len) = match *self {
+            SlotOp::CompareEq { at, expect } | SlotOp::CompareNe { at, expect } => {
+                (at, expect.len())
+            }
+            SlotOp::Memcpy { at, from } | SlotOp::MemcpyRelease { at, from } => (at, from.len()),
+            SlotOp::Add { at, size, .. }
+            | SlotOp::AddRelease { at, size, .. }
+            | SlotOp::Or { at, size, .. }
+            | SlotOp::And { at, size, .. }
+            | SlotOp::Xor { at, size, .. }
+            | SlotOp::LShift { at, size, .. }
+            | SlotOp::RShift { at, size, .. } => (at, size),
+            SlotOp::Mb => return Ok(()),
+        };
+        match at.checked_add(len) {
+            Some(end) if end <= slot_size => Ok(()),
+            _ => Err(OpError::OutOfBounds {
+                op,
+                at,
+                end: at.saturating_add(len),
+                slot_size,
+            }),
+        }
+    }
+}
+
+/// Refuses a vector of more than [`MAX_OPS`] operations.
+fn check_count(count: usize) -> Result<(), OpError> {
+    if count > MAX_OPS {
+        return Err(OpError::TooManyOps { count });
+    }
+    Ok(())
+}
+
+/// Refuses an integer operand size other than 1, 2, 4 or 8.
+fn check_size(op: usize, size: usize) -> Result<(), OpError> {
+    match size {
+        1 | 2 | 4 | 8 => Ok(()),
+        _ => Err(OpError::BadSize { op, size }),
+    }
+}
+
+/// Checks every operation of a vector, in order: its shape (length, size,
+/// shift count), then where it reaches (`reach`: no null pointer for raw
+/// vectors, within the slot for slot vectors). The first refusal wins.
+fn validate(
+    ops: &[Op],
+    mut reach: impl FnMut(usize, &Op) -> Result<(), OpError>,
+) -> Result<(), OpError> {
+    debug_assert!(ops.len() <= MAX_OPS, "counted before");
+    for (i, op) in ops.iter().enumerate() {
+        op.check_shape(i)?;
+        reach(i, op)?;
+    }
+    Ok(())
+}
+
+/// Runs a vector, in order, stopping at the first failed compare.
+///
+/// # Safety
+///
+/// [`validate`] accepted `ops`; every pointer is valid for its operation's
+/// reads and writes, the bytes read are initialised, a copy's `dst` and `src`
+/// do not overlap, and nothing else accesses the written bytes meanwhile (the
+/// target slot's fence is held).
+unsafe fn execute(ops: &[Op]) -> Result<(), OpError> {
+    for (i, op) in ops.iter().enumerate() {
+        // SAFETY: the caller's contract, for this operation's pointers and
+        // its validated length or size.
+        let passed = unsafe { step(op) };
+        if !passed {
+            return Err(OpError::CompareFailed { op: i });
+        }
+    }
+    Ok(())
+}
+
+/// Runs one operation; false if it is a compare that failed.
+///
+/// # Safety
+///
+/// As [`execute`], for `op`.
+unsafe fn step(op: &Op) -> bool {
+    // SAFETY: the caller's contract: valid pointers for the validated length
+    // or size, a copy's ends disjoint, the written bytes ours alone.
+    unsafe {
+        match *op {
+            Op::CompareEq { a, b, len } => return equal(a, b, len),
+            Op::CompareNe { a, b, len } => return !equal(a, b, len),
+            Op::Memcpy { dst, src, len } => copy(dst, src, len),
+            Op::MemcpyRelease { dst, src, len } => {
+                fence(Ordering::Release);
+                copy(dst, src, len);
+            }
+            Op::Add { p, size, count } => update(p, size, |v| v.wrapping_add(count as u64)),
+            Op::AddRelease { p, size, count } => {
+                fence(Ordering::Release);
+                update(p, size, |v| v.wrapping_add(count as u64));
+            }
+            Op::Or { p, size, mask } => update(p, size, |v| v | mask),
+            Op::And { p, size, mask } => update(p, size, |v| v & mask),
+            Op::Xor { p, size, mask } => update(p, size, |v| v ^ mask),
+            Op::LShift { p, size, bits } => update(p, size, |v| v << bits),
+            // `v` is zero-extended, so the shift is logical.
+            Op::RShift { p, size, bits } => update(p, size, |v| v >> bits),
+            Op::Mb => fence(Ordering::SeqCst),
+        }
+    }
+    true
+}
+
+/// Whether the `len` bytes at `a` and `b` are equal (0 bytes are).
+///
+/// # Safety
+///
+/// `a` and `b` are non-null, valid for reads of `len` initialised bytes that
+/// nothing writes meanwhile.
+unsafe fn equal(a: *const u8, b: *const u8, len: usize) -> bool {
+    // SAFETY: the caller's contract.
+    unsafe { core::slice::from_raw_parts(a, len) == core::slice::from_raw_parts(b, len) }
+}
+
+/// Copies `len` bytes from `src` to `dst`: as relaxed atomic 8-byte words
+/// when both ends and the length are multiples of 8 (so concurrent atomic
+/// readers of those words are well defined), else plainly.
+///
+/// # Safety
+///
+/// `src` is valid for reads and `dst` for writes of `len` bytes, they do not
+/// overlap, and nothing else writes them meanwhile; plain copies' bytes are
+/// read by no one else meanwhile.
+unsafe fn copy(dst: *mut u8, src: *const u8, len: usize) {
+    if (dst as usize | src as usize | len) % 8 == 0 {
+        for i in (0..len).step_by(8) {
+            // SAFETY: in bounds and 8-aligned (checked above); atomics make
+            // concurrent readers of these words well defined.
+            unsafe {
+                let from = AtomicU64::from_ptr(src.add(i).cast::<u64>().cast_mut());
+                let to = AtomicU64::from_ptr(dst.add(i).cast::<u64>());
+                to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+        }
+    } else {
+        // SAFETY: the caller's contract.
+        unsafe { ptr::copy_nonoverlapping(src, dst, len) };
+    }
+}
+
+/// `*p = f(*p)` for the `size`-byte unsigned integer at `p` (native endian):
+/// `f` sees it zero-extended, and its result is truncated to `size` bytes,
+/// which makes the arithmetic wrap at that width. An operand aligned to its
+/// size is loaded and stored with relaxed atomic accesses (concurrent atomic
+/// readers are then well defined; the fence excludes other writers), an
+/// unaligned one plainly.
+///
+/// # Safety
+///
+/// `size` is 1, 2, 4 or 8; `p` is valid for reads and writes of `size`
+/// initialised bytes that nothing else writes meanwhile (and, unaligned, that
+/// nothing else reads).
+unsafe fn update(p: *mut u8, size: usize, f: impl FnOnce(u64) -> u64) {
+    macro_rules! atomic {
+        ($atomic:ty, $int:ty) => {{
+            // SAFETY: aligned (checked by the caller of the macro), valid.
+            let a = unsafe { <$atomic>::from_ptr(p.cast::<$int>()) };
+            a.store(
+                f(a.load(Ordering::Relaxed) as u64) as $int,
+                Ordering::Relaxed,
+            );
+        }};
+    }
+    if (p as usize) % size == 0 {
+        match size {
+            1 => atomic!(AtomicU8, u8),
+            2 => atomic!(AtomicU16, u16),
+            4 => atomic!(AtomicU32, u32),
+            8 => atomic!(AtomicU64, u64),
+            _ => unreachable!("operand size {size} passed validation"),
+        }
+        return;
+    }
+    // SAFETY: the caller's contract; unaligned accesses need no alignment.
+    unsafe {
+        match size {
+            2 => {
+                let p = p.cast::<u16>();
+                p.write_unaligned(f(u64::from(p.read_unaligned())) as u16);
+            }
+            4 => {
+                let p = p.cast::<u32>();
+                p.write_unaligned(f(u64::from(p.read_unaligned())) as u32);
+            }
+            8 => {
+                let p = p.cast::<u64>();
+                p.write_unaligned(f(p.read_unaligned()));
+            }
+            _ => unreachable!("operand size {size} passed validation"),
+        }
+    }
 }

@@ -57,7 +57,6 @@ impl CounterSlot {
 
 impl<T> Slot<T> {
     /// A raw pointer to the value, for operations under the fence.
-    #[allow(dead_code)] // for the operation vectors
     pub(crate) fn value_ptr(&self) -> *mut T {
         self.value.get()
     }
