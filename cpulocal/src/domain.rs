@@ -159,7 +159,7 @@ impl Domain {
     /// # Safety
     ///
     /// The shape's pointers are valid for it (each public method's contract).
-    #[inline]
+    #[inline(always)]
     #[track_caller]
     unsafe fn perform(
         &self,
@@ -184,6 +184,7 @@ impl Domain {
     /// # Panics
     ///
     /// If `index >= self.len()`.
+    #[inline]
     #[track_caller]
     pub unsafe fn cbne_store(
         &self,
@@ -213,6 +214,7 @@ impl Domain {
     /// # Panics
     ///
     /// If `index >= self.len()`.
+    #[inline]
     #[track_caller]
     pub unsafe fn add_store(&self, index: usize, v: *mut usize, count: isize, order: Order) {
         let count = count as usize;
@@ -236,6 +238,7 @@ impl Domain {
     /// # Panics
     ///
     /// If `index >= self.len()`.
+    #[inline]
     #[track_caller]
     pub unsafe fn cbeq_store_add_load_store(
         &self,
@@ -268,6 +271,7 @@ impl Domain {
     /// # Panics
     ///
     /// If `index >= self.len()`.
+    #[inline]
     #[track_caller]
     pub unsafe fn cbne_store_store(
         &self,
@@ -305,6 +309,7 @@ impl Domain {
     /// # Panics
     ///
     /// If `index >= self.len()`.
+    #[inline]
     #[track_caller]
     pub unsafe fn cbne_memcpy_store(
         &self,
@@ -340,6 +345,7 @@ impl Domain {
     /// # Panics
     ///
     /// If `index >= self.len()`.
+    #[inline]
     #[track_caller]
     pub unsafe fn cbne_load_cbne_store(
         &self,
@@ -374,6 +380,7 @@ impl Domain {
     /// # Panics
     ///
     /// If `index >= self.len()`.
+    #[inline]
     #[track_caller]
     pub unsafe fn add_load_add_store(
         &self,

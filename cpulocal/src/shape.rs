@@ -179,12 +179,13 @@ impl Shape {
 /// Runs `shape` on slot `index` (numbered `by`), whose fence is `fence`: up to
 /// [`RSEQ_ATTEMPTS`] critical sections while the thread is on that slot's CPU
 /// (or concurrency id), else, or then, the fenced path. Counts slow-path
-/// events in `stats`.
+/// events in `stats`. The first attempt is inlined into the caller, where
+/// the shape is a constant; everything after it is out of line.
 ///
 /// # Safety
 ///
 /// `shape`'s pointers are valid and name slot `index`'s data (module docs).
-#[inline]
+#[inline(always)]
 pub(crate) unsafe fn perform(
     shape: &Shape,
     order: Order,
@@ -194,8 +195,44 @@ pub(crate) unsafe fn perform(
     stats: &Stats,
 ) -> Result<(), CompareFailed> {
     let offset = by.field_offset();
-    let mut aborts = 0u64;
-    while aborts < u64::from(RSEQ_ATTEMPTS) {
+    let area = engine::area();
+    let first = if engine::index_in(area, offset) as usize == index {
+        // SAFETY: `area` is this thread's live area, `offset` one of its
+        // index fields, `fence` the slot's; the shape's pointers are valid
+        // (caller).
+        match unsafe { arch::section(area, offset, fence, shape) } {
+            Outcome::Committed => return Ok(()),
+            Outcome::CompareFailed => return Err(CompareFailed),
+            other => Some(other),
+        }
+    } else {
+        None
+    };
+    // SAFETY: the caller's contract.
+    unsafe { perform_slow(shape, order, index, fence, by, stats, first) }
+}
+
+/// [`perform`] after its first attempt ended with `first` (None: no section
+/// ran, the thread being elsewhere or without rseq).
+///
+/// # Safety
+///
+/// As [`perform`].
+#[cold]
+#[inline(never)]
+unsafe fn perform_slow(
+    shape: &Shape,
+    order: Order,
+    index: usize,
+    fence: &Fence,
+    by: Index,
+    stats: &Stats,
+    first: Option<Outcome>,
+) -> Result<(), CompareFailed> {
+    let offset = by.field_offset();
+    let mut aborts = u64::from(first == Some(Outcome::Aborted));
+    let mut fenced = first == Some(Outcome::Fenced);
+    while !fenced && aborts < u64::from(RSEQ_ATTEMPTS) {
         let area = engine::area();
         if engine::index_in(area, offset) as usize != index {
             if engine::cpu_id(area) == crate::abi::CPU_ID_UNINITIALIZED && engine::ensure_thread() {
@@ -203,9 +240,7 @@ pub(crate) unsafe fn perform(
             }
             break; // another slot's CPU, or no rseq on this thread
         }
-        // SAFETY: `area` is this thread's live area, `offset` one of its
-        // index fields, `fence` the slot's; the shape's pointers are valid
-        // (caller).
+        // SAFETY: as in `perform`.
         match unsafe { arch::section(area, offset, fence, shape) } {
             Outcome::Committed => {
                 stats.retried(aborts);
@@ -215,7 +250,7 @@ pub(crate) unsafe fn perform(
                 stats.retried(aborts);
                 return Err(CompareFailed);
             }
-            Outcome::Fenced => break,
+            Outcome::Fenced => fenced = true,
             Outcome::Aborted => aborts += 1,
         }
     }
