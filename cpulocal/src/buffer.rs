@@ -87,7 +87,8 @@ struct Slot {
 /// (one allocation per push, freed by the pop that takes it), so an entry is
 /// one word whatever `T` is; for small `Copy` values without the allocation
 /// see [`PerCpuMemcpyBuffer`](crate::PerCpuMemcpyBuffer). Values left in the
-/// buffers are dropped with it.
+/// buffers are dropped with it. Not for signal handlers: push allocates and
+/// pop frees.
 ///
 /// # Examples
 ///
@@ -376,8 +377,9 @@ impl<T> PerCpuBuffer<T> {
 
     /// Takes every buffer's values, one CPU after the other: each buffer is
     /// emptied whole under its fence when the iterator reaches it, then
-    /// yielded in LIFO order. Values pushed meanwhile stay for a later call;
-    /// values not consumed when the iterator is dropped are dropped with it.
+    /// yielded in LIFO order. Values pushed meanwhile stay for a later call.
+    /// Dropping the iterator early drops the values it took from the buffer
+    /// it was draining; buffers it had not reached keep theirs.
     ///
     /// # Examples
     ///

@@ -50,8 +50,14 @@ pub struct CompareFailed;
 /// that slot's operations touch must be touched by no other code while the
 /// domain is in use, except that other threads may read the words with atomic
 /// loads (`AtomicUsize::load`), as hints that a later compare confirms: the
-/// shapes write whole aligned words, atomically on both engines. Memory used
-/// with one domain must not be used with another.
+/// shapes write whole aligned words, atomically on both engines (all but the
+/// bytes `cbne_memcpy_store` copies, which are copied bytewise: nobody may
+/// read those while a copy may run). Memory used with one domain must not be
+/// used with another.
+///
+/// Every operation is async-signal-safe (no allocation, no lock that a
+/// handler could wait on: the fenced path blocks signals while it holds a
+/// fence).
 ///
 /// # Examples
 ///
@@ -126,7 +132,7 @@ impl Domain {
         self.fences.is_empty()
     }
 
-    /// The slot index for the calling thread now: its CPU (`cpu_id_start`)
+    /// The slot index for the calling thread now: its CPU (`cpu_id`)
     /// or its concurrency id. The thread may move right after; an operation on
     /// this index is still correct, only slower (fenced) if it did.
     pub fn current(&self) -> usize {
@@ -304,7 +310,9 @@ impl Domain {
     /// of them is either slot `index`'s data or memory private to the caller:
     /// a push copies a private item into the slot (`dst` in the slot), a pop
     /// copies the slot's item out (`src` in the slot, `dst` a local whose
-    /// bytes count only once the call returns `Ok`).
+    /// bytes count only once the call returns `Ok`). The copied bytes are
+    /// read and written bytewise: no other thread may access them while the
+    /// call may run, except through this domain's operations on the slot.
     ///
     /// # Panics
     ///
@@ -340,7 +348,8 @@ impl Domain {
     /// # Safety
     ///
     /// As [`cbne_store`](Self::cbne_store) for `v`; `v2` is valid for reads and
-    /// aligned.
+    /// aligned, and written meanwhile only with atomic stores or through this
+    /// domain's operations on slot `index` (the section reads it plainly).
     ///
     /// # Panics
     ///
@@ -374,8 +383,12 @@ impl Domain {
     ///
     /// # Safety
     ///
-    /// `ptr` is valid for reads and aligned, and `*ptr + offset` is a valid,
-    /// aligned address of a `usize` of slot `index`'s data.
+    /// `ptr` is valid for reads and aligned, and is slot `index`'s data,
+    /// changed only through this domain's operations on that slot; `*ptr +
+    /// offset` is a valid, aligned address of a `usize` of slot `index`'s
+    /// data, and a target that `*ptr` no longer points to stays valid while
+    /// an operation that read the old pointer may still run (free it only
+    /// after a later operation of this domain on the slot has completed).
     ///
     /// # Panics
     ///

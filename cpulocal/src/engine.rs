@@ -149,11 +149,21 @@ pub(crate) fn cpu_id(area: *const Rseq) -> u32 {
 
 /// Reads the u32 at `offset` (`cpu_id` or `mm_cid`: see
 /// [`Index::field_offset`](crate::Index)) of an area returned by [`area`].
+/// For `mm_cid` it also requires a valid `cpu_id`, else it returns
+/// [`abi::CPU_ID_UNINITIALIZED`] (no slot): the kernel resets an
+/// unregistered area's `mm_cid` to 0, a valid-looking index, but its
+/// `cpu_id` to -1, so an area that foreign code unregistered under us never
+/// runs a section unprotected.
 #[inline(always)]
 pub(crate) fn index_in(area: *const Rseq, offset: usize) -> u32 {
     debug_assert!(offset + 4 <= core::mem::size_of::<Rseq>());
     // SAFETY: as in `cpu_id`; `offset` is that of a u32 field of the area.
-    unsafe { core::ptr::read_volatile(area.cast::<u8>().add(offset).cast::<u32>()) }
+    let index = unsafe { core::ptr::read_volatile(area.cast::<u8>().add(offset).cast::<u32>()) };
+    if offset == core::mem::offset_of!(Rseq, cpu_id) || (cpu_id(area) as i32) >= 0 {
+        index
+    } else {
+        abi::CPU_ID_UNINITIALIZED
+    }
 }
 
 /// Sets up the calling thread if it has not been; returns true when sections

@@ -6,7 +6,8 @@
 //! 1. acquire F (compare-and-swap free -> held by own thread id; spin briefly,
 //!    then sleep on a futex, so a preempted holder costs waiters no CPU);
 //! 2. `membarrier(PRIVATE_EXPEDITED_RSEQ, FLAG_CPU, c)`, when sections can run
-//!    in this process;
+//!    in this process (for a slot numbered by `mm_cid`, the all-CPU form:
+//!    membarrier cannot target a concurrency id);
 //! 3. the operation, as ordinary code;
 //! 4. release F with a store-release, waking a sleeper if one is marked.
 //!
@@ -244,11 +245,11 @@ pub(crate) fn barrier(index: usize, by: Index) {
     if !engine::sections_possible() || crate::testing::skip_membarrier() {
         return;
     }
-    let one_cpu = match by {
+    let targeted = match by {
         Index::Cpu => sys::membarrier_rseq(Some(index)),
         Index::MmCid => sys::membarrier_rseq(None),
     };
-    if one_cpu.is_err() {
+    if targeted.is_err() {
         // Registration succeeded, so this cannot fail for a possible CPU; if it
         // ever does, the all-CPU form gives the same guarantee.
         if let Err(e) = sys::membarrier_rseq(None) {

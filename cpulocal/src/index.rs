@@ -14,7 +14,11 @@ use crate::{engine, sys};
 ///   among the process's running threads. A structure then has
 ///   min([`possible_cpus()`](crate::possible_cpus), CPUs the constructing
 ///   thread may run on) slots, so a process confined to 4 CPUs of a 256-CPU
-///   machine uses 4 slots, not 256.
+///   machine uses 4 slots, not 256. Build such structures on a thread whose
+///   affinity is the process's: one built on a thread pinned to one CPU has
+///   one slot, and threads with higher concurrency ids then take the fenced
+///   path (correct, but slow: each fenced operation on an `mm_cid` slot
+///   interrupts every CPU).
 ///
 /// Where the kernel does not fill `mm_cid` (feature size below 28 bytes, before
 /// Linux 6.3) or no thread runs critical sections, asking for `MmCid` gives
@@ -76,8 +80,11 @@ impl Index {
     /// a structure with `slots` slots: the rseq field where the thread runs
     /// sections and the value is in range, else `sched_getcpu()` modulo
     /// `slots` (any slot is correct under its fence).
+    #[inline]
     pub(crate) fn current(self, slots: usize) -> usize {
-        engine::ensure_thread();
+        if engine::cpu_id(engine::area()) == abi::CPU_ID_UNINITIALIZED {
+            engine::ensure_thread();
+        }
         let i = engine::index_in(engine::area(), self.field_offset()) as usize;
         if i < slots {
             i

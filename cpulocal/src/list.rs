@@ -56,7 +56,8 @@ struct Head {
 ///
 /// Capacity: unbounded; each value lives in its own heap node (one
 /// allocation per push, freed by the pop that takes it). Values left in the
-/// lists are dropped with the list.
+/// lists are dropped with the list. Not for signal handlers: push allocates
+/// and pop frees.
 ///
 /// # Examples
 ///

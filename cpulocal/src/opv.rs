@@ -374,7 +374,8 @@ impl Domain {
     ///   whose `dst`, `src` and `len` are all multiples of 8, are read and
     ///   written with relaxed atomic accesses (one per operand, or per 8-byte
     ///   word), so other threads may read those words meanwhile with atomic
-    ///   loads, as they may read the words the shapes write. Unaligned
+    ///   loads of the same size (an 8-byte copy word with an 8-byte load),
+    ///   as they may read the words the shapes write. Unaligned
     ///   operands and other copies use plain accesses: no other thread may
     ///   read those bytes while a vector may run, except through this
     ///   domain.
@@ -455,9 +456,11 @@ impl<T: Pod> PerCpu<T> {
     ///
     /// The whole vector is checked first, including every offset against
     /// `size_of::<T>()`; a bad one is refused before any byte is written.
-    /// Then the slot's fence is taken as [`lock`](Self::lock) takes it (all
-    /// signals of the thread blocked while it is held), and the operations
-    /// run in order. `T: Pod` makes any bytes a vector leaves a valid `T`.
+    /// Then the slot's fence is taken, as [`lock`](Self::lock) takes it but
+    /// with all signals of the thread blocked from before the wait until the
+    /// release (so a handler never finds the slot held by its own thread;
+    /// signals are deferred while another thread's guard keeps the slot),
+    /// and the operations run in order. `T: Pod` makes any bytes a vector leaves a valid `T`.
     ///
     /// Not async-signal-safe: like [`lock`](Self::lock), it may wait for
     /// another thread that holds the slot.

@@ -79,8 +79,8 @@ pub enum Command {
     /// time / cpulocal time; null without cpulocal), ops_per_thread,
     /// max_threads_per_cpu (null when floating)}), fenced_add_on (list of
     /// {target ("idle" or "busy"), samples, median_ns, p90_ns}; empty with
-    /// one CPU), structures (list of {name, compare_with, status: "not
-    /// built"}), chart ({png, svg}: paths), elapsed_s.
+    /// one CPU), structures (list of {name, compare_with, status: "built,
+    /// not benchmarked" or "not built"}), chart ({png, svg}: paths), elapsed_s.
     Bench(BenchArgs),
     /// Show why the fallback exists: single-step a child through N adds.
     ///
