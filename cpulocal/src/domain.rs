@@ -279,6 +279,7 @@ impl Domain {
     /// If `index >= self.len()`.
     #[inline]
     #[track_caller]
+    #[allow(clippy::too_many_arguments)] // librseq's shape: one argument per operand
     pub unsafe fn cbne_store_store(
         &self,
         index: usize,
@@ -319,6 +320,7 @@ impl Domain {
     /// If `index >= self.len()`.
     #[inline]
     #[track_caller]
+    #[allow(clippy::too_many_arguments)] // librseq's shape: one argument per operand
     pub unsafe fn cbne_memcpy_store(
         &self,
         index: usize,
@@ -356,6 +358,7 @@ impl Domain {
     /// If `index >= self.len()`.
     #[inline]
     #[track_caller]
+    #[allow(clippy::too_many_arguments)] // librseq's shape: one argument per operand
     pub unsafe fn cbne_load_cbne_store(
         &self,
         index: usize,

@@ -811,7 +811,7 @@ unsafe fn equal(a: *const u8, b: *const u8, len: usize) -> bool {
 /// overlap, and nothing else writes them meanwhile; plain copies' bytes are
 /// read by no one else meanwhile.
 unsafe fn copy(dst: *mut u8, src: *const u8, len: usize) {
-    if (dst as usize | src as usize | len) % 8 == 0 {
+    if (dst as usize | src as usize | len).is_multiple_of(8) {
         for i in (0..len).step_by(8) {
             // SAFETY: in bounds and 8-aligned (checked above); atomics make
             // concurrent readers of these words well defined.
@@ -850,7 +850,7 @@ unsafe fn update(p: *mut u8, size: usize, f: impl FnOnce(u64) -> u64) {
             );
         }};
     }
-    if (p as usize) % size == 0 {
+    if (p as usize).is_multiple_of(size) {
         match size {
             1 => atomic!(AtomicU8, u8),
             2 => atomic!(AtomicU16, u16),

@@ -29,6 +29,7 @@ use crate::{engine, Index, RSEQ_ATTEMPTS};
 /// One operation and its operands; `v` is always the word whose store
 /// commits. All words are `usize`, adds wrap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(clippy::enum_variant_names)] // librseq's names, which end in "store"
 pub(crate) enum Shape {
     /// `*v == expect` ? `*v = newv` : fail.
     CbneStore {
@@ -105,71 +106,74 @@ impl Shape {
             Order::Release => Ordering::Release,
         };
         let check = |ok: bool| if ok { Ok(()) } else { Err(CompareFailed) };
-        // SAFETY (every block below): the pointers are valid (caller).
-        match *self {
-            Shape::CbneStore { v, expect, newv } => {
-                let v = unsafe { word(v) };
-                check(v.load(Ordering::Relaxed) == expect)?;
-                v.store(newv, commit);
-            }
-            Shape::AddStore { v, count } => {
-                let v = unsafe { word(v) };
-                v.store(v.load(Ordering::Relaxed).wrapping_add(count), commit);
-            }
-            Shape::CbeqStoreAddLoadStore {
-                v,
-                expectnot,
-                offset,
-                load,
-            } => {
-                let v = unsafe { word(v) };
-                let head = v.load(Ordering::Relaxed);
-                check(head != expectnot)?;
-                unsafe { load.write(head) };
-                let next = unsafe { word((head as *const u8).wrapping_add(offset).cast()) };
-                v.store(next.load(Ordering::Relaxed), commit);
-            }
-            Shape::CbneStoreStore {
-                v,
-                expect,
-                v2,
-                newv2,
-                newv,
-            } => {
-                let v = unsafe { word(v) };
-                check(v.load(Ordering::Relaxed) == expect)?;
-                unsafe { word(v2) }.store(newv2, Ordering::Relaxed);
-                v.store(newv, commit);
-            }
-            Shape::CbneMemcpyStore {
-                v,
-                expect,
-                dst,
-                src,
-                len,
-                newv,
-            } => {
-                let v = unsafe { word(v) };
-                check(v.load(Ordering::Relaxed) == expect)?;
-                unsafe { core::ptr::copy_nonoverlapping(src, dst, len) };
-                v.store(newv, commit);
-            }
-            Shape::CbneLoadCbneStore {
-                v,
-                expect,
-                v2,
-                expect2,
-                newv,
-            } => {
-                let v = unsafe { word(v) };
-                check(v.load(Ordering::Relaxed) == expect)?;
-                check(unsafe { word(v2) }.load(Ordering::Relaxed) == expect2)?;
-                v.store(newv, commit);
-            }
-            Shape::AddLoadAddStore { ptr, offset, inc } => {
-                let base = unsafe { word(ptr) }.load(Ordering::Relaxed);
-                let v = unsafe { word((base as *const u8).wrapping_add(offset).cast()) };
-                v.store(v.load(Ordering::Relaxed).wrapping_add(inc), commit);
+        // SAFETY: the pointers are valid for the shape (caller), so every
+        // word and byte range below may be accessed.
+        unsafe {
+            match *self {
+                Shape::CbneStore { v, expect, newv } => {
+                    let v = word(v);
+                    check(v.load(Ordering::Relaxed) == expect)?;
+                    v.store(newv, commit);
+                }
+                Shape::AddStore { v, count } => {
+                    let v = word(v);
+                    v.store(v.load(Ordering::Relaxed).wrapping_add(count), commit);
+                }
+                Shape::CbeqStoreAddLoadStore {
+                    v,
+                    expectnot,
+                    offset,
+                    load,
+                } => {
+                    let v = word(v);
+                    let head = v.load(Ordering::Relaxed);
+                    check(head != expectnot)?;
+                    load.write(head);
+                    let next = word((head as *const u8).wrapping_add(offset).cast());
+                    v.store(next.load(Ordering::Relaxed), commit);
+                }
+                Shape::CbneStoreStore {
+                    v,
+                    expect,
+                    v2,
+                    newv2,
+                    newv,
+                } => {
+                    let v = word(v);
+                    check(v.load(Ordering::Relaxed) == expect)?;
+                    word(v2).store(newv2, Ordering::Relaxed);
+                    v.store(newv, commit);
+                }
+                Shape::CbneMemcpyStore {
+                    v,
+                    expect,
+                    dst,
+                    src,
+                    len,
+                    newv,
+                } => {
+                    let v = word(v);
+                    check(v.load(Ordering::Relaxed) == expect)?;
+                    core::ptr::copy_nonoverlapping(src, dst, len);
+                    v.store(newv, commit);
+                }
+                Shape::CbneLoadCbneStore {
+                    v,
+                    expect,
+                    v2,
+                    expect2,
+                    newv,
+                } => {
+                    let v = word(v);
+                    check(v.load(Ordering::Relaxed) == expect)?;
+                    check(word(v2).load(Ordering::Relaxed) == expect2)?;
+                    v.store(newv, commit);
+                }
+                Shape::AddLoadAddStore { ptr, offset, inc } => {
+                    let base = word(ptr).load(Ordering::Relaxed);
+                    let v = word((base as *const u8).wrapping_add(offset).cast());
+                    v.store(v.load(Ordering::Relaxed).wrapping_add(inc), commit);
+                }
             }
         }
         Ok(())

@@ -165,7 +165,7 @@ fn drop_frees_items_on_every_cpu() {
     let dropped = |n: u64| drops.iter().filter(|d| d.load(SeqCst) == n).count() as u64;
     assert_eq!(dropped(1), nonempty as u64);
     // The rest, on every CPU's list, go with the list.
-    drop(Arc::try_unwrap(list).ok().expect("sole owner"));
+    drop(Arc::into_inner(list).expect("sole owner"));
     assert_eq!(dropped(1), pushed, "every item dropped once");
     assert_eq!(dropped(0), 1000 - pushed, "ids never pushed stay untouched");
 }

@@ -274,148 +274,150 @@ pub(crate) unsafe fn section(
     fence: *const Fence,
     shape: &Shape,
 ) -> Outcome {
-    // SAFETY (every asm block): the caller guarantees the pointers; each block
-    // reads the index field and the fence word, writes `area.rseq_cs`, and
-    // touches only the words its shape names.
-    match *shape {
-        Shape::CbneStore { v, expect, newv } => unsafe {
-            shape_section!(area, index, fence,
-                body: [
-                    "cmp qword ptr [{v}], {expect}",
-                    "jne {fail}",
-                    "mov qword ptr [{v}], {newv}",
-                ],
-                v = in(reg) v,
-                expect = in(reg) expect,
-                newv = in(reg) newv,
-                // SAFETY: the area this section armed.
-                fail = label { return unsafe { compare_failed(area) } },
-                options(nostack),
-            );
-        },
-        Shape::AddStore { v, count } => unsafe {
-            shape_section!(area, index, fence,
-                body: ["add qword ptr [{v}], {count}"],
-                v = in(reg) v,
-                count = in(reg) count,
-                options(nostack),
-            );
-        },
-        Shape::CbeqStoreAddLoadStore {
-            v,
-            expectnot,
-            offset,
-            load,
-        } => unsafe {
-            shape_section!(area, index, fence,
-                body: [
-                    "mov {head}, qword ptr [{v}]",
-                    "cmp {head}, {expectnot}",
-                    "je {fail}",
-                    "mov qword ptr [{load}], {head}",
-                    "mov {head}, qword ptr [{head} + {offset}]",
-                    "mov qword ptr [{v}], {head}",
-                ],
-                v = in(reg) v,
-                expectnot = in(reg) expectnot,
-                offset = in(reg) offset,
-                load = in(reg) load,
-                head = out(reg) _,
-                // SAFETY: the area this section armed.
-                fail = label { return unsafe { compare_failed(area) } },
-                options(nostack),
-            );
-        },
-        Shape::CbneStoreStore {
-            v,
-            expect,
-            v2,
-            newv2,
-            newv,
-        } => unsafe {
-            shape_section!(area, index, fence,
-                body: [
-                    "cmp qword ptr [{v}], {expect}",
-                    "jne {fail}",
-                    "mov qword ptr [{v2}], {newv2}",
-                    "mov qword ptr [{v}], {newv}",
-                ],
-                v = in(reg) v,
-                expect = in(reg) expect,
-                v2 = in(reg) v2,
-                newv2 = in(reg) newv2,
-                newv = in(reg) newv,
-                // SAFETY: the area this section armed.
-                fail = label { return unsafe { compare_failed(area) } },
-                options(nostack),
-            );
-        },
-        Shape::CbneMemcpyStore {
-            v,
-            expect,
-            dst,
-            src,
-            len,
-            newv,
-        } => unsafe {
-            // `rep movsb` may be interrupted after any byte; the kernel then
-            // aborts the section and the whole copy is redone.
-            shape_section!(area, index, fence,
-                body: [
-                    "cmp qword ptr [{v}], {expect}",
-                    "jne {fail}",
-                    "rep movsb byte ptr [rdi], byte ptr [rsi]",
-                    "mov qword ptr [{v}], {newv}",
-                ],
-                v = in(reg) v,
-                expect = in(reg) expect,
-                newv = in(reg) newv,
-                // SAFETY: the area this section armed.
-                fail = label { return unsafe { compare_failed(area) } },
-                inout("rdi") dst => _,
-                inout("rsi") src => _,
-                inout("rcx") len => _,
-                options(nostack),
-            );
-        },
-        Shape::CbneLoadCbneStore {
-            v,
-            expect,
-            v2,
-            expect2,
-            newv,
-        } => unsafe {
-            shape_section!(area, index, fence,
-                body: [
-                    "cmp qword ptr [{v}], {expect}",
-                    "jne {fail}",
-                    "cmp qword ptr [{v2}], {expect2}",
-                    "jne {fail}",
-                    "mov qword ptr [{v}], {newv}",
-                ],
-                v = in(reg) v,
-                expect = in(reg) expect,
-                v2 = in(reg) v2,
-                expect2 = in(reg) expect2,
-                newv = in(reg) newv,
-                // SAFETY: the area this section armed.
-                fail = label { return unsafe { compare_failed(area) } },
-                options(nostack),
-            );
-        },
-        Shape::AddLoadAddStore { ptr, offset, inc } => unsafe {
-            shape_section!(area, index, fence,
-                body: [
-                    "mov {base}, qword ptr [{ptr}]",
-                    "add qword ptr [{base} + {offset}], {inc}",
-                ],
-                ptr = in(reg) ptr,
-                offset = in(reg) offset,
-                inc = in(reg) inc,
-                base = out(reg) _,
-                options(nostack),
-            );
-        },
+    // SAFETY: the caller guarantees the pointers; each asm block below reads
+    // the index field and the fence word, writes `area.rseq_cs`, and touches
+    // only the words its shape names.
+    unsafe {
+        match *shape {
+            Shape::CbneStore { v, expect, newv } => {
+                shape_section!(area, index, fence,
+                    body: [
+                        "cmp qword ptr [{v}], {expect}",
+                        "jne {fail}",
+                        "mov qword ptr [{v}], {newv}",
+                    ],
+                    v = in(reg) v,
+                    expect = in(reg) expect,
+                    newv = in(reg) newv,
+                    // SAFETY: the area this section armed.
+                    fail = label { return unsafe { compare_failed(area) } },
+                    options(nostack),
+                );
+            }
+            Shape::AddStore { v, count } => {
+                shape_section!(area, index, fence,
+                    body: ["add qword ptr [{v}], {count}"],
+                    v = in(reg) v,
+                    count = in(reg) count,
+                    options(nostack),
+                );
+            }
+            Shape::CbeqStoreAddLoadStore {
+                v,
+                expectnot,
+                offset,
+                load,
+            } => {
+                shape_section!(area, index, fence,
+                    body: [
+                        "mov {head}, qword ptr [{v}]",
+                        "cmp {head}, {expectnot}",
+                        "je {fail}",
+                        "mov qword ptr [{load}], {head}",
+                        "mov {head}, qword ptr [{head} + {offset}]",
+                        "mov qword ptr [{v}], {head}",
+                    ],
+                    v = in(reg) v,
+                    expectnot = in(reg) expectnot,
+                    offset = in(reg) offset,
+                    load = in(reg) load,
+                    head = out(reg) _,
+                    // SAFETY: the area this section armed.
+                    fail = label { return unsafe { compare_failed(area) } },
+                    options(nostack),
+                );
+            }
+            Shape::CbneStoreStore {
+                v,
+                expect,
+                v2,
+                newv2,
+                newv,
+            } => {
+                shape_section!(area, index, fence,
+                    body: [
+                        "cmp qword ptr [{v}], {expect}",
+                        "jne {fail}",
+                        "mov qword ptr [{v2}], {newv2}",
+                        "mov qword ptr [{v}], {newv}",
+                    ],
+                    v = in(reg) v,
+                    expect = in(reg) expect,
+                    v2 = in(reg) v2,
+                    newv2 = in(reg) newv2,
+                    newv = in(reg) newv,
+                    // SAFETY: the area this section armed.
+                    fail = label { return unsafe { compare_failed(area) } },
+                    options(nostack),
+                );
+            }
+            Shape::CbneMemcpyStore {
+                v,
+                expect,
+                dst,
+                src,
+                len,
+                newv,
+            } => {
+                // `rep movsb` may be interrupted after any byte; the kernel then
+                // aborts the section and the whole copy is redone.
+                shape_section!(area, index, fence,
+                    body: [
+                        "cmp qword ptr [{v}], {expect}",
+                        "jne {fail}",
+                        "rep movsb byte ptr [rdi], byte ptr [rsi]",
+                        "mov qword ptr [{v}], {newv}",
+                    ],
+                    v = in(reg) v,
+                    expect = in(reg) expect,
+                    newv = in(reg) newv,
+                    // SAFETY: the area this section armed.
+                    fail = label { return unsafe { compare_failed(area) } },
+                    inout("rdi") dst => _,
+                    inout("rsi") src => _,
+                    inout("rcx") len => _,
+                    options(nostack),
+                );
+            }
+            Shape::CbneLoadCbneStore {
+                v,
+                expect,
+                v2,
+                expect2,
+                newv,
+            } => {
+                shape_section!(area, index, fence,
+                    body: [
+                        "cmp qword ptr [{v}], {expect}",
+                        "jne {fail}",
+                        "cmp qword ptr [{v2}], {expect2}",
+                        "jne {fail}",
+                        "mov qword ptr [{v}], {newv}",
+                    ],
+                    v = in(reg) v,
+                    expect = in(reg) expect,
+                    v2 = in(reg) v2,
+                    expect2 = in(reg) expect2,
+                    newv = in(reg) newv,
+                    // SAFETY: the area this section armed.
+                    fail = label { return unsafe { compare_failed(area) } },
+                    options(nostack),
+                );
+            }
+            Shape::AddLoadAddStore { ptr, offset, inc } => {
+                shape_section!(area, index, fence,
+                    body: [
+                        "mov {base}, qword ptr [{ptr}]",
+                        "add qword ptr [{base} + {offset}], {inc}",
+                    ],
+                    ptr = in(reg) ptr,
+                    offset = in(reg) offset,
+                    inc = in(reg) inc,
+                    base = out(reg) _,
+                    options(nostack),
+                );
+            }
+        }
     }
     Outcome::Committed
 }
