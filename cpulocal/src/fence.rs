@@ -285,7 +285,12 @@ pub(crate) fn with_signals_blocked<R>(
         .expect("a fence cannot be held by a thread whose signals are blocked while it holds it");
     let _held = Held { fence, index };
     barrier(index, by);
-    op()
+    #[cfg(feature = "inject")]
+    crate::inject::point(4);
+    let r = op();
+    #[cfg(feature = "inject")]
+    crate::inject::point(5);
+    r
 }
 
 /// Releases a fence when dropped, also when unwinding.

@@ -64,6 +64,8 @@ mod engine;
 mod error;
 mod fence;
 mod index;
+#[cfg(feature = "inject")]
+pub mod inject;
 mod list;
 mod memcpy_buffer;
 pub mod opv;

@@ -60,12 +60,66 @@ pub(crate) const HAS_RSEQ: bool = true;
 
 /// Emits one critical section: descriptor, arming store, the given check
 /// (CPU and fence in one comparison, as in [`add`]; the CPU alone only in the
-/// `testing` build that breaks the protocol on purpose), the given body (whose last
-/// instruction must be the commit), and the signed abort label. Operands
-/// `area` and the label `abort` must be supplied by the caller, with whatever
-/// the check and body name; numeric labels 3, 4, 5 and 9 are taken.
+/// `testing` build that breaks the protocol on purpose), the given body, the
+/// commit (one instruction, the last of the section), and the signed abort
+/// label. Operands `area` and the label `abort` must be supplied by the
+/// caller, with whatever the check and body name; numeric labels 3, 4, 5, 9
+/// and 61 to 73 are taken.
+///
+/// With the `inject` feature (stress testing only) a delay loop sits at three
+/// numbered points of every section: 1 before the check, 2 after it, 3 before
+/// the commit; see [`crate::inject`]. Without it the points are empty.
+#[cfg(not(feature = "inject"))]
 macro_rules! rseq_section {
-    (check: [$($check:literal),* $(,)?], body: [$($body:literal),+ $(,)?], $($operands:tt)*) => {
+    ($($t:tt)*) => { rseq_section_with!([] $($t)*) };
+}
+
+#[cfg(feature = "inject")]
+macro_rules! rseq_section {
+    ($($t:tt)*) => {
+        rseq_section_with!(
+            [inj = out(reg) _, INJECT = sym crate::inject::LOOPS,]
+            $($t)*
+        )
+    };
+}
+
+/// A delay loop of `LOOPS[n]` iterations at injection point `n`.
+#[cfg(feature = "inject")]
+macro_rules! inject_point {
+    ($n:literal) => {
+        concat!(
+            "mov {inj:e}, dword ptr [rip + {INJECT} + 4 * ",
+            $n,
+            "]\n",
+            "test {inj:e}, {inj:e}\n",
+            "jz 7",
+            $n,
+            "f\n",
+            "6",
+            $n,
+            ":\n",
+            "dec {inj:e}\n",
+            "jnz 6",
+            $n,
+            "b\n",
+            "7",
+            $n,
+            ":"
+        )
+    };
+}
+
+#[cfg(not(feature = "inject"))]
+macro_rules! inject_point {
+    ($n:literal) => {
+        ""
+    };
+}
+
+/// [`rseq_section!`] with `$extra` operands (the injection's, or none).
+macro_rules! rseq_section_with {
+    ([$($extra:tt)*] check: [$($check:literal),* $(,)?], body: [$($body:literal),* $(,)?], commit: $commit:literal, $($operands:tt)*) => {
         asm!(
             ".pushsection __rseq_cs, \"aw\"",
             ".balign 32",
@@ -80,8 +134,12 @@ macro_rules! rseq_section {
             "lea {rseq_cs_tmp}, [rip + 9b]",
             "mov qword ptr [{area} + {RSEQ_CS}], {rseq_cs_tmp}",
             "3:",
+            inject_point!(1),
             $($check,)*
-            $($body,)+
+            inject_point!(2),
+            $($body,)*
+            inject_point!(3),
+            $commit,
             "4:",
             "mov qword ptr [{area} + {RSEQ_CS}], 0",
             ".pushsection __rseq_failure, \"ax\"",
@@ -93,6 +151,7 @@ macro_rules! rseq_section {
             RSEQ_CS = const offset_of!(Rseq, rseq_cs),
             SIG = const RSEQ_SIG,
             rseq_cs_tmp = out(reg) _,
+            $($extra)*
             $($operands)*
         )
     };
@@ -158,7 +217,8 @@ pub(crate) unsafe fn add(
                 "cmp dword ptr [{area} + {index}], {word:e}",
                 "jne 5f",
             ],
-            body: ["add qword ptr [{slot} + {VALUE}], {n}"],
+            body: [],
+            commit: "add qword ptr [{slot} + {VALUE}], {n}",
             area = in(reg) area,
             index = in(reg) index,
             slot = in(reg) slot,
@@ -197,7 +257,8 @@ pub(crate) unsafe fn add_without_fence_check(
     unsafe {
         rseq_section!(
             check: ["cmp dword ptr [{area} + {index}], {cpu:e}", "jne 5f"],
-            body: ["add qword ptr [{slot} + {VALUE}], {n}"],
+            body: [],
+            commit: "add qword ptr [{slot} + {VALUE}], {n}",
             area = in(reg) area,
             index = in(reg) index,
             cpu = in(reg) cpu,
@@ -222,14 +283,15 @@ pub(crate) unsafe fn add_without_fence_check(
 /// locals of those names; a body that compares jumps to `{fail}` on a
 /// mismatch, and the caller supplies that label (see [`compare_failed`]).
 macro_rules! shape_section {
-    ($area:ident, $index:ident, $fence:ident, body: [$($body:literal),+ $(,)?], $($operands:tt)*) => {
+    ($area:ident, $index:ident, $fence:ident, body: [$($body:literal),* $(,)?], commit: $commit:literal, $($operands:tt)*) => {
         rseq_section!(
             check: [
                 "mov {word:e}, dword ptr [{fence}]",
                 "cmp dword ptr [{area} + {index}], {word:e}",
                 "jne 5f",
             ],
-            body: [$($body),+],
+            body: [$($body),*],
+            commit: $commit,
             area = in(reg) $area,
             index = in(reg) $index,
             fence = in(reg) $fence,
@@ -284,8 +346,8 @@ pub(crate) unsafe fn section(
                     body: [
                         "cmp qword ptr [{v}], {expect}",
                         "jne {fail}",
-                        "mov qword ptr [{v}], {newv}",
                     ],
+                    commit: "mov qword ptr [{v}], {newv}",
                     v = in(reg) v,
                     expect = in(reg) expect,
                     newv = in(reg) newv,
@@ -296,7 +358,8 @@ pub(crate) unsafe fn section(
             }
             Shape::AddStore { v, count } => {
                 shape_section!(area, index, fence,
-                    body: ["add qword ptr [{v}], {count}"],
+                    body: [],
+                    commit: "add qword ptr [{v}], {count}",
                     v = in(reg) v,
                     count = in(reg) count,
                     options(nostack),
@@ -315,8 +378,8 @@ pub(crate) unsafe fn section(
                         "je {fail}",
                         "mov qword ptr [{load}], {head}",
                         "mov {head}, qword ptr [{head} + {offset}]",
-                        "mov qword ptr [{v}], {head}",
                     ],
+                    commit: "mov qword ptr [{v}], {head}",
                     v = in(reg) v,
                     expectnot = in(reg) expectnot,
                     offset = in(reg) offset,
@@ -339,8 +402,8 @@ pub(crate) unsafe fn section(
                         "cmp qword ptr [{v}], {expect}",
                         "jne {fail}",
                         "mov qword ptr [{v2}], {newv2}",
-                        "mov qword ptr [{v}], {newv}",
                     ],
+                    commit: "mov qword ptr [{v}], {newv}",
                     v = in(reg) v,
                     expect = in(reg) expect,
                     v2 = in(reg) v2,
@@ -366,8 +429,8 @@ pub(crate) unsafe fn section(
                         "cmp qword ptr [{v}], {expect}",
                         "jne {fail}",
                         "rep movsb byte ptr [rdi], byte ptr [rsi]",
-                        "mov qword ptr [{v}], {newv}",
                     ],
+                    commit: "mov qword ptr [{v}], {newv}",
                     v = in(reg) v,
                     expect = in(reg) expect,
                     newv = in(reg) newv,
@@ -392,8 +455,8 @@ pub(crate) unsafe fn section(
                         "jne {fail}",
                         "cmp qword ptr [{v2}], {expect2}",
                         "jne {fail}",
-                        "mov qword ptr [{v}], {newv}",
                     ],
+                    commit: "mov qword ptr [{v}], {newv}",
                     v = in(reg) v,
                     expect = in(reg) expect,
                     v2 = in(reg) v2,
@@ -408,8 +471,8 @@ pub(crate) unsafe fn section(
                 shape_section!(area, index, fence,
                     body: [
                         "mov {base}, qword ptr [{ptr}]",
-                        "add qword ptr [{base} + {offset}], {inc}",
                     ],
+                    commit: "add qword ptr [{base} + {offset}], {inc}",
                     ptr = in(reg) ptr,
                     offset = in(reg) offset,
                     inc = in(reg) inc,
@@ -515,8 +578,10 @@ mod tests {
     fn check_descriptor(cs: &RseqCs) {
         assert_eq!((cs.version, cs.flags), (0, 0));
         let (start, end) = (cs.start_ip, cs.start_ip + cs.post_commit_offset);
+        // The injection build adds three delay loops to every section.
+        let longest = if cfg!(feature = "inject") { 160 } else { 64 };
         assert!(
-            cs.post_commit_offset > 0 && cs.post_commit_offset < 64,
+            cs.post_commit_offset > 0 && cs.post_commit_offset < longest,
             "{cs:?}"
         );
         assert!(
@@ -541,15 +606,18 @@ mod tests {
         // (opcode 0x8b, optionally after a REX prefix), then
         // `cmp [area + index], w` (0x39); the testing build's broken variant
         // opens with the cmp alone.
-        let op = if code[0] & 0xf0 == 0x40 { 1 } else { 0 };
-        assert!(
-            code[op] == 0x8b || (cfg!(feature = "testing") && code[op] == 0x39),
-            "section must open with the check: {code:02x?}"
-        );
-        assert!(
-            code[..8].contains(&0x39),
-            "the check compares with the index field: {code:02x?}"
-        );
+        // (The injection build opens with a delay loop instead.)
+        if !cfg!(feature = "inject") {
+            let op = if code[0] & 0xf0 == 0x40 { 1 } else { 0 };
+            assert!(
+                code[op] == 0x8b || (cfg!(feature = "testing") && code[op] == 0x39),
+                "section must open with the check: {code:02x?}"
+            );
+            assert!(
+                code[..8].contains(&0x39),
+                "the check compares with the index field: {code:02x?}"
+            );
+        }
         // ... and ends with the commit, a 64-bit store to memory: `add qword
         // ptr [..], r` (the counter, `add_store`, `add_load_add_store`) or
         // `mov qword ptr [..], r` (the other shapes): REX.W 01 or 89 /r, with
