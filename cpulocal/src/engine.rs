@@ -45,6 +45,10 @@ pub(crate) struct Process {
 
 static PROCESS: OnceLock<Process> = OnceLock::new();
 
+/// The environment variable that turns critical sections off for the
+/// process: any value but empty or `0` (read once, at the first use).
+pub(crate) const NO_RSEQ_VAR: &str = "CPULOCAL_NO_RSEQ";
+
 /// Whether a fenced operation must issue membarrier: true exactly when
 /// sections can run in this process. Read on every fenced operation.
 static SECTIONS: AtomicBool = AtomicBool::new(false);
@@ -62,10 +66,17 @@ fn decide() -> Process {
     // thread-local of the child's sole thread; registering has no preconditions.
     unsafe { libc::pthread_atfork(None, None, Some(fence::after_fork_in_child)) };
     let membarrier = sys::membarrier_register_rseq();
-    if !arch::HAS_RSEQ {
+    let off = if !arch::HAS_RSEQ {
+        Some(RseqOff::NoArchSupport)
+    } else if std::env::var_os(NO_RSEQ_VAR).is_some_and(|v| !v.is_empty() && v != "0") {
+        Some(RseqOff::Disabled)
+    } else {
+        None
+    };
+    if off.is_some() {
         return Process {
             sections: false,
-            off: Some(RseqOff::NoArchSupport),
+            off,
             glibc,
             membarrier,
             feature_size,

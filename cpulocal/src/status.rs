@@ -49,6 +49,11 @@ pub enum RseqOff {
     /// The thread is running its thread-local destructors; cpulocal's own area
     /// was unregistered.
     ThreadExiting,
+    /// The environment variable `CPULOCAL_NO_RSEQ` was set (to anything but
+    /// empty or `0`) when the process first used cpulocal: every operation
+    /// takes the fenced path, without membarrier. For debugging and for
+    /// comparing the two engines.
+    Disabled,
 }
 
 /// Which engine runs operations on the calling thread.
@@ -164,6 +169,7 @@ impl fmt::Display for RseqOff {
                 "an rseq area cpulocal cannot locate is registered for this thread (EINVAL): another library's, or a statically linked glibc's",
             ),
             RseqOff::ThreadExiting => f.write_str("the thread is exiting; cpulocal's own rseq area was unregistered"),
+            RseqOff::Disabled => f.write_str("CPULOCAL_NO_RSEQ is set: critical sections are off for this process"),
         }
     }
 }

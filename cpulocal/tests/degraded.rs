@@ -207,6 +207,16 @@ fn membarrier_blocked_by_seccomp_from_start() {
     );
 }
 
+#[test]
+fn rseq_disabled_by_environment() {
+    run_child(
+        "no_rseq_env",
+        "child_no_rseq_env",
+        None,
+        &[("CPULOCAL_NO_RSEQ", "1")],
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Child side.
 
@@ -499,6 +509,24 @@ fn child_membarrier_eperm() {
         assert_eq!(s.membarrier_rseq, Err(Errno(libc::EPERM)), "{s}");
     }
     let out = common::stress(&common::Cfg::full(MODE));
+    assert_all_fenced(&out);
+    done(MODE);
+}
+
+#[test]
+#[ignore = "runs in a child process started by rseq_disabled_by_environment"]
+fn child_no_rseq_env() {
+    const MODE: &str = "no_rseq_env";
+    if !is_child(MODE) {
+        return;
+    }
+    for s in [cpulocal::status(), status_on_new_thread()] {
+        println!("{s}");
+        assert_eq!(s.fenced_because, Some(cpulocal::RseqOff::Disabled), "{s}");
+        assert_eq!(s.engine, cpulocal::Engine::Fenced { membarrier: false });
+        assert!(!s.mm_cid_indexing);
+    }
+    let out = common::stress(&common::Cfg::full("stress/CPULOCAL_NO_RSEQ"));
     assert_all_fenced(&out);
     done(MODE);
 }

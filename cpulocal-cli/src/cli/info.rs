@@ -96,6 +96,7 @@ fn to_json(s: &Status) -> String {
         Some(RseqOff::GlibcFailedForThread) => (Some("glibc_failed_for_thread"), None),
         Some(RseqOff::ForeignRegistration) => (Some("foreign_registration"), None),
         Some(RseqOff::ThreadExiting) => (Some("thread_exiting"), None),
+        Some(RseqOff::Disabled) => (Some("disabled"), None),
         Some(_) => (Some("other"), None),
     };
     let (engine, fenced_membarrier) = match s.engine {
