@@ -99,7 +99,7 @@ pub fn point(n: usize) {
     if every == 0 {
         return;
     }
-    if (PASSES.fetch_add(1, Ordering::Relaxed) + 1) % every != 0 {
+    if !(PASSES.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(every) {
         return;
     }
     match ACTION.load(Ordering::Relaxed) {

@@ -25,6 +25,9 @@
 //!
 //! - [`PerCpuCounter`]: add, add on any CPU, sum, take.
 //! - [`PerCpu<T>`]: a value per CPU, locked through its fence from anywhere.
+//! - [`PerCpuLock<T>`]: a per-CPU spinlock around a value per CPU, locked on
+//!   the current CPU by a compare-and-store section (no atomic instruction),
+//!   or on any CPU's slot through its fence.
 //! - [`PerCpuList<T>`]: a per-CPU LIFO of owned values (push, pop, pop on
 //!   any CPU, drain), on the list shapes.
 //! - [`PerCpuBuffer<T>`] and [`PerCpuMemcpyBuffer<T>`]: bounded per-CPU
@@ -67,6 +70,7 @@ mod index;
 #[cfg(feature = "inject")]
 pub mod inject;
 mod list;
+mod lock;
 mod memcpy_buffer;
 pub mod opv;
 mod percpu;
@@ -88,6 +92,7 @@ pub use error::Error;
 pub use fence::SPINS_BEFORE_SLEEP;
 pub use index::Index;
 pub use list::PerCpuList;
+pub use lock::{PerCpuLock, PerCpuLockGuard};
 pub use memcpy_buffer::PerCpuMemcpyBuffer;
 pub use percpu::{PerCpu, SlotGuard};
 pub use stats::PathStats;

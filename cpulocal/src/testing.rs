@@ -16,7 +16,9 @@ mod switches {
         /// Fenced operations skip step 2 (membarrier): in-flight sections may
         /// commit while the fence holder works.
         SkipMembarrier,
-        /// Sections skip the fence check: they commit while a fence is held.
+        /// The counter's `add` section skips the fence check: it commits while
+        /// a fence is held. (The shapes' sections always check: their
+        /// fence check is shown by the differential tests' fenced branch.)
         SkipFenceCheck,
         /// Threads that registered cpulocal's own rseq area exit without
         /// unregistering it.

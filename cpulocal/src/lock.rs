@@ -1,0 +1,530 @@
+//! [`PerCpuLock<T>`]: a per-CPU spinlock protecting per-CPU data, taken with
+//! the compare-and-store shape (the kernel's rseq `param_test` spinlock).
+//!
+//! # Safety
+//!
+//! Each slot is a fence, a lock word and a value. The lock word is 0 when the
+//! slot is free and the holder's id ([`fence::holder_id`], a kernel thread id,
+//! never 0) while it is held. It changes in two ways only:
+//!
+//! - **0 -> id**, by the compare-and-store shape run through
+//!   [`shape::perform`] on the slot's fence: a critical section on the slot's
+//!   CPU, or the shape as ordinary code under the fence after the membarrier.
+//!   Whatever the shape read as 0 is still 0 when it stores: another section
+//!   on that CPU cannot run between its compare and its commit (rseq aborts a
+//!   preempted or migrated section before it commits), a fenced store cannot
+//!   either (the membarrier aborts the sections in flight, and later ones see
+//!   the fence held), two fenced stores are serialised by the fence, and the
+//!   only other writer, the holder's unlock, exists only while the word is
+//!   not 0. So the 0 -> id transitions of a slot are totally ordered, each
+//!   reads the value the previous unlock (or the constructor) wrote, and at
+//!   most one thread holds a slot at any time.
+//! - **id -> 0**, by the holder alone, with a store-release when its guard
+//!   drops. It needs neither fence nor membarrier: a concurrent section or
+//!   fenced store that reads the word sees either the id (its compare fails)
+//!   or the 0 (there is then no holder left to write).
+//!
+//! The value is reached through `&mut T` only by the guard of the thread that
+//! made the 0 -> id transition, until its unlock, or through `&mut self`. So
+//! `PerCpuLock<T>` is `Sync` when `T: Send`, like a mutex.
+//!
+//! Ordering: the unlock is a store-release, sequenced after the holder's
+//! accesses to the value. The next lock's compare reads that 0, as a plain
+//! load in a section's asm (an atomic load for the memory model; x86 orders
+//! it before every later access) or as a relaxed load under the fence; after
+//! the shape commits, the lock issues `fence(Acquire)`, which synchronises
+//! with the unlock because a load sequenced before it read the released
+//! value. So the previous holder's writes to the value happen before the new
+//! holder's accesses. The commit itself publishes nothing, so it is relaxed.
+#![allow(unsafe_code)]
+
+use core::cell::UnsafeCell;
+use core::fmt;
+use core::marker::PhantomData;
+use core::ops::{Deref, DerefMut};
+use core::sync::atomic::{self, AtomicUsize, Ordering};
+
+use crossbeam_utils::CachePadded;
+
+use crate::domain::Order;
+use crate::fence::{self, Fence};
+use crate::shape::{self, Shape};
+use crate::stats::{PathStats, Stats};
+use crate::{engine, Error, Index};
+
+/// Times a waiter re-reads a held lock word, with a spin-loop hint between
+/// reads, before it starts yielding its CPU (`sched_yield`) between reads.
+const SPINS_BEFORE_YIELD: u32 = 100;
+
+/// The lock word of a free slot.
+const FREE: usize = 0;
+
+/// One CPU's fence, lock word and value, in one padded line.
+#[repr(C)]
+struct Slot<T> {
+    fence: Fence,
+    /// [`FREE`], or the holder's id.
+    word: AtomicUsize,
+    value: UnsafeCell<T>,
+}
+
+/// A per-CPU spinlock protecting per-CPU data: [`lock`](Self::lock) takes the
+/// current CPU's slot with one restartable sequence (compare-and-store, no
+/// atomic instruction) and returns a guard that derefs to `&mut T`;
+/// [`lock_on`](Self::lock_on) takes any CPU's slot, through its fence when the
+/// caller runs elsewhere. Dropping the guard unlocks with a store-release.
+///
+/// It is a spinlock: a waiter re-reads the lock word, spinning briefly, then
+/// yielding its CPU between reads, since the holder may have been preempted.
+/// Keep critical sections short (no blocking I/O, no sleeping). It is not for
+/// signal handlers: a handler that interrupts a holder and locks the same
+/// slot gets [`Error::HeldByThisThread`] (or a panic from `lock`), and one
+/// that waits for another thread cannot make progress.
+///
+/// A thread holds a slot until its guard drops, wherever the thread runs
+/// meanwhile. A guard that is leaked ([`core::mem::forget`]) leaves its slot
+/// locked for good, as a leaked mutex guard does; so does a slot held at a
+/// `fork` by a thread the child lacks. A panic under a guard unlocks the slot
+/// as the guard drops (there is no poisoning). Holding two guards at once is
+/// allowed, with the usual lock-ordering care.
+///
+/// # Examples
+///
+/// ```
+/// use cpulocal::PerCpuLock;
+///
+/// let queues: PerCpuLock<Vec<u32>> = PerCpuLock::new(|_cpu| Vec::new());
+/// queues.lock().push(7);                // the current CPU's slot
+/// queues.lock_on(0).unwrap().push(1);   // CPU 0's slot, from anywhere
+/// let total: usize = queues.into_vec().iter().map(Vec::len).sum();
+/// assert_eq!(total, 2);
+/// ```
+///
+/// The values are handed out as `&mut T` to one thread at a time, so sharing
+/// the lock needs `T: Send`, as for a [`Mutex`](std::sync::Mutex):
+///
+/// ```compile_fail
+/// fn shared<T: Sync>(_: &T) {}
+/// shared(&cpulocal::PerCpuLock::new(|_| std::rc::Rc::new(0u8)));
+/// ```
+pub struct PerCpuLock<T> {
+    slots: Box<[CachePadded<Slot<T>>]>,
+    by: Index,
+    stats: Box<CachePadded<Stats>>,
+}
+
+// SAFETY: `&PerCpuLock` hands out `&mut T` only through a guard, to one
+// thread at a time per slot (module docs), as a Mutex does; so T: Send
+// suffices. (`Send` follows from the fields.)
+unsafe impl<T: Send> Sync for PerCpuLock<T> {}
+
+impl<T> PerCpuLock<T> {
+    /// One unlocked slot per possible CPU, each initialised by `init(cpu)`.
+    ///
+    /// Also makes the process-wide engine decision (rseq and membarrier
+    /// registration) if no earlier constructor did.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let l = cpulocal::PerCpuLock::new(|cpu| cpu * 2);
+    /// assert_eq!(l.cpus(), cpulocal::possible_cpus());
+    /// assert_eq!(*l.lock_on(0).unwrap(), 0);
+    /// ```
+    pub fn new(init: impl FnMut(usize) -> T) -> Self {
+        Self::with_index(Index::Cpu, init)
+    }
+
+    /// One unlocked slot per CPU or per concurrency id, as `by` says (see
+    /// [`Index`] for the slot count and what `MmCid` gives where the kernel
+    /// lacks it), each initialised by `init(index)`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cpulocal::{Index, PerCpuLock};
+    ///
+    /// let l = PerCpuLock::with_index(Index::MmCid, |_| 0u32);
+    /// *l.lock() += 1;
+    /// assert_eq!(l.into_vec().iter().sum::<u32>(), 1);
+    /// ```
+    pub fn with_index(by: Index, mut init: impl FnMut(usize) -> T) -> Self {
+        engine::process();
+        let by = by.effective();
+        PerCpuLock {
+            slots: (0..by.slots())
+                .map(|i| {
+                    CachePadded::new(Slot {
+                        fence: Fence::new(i),
+                        word: AtomicUsize::new(FREE),
+                        value: UnsafeCell::new(init(i)),
+                    })
+                })
+                .collect(),
+            by,
+            stats: Default::default(),
+        }
+    }
+
+    /// The number of slots: [`possible_cpus()`](crate::possible_cpus) at
+    /// construction for [`Index::Cpu`], possibly fewer for [`Index::MmCid`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert!(cpulocal::PerCpuLock::new(|_| ()).cpus() >= 1);
+    /// ```
+    pub fn cpus(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// How the slots are numbered.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cpulocal::{Index, PerCpuLock};
+    /// assert_eq!(PerCpuLock::new(|_| ()).index(), Index::Cpu);
+    /// ```
+    pub fn index(&self) -> Index {
+        self.by
+    }
+
+    /// How many lock attempts left the fast path so far: a lock on another
+    /// CPU's slot is a fenced operation (a `membarrier` on that CPU), a local
+    /// one after aborts is retried. Attempts that found the slot held and
+    /// waited are not counted.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let l = cpulocal::PerCpuLock::new(|_| 0u8);
+    /// let here = cpulocal::current_cpu();
+    /// let elsewhere = (here + 1) % l.cpus();
+    /// drop(l.lock_on(elsewhere).unwrap());
+    /// if elsewhere != here {
+    ///     // Fenced, unless this thread migrated onto that CPU meanwhile.
+    ///     assert!(l.stats().fenced <= 1);
+    /// }
+    /// ```
+    pub fn stats(&self) -> PathStats {
+        self.stats.snapshot()
+    }
+
+    /// Locks the slot of the CPU (or concurrency id) the caller runs on,
+    /// waiting while another thread holds it: a critical section on that CPU
+    /// compares the lock word with 0 and stores this thread's id.
+    ///
+    /// The current CPU is read again before each attempt, so a thread that
+    /// migrates while waiting locks its new CPU's slot instead: the guard
+    /// holds the slot of the CPU the thread ran on when the lock succeeded
+    /// ([`PerCpuLockGuard::cpu`]), and keeps holding it if the thread then
+    /// migrates.
+    ///
+    /// Not async-signal-safe: it may wait for another thread.
+    ///
+    /// # Panics
+    ///
+    /// If this thread already holds the slot it would lock (a nested `lock`
+    /// on the same CPU, or a signal handler interrupting its own thread's
+    /// guard): waiting would deadlock. [`try_lock`](Self::try_lock) reports
+    /// that case as [`Error::HeldByThisThread`] instead.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let l = cpulocal::PerCpuLock::new(|_| 0u64);
+    /// let mut guard = l.lock();
+    /// *guard += 1;
+    /// let cpu = guard.cpu();
+    /// drop(guard);
+    /// assert_eq!(*l.lock_on(cpu).unwrap(), 1);
+    /// ```
+    #[track_caller]
+    pub fn lock(&self) -> PerCpuLockGuard<'_, T> {
+        let me = fence::holder_id() as usize;
+        let mut waited = 0;
+        loop {
+            let cpu = self.by.current(self.cpus());
+            match self.attempt(cpu, me) {
+                Ok(Some(guard)) => return guard,
+                Ok(None) => wait(&mut waited),
+                Err(e) => panic!("PerCpuLock::lock: {e}"),
+            }
+        }
+    }
+
+    /// Locks the current CPU's slot if it is free, without waiting.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::HeldByThisThread`] if this thread already holds that slot.
+    /// `Ok(None)` means another thread holds it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cpulocal::{Error, PerCpuLock};
+    ///
+    /// let l = PerCpuLock::new(|_| 'x');
+    /// let guard = l.try_lock()?.expect("nobody else holds it");
+    /// // Refused if still on the same CPU, else the new CPU's slot.
+    /// match l.try_lock() {
+    ///     Err(e) => assert_eq!(e, Error::HeldByThisThread { cpu: guard.cpu() }),
+    ///     Ok(other) => assert_ne!(other.unwrap().cpu(), guard.cpu()),
+    /// }
+    /// # Ok::<(), Error>(())
+    /// ```
+    pub fn try_lock(&self) -> Result<Option<PerCpuLockGuard<'_, T>>, Error> {
+        self.attempt(self.by.current(self.cpus()), fence::holder_id() as usize)
+    }
+
+    /// Locks `cpu`'s slot, from any thread on any CPU, waiting while another
+    /// thread holds it: the same compare-and-store as [`lock`](Self::lock), a
+    /// critical section if the caller runs on `cpu`, the fenced path (fence
+    /// and `membarrier` on `cpu`) otherwise.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CpuOutOfRange`] if `cpu >= self.cpus()`;
+    /// [`Error::HeldByThisThread`] if this thread already holds the slot
+    /// (waiting would deadlock).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cpulocal::{Error, PerCpuLock};
+    ///
+    /// let l = PerCpuLock::new(|cpu| cpu);
+    /// let guard = l.lock_on(0)?;
+    /// assert_eq!((*guard, guard.cpu()), (0, 0));
+    /// assert_eq!(l.lock_on(0).unwrap_err(), Error::HeldByThisThread { cpu: 0 });
+    /// assert!(matches!(l.lock_on(l.cpus()), Err(Error::CpuOutOfRange { .. })));
+    /// # Ok::<(), Error>(())
+    /// ```
+    pub fn lock_on(&self, cpu: usize) -> Result<PerCpuLockGuard<'_, T>, Error> {
+        self.in_range(cpu)?;
+        let me = fence::holder_id() as usize;
+        let mut waited = 0;
+        loop {
+            match self.attempt(cpu, me)? {
+                Some(guard) => return Ok(guard),
+                None => wait(&mut waited),
+            }
+        }
+    }
+
+    /// Locks `cpu`'s slot if it is free, without waiting (as
+    /// [`lock_on`](Self::lock_on) otherwise).
+    ///
+    /// # Errors
+    ///
+    /// As [`lock_on`](Self::lock_on). `Ok(None)` means another thread holds
+    /// the slot.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cpulocal::{Error, PerCpuLock};
+    ///
+    /// let l = PerCpuLock::new(|_| 0u8);
+    /// let guard = l.try_lock_on(0)?.expect("free");
+    /// assert_eq!(l.try_lock_on(0).unwrap_err(), Error::HeldByThisThread { cpu: 0 });
+    /// std::thread::scope(|s| {
+    ///     s.spawn(|| assert!(l.try_lock_on(0).unwrap().is_none()));
+    /// });
+    /// drop(guard);
+    /// assert!(l.try_lock_on(0)?.is_some());
+    /// # Ok::<(), Error>(())
+    /// ```
+    pub fn try_lock_on(&self, cpu: usize) -> Result<Option<PerCpuLockGuard<'_, T>>, Error> {
+        self.in_range(cpu)?;
+        self.attempt(cpu, fence::holder_id() as usize)
+    }
+
+    /// Every value, exclusively (no locking: `&mut self` excludes others).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut l = cpulocal::PerCpuLock::new(|_| 1u32);
+    /// l.iter_mut().for_each(|v| *v += 1);
+    /// assert!(l.iter_mut().all(|v| *v == 2));
+    /// ```
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> + '_ {
+        self.slots.iter_mut().map(|s| s.value.get_mut())
+    }
+
+    /// The values, in slot order.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let l = cpulocal::PerCpuLock::new(|cpu| cpu as u8);
+    /// let values = l.into_vec();
+    /// assert_eq!(values[0], 0);
+    /// assert_eq!(values.len(), cpulocal::possible_cpus());
+    /// ```
+    pub fn into_vec(self) -> Vec<T> {
+        self.slots
+            .into_vec()
+            .into_iter()
+            .map(|s| CachePadded::into_inner(s).value.into_inner())
+            .collect()
+    }
+
+    fn in_range(&self, cpu: usize) -> Result<(), Error> {
+        if cpu < self.cpus() {
+            Ok(())
+        } else {
+            Err(Error::CpuOutOfRange {
+                cpu,
+                slots: self.cpus(),
+            })
+        }
+    }
+
+    /// One attempt to lock slot `cpu` (in range) for the thread with holder
+    /// id `me`: `Ok(None)` if another thread holds it.
+    #[inline]
+    fn attempt(&self, cpu: usize, me: usize) -> Result<Option<PerCpuLockGuard<'_, T>>, Error> {
+        let slot = &self.slots[cpu];
+        // Only this thread writes `me` into the word, and only it clears it,
+        // so a relaxed load tells whether this thread holds the slot.
+        match slot.word.load(Ordering::Relaxed) {
+            FREE => {}
+            holder if holder == me => return Err(Error::HeldByThisThread { cpu }),
+            _ => return Ok(None), // spin on the load, not on the shape
+        }
+        let shape = Shape::CbneStore {
+            v: slot.word.as_ptr(),
+            expect: FREE,
+            newv: me,
+        };
+        // SAFETY: `slot.word` is slot `cpu`'s lock word, valid while `self`
+        // is borrowed and written only as the module docs say; `slot.fence`
+        // is that slot's fence. Relaxed: the commit publishes nothing.
+        let locked = unsafe {
+            shape::perform(
+                &shape,
+                Order::Relaxed,
+                cpu,
+                &slot.fence,
+                self.by,
+                &self.stats,
+            )
+        };
+        if locked.is_err() {
+            return Ok(None); // another thread took it between load and shape
+        }
+        // The shape's compare read the previous holder's release store of 0:
+        // this fence makes its writes to the value visible (module docs).
+        atomic::fence(Ordering::Acquire);
+        Ok(Some(PerCpuLockGuard {
+            slot,
+            cpu,
+            _not_send: PhantomData,
+        }))
+    }
+}
+
+/// Waits after an attempt found the slot held: a spin-loop hint for the first
+/// [`SPINS_BEFORE_YIELD`] rounds, then `sched_yield` (the holder may be
+/// preempted, and may need this CPU to finish).
+#[inline]
+fn wait(waited: &mut u32) {
+    if *waited < SPINS_BEFORE_YIELD {
+        *waited += 1;
+        core::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
+    }
+}
+
+impl<T: Default> Default for PerCpuLock<T> {
+    fn default() -> Self {
+        PerCpuLock::new(|_| T::default())
+    }
+}
+
+impl<T> fmt::Debug for PerCpuLock<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PerCpuLock")
+            .field("cpus", &self.cpus())
+            .field("index", &self.by)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One CPU's slot of a [`PerCpuLock`], locked: derefs to its value and
+/// unlocks (a store-release) when dropped.
+///
+/// It is not `Send`: the lock word names the thread that holds the slot, so
+/// that thread unlocks it.
+///
+/// ```compile_fail
+/// let l = cpulocal::PerCpuLock::new(|_| 0u8);
+/// let guard = l.lock();
+/// std::thread::scope(|s| {
+///     s.spawn(move || drop(guard));
+/// });
+/// ```
+#[must_use = "the slot is unlocked as soon as the guard is dropped"]
+pub struct PerCpuLockGuard<'a, T> {
+    slot: &'a Slot<T>,
+    cpu: usize,
+    _not_send: PhantomData<*const ()>,
+}
+
+// SAFETY: `&PerCpuLockGuard` gives only `&T`, so sharing the guard shares the
+// value, which T: Sync permits (as for a MutexGuard).
+unsafe impl<T: Sync> Sync for PerCpuLockGuard<'_, T> {}
+
+impl<T> PerCpuLockGuard<'_, T> {
+    /// The CPU (or concurrency id) whose slot this guard holds.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let l = cpulocal::PerCpuLock::new(|cpu| cpu);
+    /// let guard = l.lock();
+    /// assert_eq!(*guard, guard.cpu());
+    /// ```
+    pub fn cpu(&self) -> usize {
+        self.cpu
+    }
+}
+
+impl<T> Deref for PerCpuLockGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: this thread holds the slot, so no other reference to the
+        // value exists (module docs).
+        unsafe { &*self.slot.value.get() }
+    }
+}
+
+impl<T> DerefMut for PerCpuLockGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: as for `deref`, and `&mut self` makes this borrow unique.
+        unsafe { &mut *self.slot.value.get() }
+    }
+}
+
+impl<T> Drop for PerCpuLockGuard<'_, T> {
+    fn drop(&mut self) {
+        // id -> 0 by the holder: orders its accesses to the value before the
+        // next holder's (module docs).
+        self.slot.word.store(FREE, Ordering::Release);
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for PerCpuLockGuard<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PerCpuLockGuard")
+            .field("cpu", &self.cpu)
+            .field("value", &**self)
+            .finish()
+    }
+}
