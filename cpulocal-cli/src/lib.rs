@@ -38,6 +38,7 @@
 pub mod baseline;
 pub mod peers;
 pub mod runner;
+pub mod structures;
 pub mod suite;
 
 pub use peers::{ns_per_op, time_per_thread, FencedAddOn, Peer, Target, Workload};

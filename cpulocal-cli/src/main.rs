@@ -33,6 +33,7 @@ fn main() -> ExitCode {
         Some(Command::Bench(args)) => cli::bench::run(&mut out, &args),
         Some(Command::Step(args)) => cli::step::run(&mut out, &args),
         Some(Command::StepChild(args)) => cli::step::child(&mut out, &args),
+        Some(Command::Stress(args)) => cli::stress::run(&mut out, &args),
     };
     let _ = out.flush();
     match result {

@@ -1,7 +1,8 @@
 //! The comparison suite behind `cpulocal bench`: every available [`Peer`] at
 //! each thread count, timed in one process, interleaved, so that the ratios
-//! between peers hold on a noisy machine; plus the cost of cpulocal's fenced
-//! path.
+//! between peers hold on a noisy machine; the cost of cpulocal's fenced path;
+//! and cpulocal's per-CPU structures against the queues Rust users pick today
+//! ([`Structure`]), timed the same way.
 //!
 //! For each thread count the suite starts one [`Runner`] and a fresh
 //! [`Workload`] per peer, sizes each peer's batch to take about
@@ -15,6 +16,14 @@
 //! Each workload adds 1 per operation, and after its rounds the suite checks
 //! that its total equals the operations run: a lost or duplicated update is an
 //! [`Error::Inexact`], whatever the timing.
+//!
+//! The structures run the same way at [`Config::structure_threads`], one
+//! operation being a `push(x); pop()` pair. Their reference is the fastest of
+//! cpulocal's structures *in each round*: a structure's ratio is the median
+//! over rounds of its time / that best time, and [`Report::goal`] says whether
+//! the fastest peer is at least [`GOAL`] times slower. After its rounds each
+//! structure is drained, and a value lost or duplicated is an
+//! [`Error::Unbalanced`].
 //!
 //! ```no_run
 //! use cpulocal_cli::suite::{self, Config};
@@ -32,6 +41,7 @@ use std::time::{Duration, Instant};
 
 use crate::peers::{FencedAddOn, Peer, Target, Workload};
 use crate::runner::{allowed_cpus, Placement, Runner};
+use crate::structures::{self, Structure};
 
 /// What to run; [`Config::full`] and [`Config::quick`] are the two presets.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,14 +59,33 @@ pub struct Config {
     pub fenced_samples: usize,
     /// Where the worker threads run.
     pub placement: Placement,
+    /// The structures, in report order; those that
+    /// [are cpulocal's](Structure::is_cpulocal) are the reference of their
+    /// ratios (none are computed without one).
+    pub structures: Vec<Structure>,
+    /// Thread counts of the structures, in increasing order.
+    pub structure_threads: Vec<usize>,
+    /// Interleaved rounds per thread count of the structures.
+    pub structure_rounds: usize,
 }
 
-/// The thread counts of both presets.
+/// The counters' thread counts of both presets.
 pub const THREADS: [usize; 5] = [1, 2, 4, 8, 16];
+
+/// The structures' thread counts of both presets.
+pub const STRUCTURE_THREADS: [usize; 3] = [1, 2, 8];
+
+/// The structures' goal: at each of [`GOAL_THREADS`], the fastest peer at
+/// least this many times slower than the fastest cpulocal structure.
+pub const GOAL: f64 = 3.0;
+
+/// The thread counts the structures' [`GOAL`] is judged at.
+pub const GOAL_THREADS: [usize; 2] = [2, 8];
 
 impl Config {
     /// The full suite: 15 rounds of 25 ms batches per thread count, 50,000
-    /// fenced calls per target; about 16 s on 2 CPUs.
+    /// fenced calls per target, the structures likewise; about 22 s on 2
+    /// CPUs.
     pub fn full() -> Self {
         Config {
             threads: THREADS.to_vec(),
@@ -65,16 +94,20 @@ impl Config {
             batch: Duration::from_millis(25),
             fenced_samples: 50_000,
             placement: Placement::Pinned,
+            structures: Structure::ALL.to_vec(),
+            structure_threads: STRUCTURE_THREADS.to_vec(),
+            structure_rounds: 15,
         }
     }
 
-    /// A short run: 5 rounds of 4 ms batches, 2,000 fenced calls per target;
-    /// about a second on 2 CPUs. Noisier, same shape.
+    /// A short run: 5 rounds of 4 ms batches (3 for the structures), 2,000
+    /// fenced calls per target; about 1.2 s on 2 CPUs. Noisier, same shape.
     pub fn quick() -> Self {
         Config {
             rounds: 5,
             batch: Duration::from_millis(4),
             fenced_samples: 2_000,
+            structure_rounds: 3,
             ..Self::full()
         }
     }
@@ -84,7 +117,8 @@ impl Config {
     pub fn steps(&self) -> u64 {
         let peers = self.peers.iter().filter(|p| p.available()).count() as u64;
         let per_count = peers * (1 + self.rounds as u64);
-        self.threads.len() as u64 * per_count + 2
+        let structures = self.structures.len() as u64 * (1 + self.structure_rounds as u64);
+        self.threads.len() as u64 * per_count + self.structure_threads.len() as u64 * structures + 2
     }
 }
 
@@ -111,16 +145,33 @@ pub enum Progress {
     /// Timing fenced `add_on` calls with the target CPU in this state
     /// (reported even when the machine has one CPU and nothing runs).
     Fenced(Target),
+    /// Sizing `structure`'s batch on `threads` threads (also its warm-up).
+    StructureCalibrating {
+        /// Worker threads.
+        threads: usize,
+        /// The structure.
+        structure: Structure,
+    },
+    /// One timed batch of `structure` in round `round` (from 0).
+    StructureRound {
+        /// Worker threads.
+        threads: usize,
+        /// The round.
+        round: usize,
+        /// The structure.
+        structure: Structure,
+    },
 }
 
-/// One peer at one thread count.
+/// One peer at one thread count: a counter ([`Peer`]) or a [`Structure`].
 #[derive(Debug, Clone, PartialEq)]
-pub struct Cell {
+pub struct Cell<P = Peer> {
     /// The peer.
-    pub peer: Peer,
+    pub peer: P,
     /// Worker threads.
     pub threads: usize,
-    /// Operations per thread in each timed batch.
+    /// Operations per thread in each timed batch (for a structure, push+pop
+    /// pairs).
     pub ops_per_thread: u64,
     /// Nanoseconds per operation (batch wall time / all threads' operations),
     /// one per round, in round order.
@@ -133,11 +184,13 @@ pub struct Cell {
     pub max_ns: f64,
     /// The median over rounds of this peer's time / cpulocal's time in the
     /// same round; above 1, cpulocal is faster. None without a cpulocal cell
-    /// (1.0 for cpulocal itself).
+    /// (1.0 for cpulocal itself). For a structure, cpulocal's time is that of
+    /// the fastest cpulocal structure in the round (so 1.0 or a little more
+    /// for cpulocal's own).
     pub ratio: Option<f64>,
 }
 
-impl Cell {
+impl<P> Cell<P> {
     /// Aggregate throughput, millions of operations per second.
     pub fn mops(&self) -> f64 {
         1e3 / self.median_ns
@@ -171,11 +224,14 @@ pub struct Report {
     /// Peers that could not run here (the C peers without the C baseline or
     /// without glibc's rseq area).
     pub unavailable: Vec<Peer>,
-    /// Largest number of workers that shared one CPU, per thread count (None
-    /// for floating workers).
+    /// Largest number of workers that shared one CPU, per thread count of
+    /// either section, in increasing order (None for floating workers).
     pub max_per_cpu: Vec<(usize, Option<usize>)>,
     /// The fenced path, idle then busy target; empty with a single CPU.
     pub fenced: Vec<Fenced>,
+    /// Every structure at every structure thread count, thread count major,
+    /// in [`Config::structures`] order.
+    pub structures: Vec<Cell<Structure>>,
     /// Wall time of the run.
     pub elapsed: Duration,
 }
@@ -186,6 +242,39 @@ impl Report {
         self.cells
             .iter()
             .find(|c| c.peer == peer && c.threads == threads)
+    }
+
+    /// The cell of `structure` at `threads`, if it ran.
+    pub fn structure_cell(&self, structure: Structure, threads: usize) -> Option<&Cell<Structure>> {
+        self.structures
+            .iter()
+            .find(|c| c.peer == structure && c.threads == threads)
+    }
+
+    /// The fastest peer structure at `threads` (the one with the smallest
+    /// ratio to the fastest cpulocal structure) and that ratio: the [`GOAL`]
+    /// is met at `threads` when it is at least `GOAL`. None if no peer or no
+    /// cpulocal structure ran at `threads`.
+    pub fn goal(&self, threads: usize) -> Option<(Structure, f64)> {
+        self.structures
+            .iter()
+            .filter(|c| c.threads == threads && !c.peer.is_cpulocal())
+            .filter_map(|c| Some((c.peer, c.ratio?)))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+    }
+
+    /// Whether the [`GOAL`] is met at every one of [`GOAL_THREADS`]:
+    /// `Some(false)` as soon as one falls short, `Some(true)` when all were
+    /// run and none does, None when one was not run and the others are met.
+    pub fn goal_met(&self) -> Option<bool> {
+        let ratios = GOAL_THREADS.map(|t| self.goal(t).map(|(_, r)| r));
+        if ratios.iter().flatten().any(|&r| r < GOAL) {
+            Some(false)
+        } else if ratios.iter().all(Option::is_some) {
+            Some(true)
+        } else {
+            None
+        }
     }
 }
 
@@ -205,6 +294,15 @@ pub enum Error {
         /// The workload's total.
         got: i64,
     },
+    /// A structure lost or duplicated values.
+    Unbalanced {
+        /// The structure.
+        structure: Structure,
+        /// Worker threads.
+        threads: usize,
+        /// What does not add up.
+        what: String,
+    },
 }
 
 impl fmt::Display for Error {
@@ -220,6 +318,16 @@ impl fmt::Display for Error {
                 f,
                 "{} on {threads} thread{} counted {got} for {expected} operations (lost or duplicated updates)",
                 peer.name(),
+                if *threads == 1 { "" } else { "s" },
+            ),
+            Error::Unbalanced {
+                structure,
+                threads,
+                what,
+            } => write!(
+                f,
+                "{} on {threads} thread{}: {what}",
+                structure.name(),
                 if *threads == 1 { "" } else { "s" },
             ),
         }
@@ -239,7 +347,8 @@ impl From<io::Error> for Error {
 /// # Errors
 ///
 /// [`Error::Io`] if threads cannot be created or pinned; [`Error::Inexact`]
-/// if a peer lost or duplicated updates.
+/// if a peer lost or duplicated updates; [`Error::Unbalanced`] if a structure
+/// lost or duplicated values.
 pub fn run(config: &Config, progress: &mut dyn FnMut(Progress)) -> Result<Report, Error> {
     let started = Instant::now();
     let cpus = allowed_cpus()?.len();
@@ -281,6 +390,15 @@ pub fn run(config: &Config, progress: &mut dyn FnMut(Progress)) -> Result<Report
             });
         }
     }
+    let mut structures = Vec::new();
+    for &threads in &config.structure_threads {
+        let runner = Runner::with_placement(threads, config.placement)?;
+        if !max_per_cpu.iter().any(|&(t, _)| t == threads) {
+            max_per_cpu.push((threads, runner.max_per_cpu()));
+        }
+        structures.extend(structures_at(config, &runner, progress)?);
+    }
+    max_per_cpu.sort_unstable_by_key(|&(t, _)| t);
     Ok(Report {
         config: config.clone(),
         cpus,
@@ -288,76 +406,70 @@ pub fn run(config: &Config, progress: &mut dyn FnMut(Progress)) -> Result<Report
         unavailable,
         max_per_cpu,
         fenced,
+        structures,
         elapsed: started.elapsed(),
     })
 }
 
-/// A peer's state during one thread count.
-struct Entry {
-    peer: Peer,
-    workload: Arc<Workload>,
+/// A job the rounds time: `ops` operations on the calling worker.
+type Job = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// One peer's batches during one thread count.
+struct Entry<P> {
+    peer: P,
+    job: Job,
     ops_per_thread: u64,
     /// Operations run so far, every thread, calibration included.
     ran: u64,
     rounds_ns: Vec<f64>,
 }
 
-/// Every peer at one thread count.
-fn one_count(
-    config: &Config,
-    runner: &Runner,
-    progress: &mut dyn FnMut(Progress),
-) -> Result<Vec<Cell>, Error> {
-    let threads = runner.threads();
-    let mut entries = Vec::new();
-    for &peer in &config.peers {
-        let Some(w) = Workload::for_threads(peer, threads) else {
-            continue;
-        };
-        progress(Progress::Calibrating { threads, peer });
-        let mut e = Entry {
+impl<P> Entry<P> {
+    fn new(peer: P, job: Job, rounds: usize) -> Self {
+        Entry {
             peer,
-            workload: Arc::new(w),
+            job,
             ops_per_thread: 0,
             ran: 0,
-            rounds_ns: Vec::with_capacity(config.rounds),
-        };
-        e.ops_per_thread = calibrate(runner, &mut e, config.batch);
-        entries.push(e);
+            rounds_ns: Vec::with_capacity(rounds),
+        }
     }
-    for round in 0..config.rounds {
-        let n = entries.len();
+}
+
+/// Sizes each entry's batch (calling `step(peer, None)` first), then runs
+/// `rounds` rounds of one batch of every entry, the order rotated by one
+/// entry each round (calling `step(peer, Some(round))` before each batch).
+fn interleave<P: Copy>(
+    runner: &Runner,
+    entries: &mut [Entry<P>],
+    rounds: usize,
+    target: Duration,
+    step: &mut dyn FnMut(P, Option<usize>),
+) {
+    for e in entries.iter_mut() {
+        step(e.peer, None);
+        e.ops_per_thread = calibrate(runner, e, target);
+    }
+    let threads = runner.threads() as u64;
+    let n = entries.len();
+    for round in 0..rounds {
         for k in 0..n {
             let e = &mut entries[(round + k) % n];
-            progress(Progress::Round {
-                threads,
-                round,
-                peer: e.peer,
-            });
+            step(e.peer, Some(round));
             let wall = batch(runner, e, e.ops_per_thread);
-            let ops = e.ops_per_thread * threads as u64;
+            let ops = e.ops_per_thread * threads;
             e.rounds_ns.push(wall.as_nanos() as f64 / ops as f64);
         }
     }
-    for e in &entries {
-        let got = e.workload.total();
-        if got != e.ran as i64 {
-            return Err(Error::Inexact {
-                peer: e.peer,
-                threads,
-                expected: e.ran as i64,
-                got,
-            });
-        }
-    }
-    let reference = entries
-        .iter()
-        .find(|e| e.peer == Peer::Cpulocal)
-        .map(|e| e.rounds_ns.clone());
-    Ok(entries
+}
+
+/// The cells of `entries`, each with its ratio to `reference` (one time per
+/// round, when there is a reference).
+fn cells<P>(entries: Vec<Entry<P>>, threads: usize, reference: Option<&[f64]>) -> Vec<Cell<P>> {
+    entries
         .into_iter()
         .map(|e| {
-            let ratio = reference.as_ref().and_then(|r| {
+            let ratio = reference.and_then(|r| {
                 let paired: Vec<f64> = e
                     .rounds_ns
                     .iter()
@@ -378,19 +490,132 @@ fn one_count(
                 ratio,
             }
         })
-        .collect())
+        .collect()
+}
+
+/// Every peer at one thread count.
+fn one_count(
+    config: &Config,
+    runner: &Runner,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Vec<Cell>, Error> {
+    let threads = runner.threads();
+    let mut workloads = Vec::new();
+    let mut entries = Vec::new();
+    for &peer in &config.peers {
+        let Some(w) = Workload::for_threads(peer, threads) else {
+            continue;
+        };
+        let w = Arc::new(w);
+        let job = w.clone();
+        entries.push(Entry::new(
+            peer,
+            Arc::new(move |ops| job.run(ops)),
+            config.rounds,
+        ));
+        workloads.push(w);
+    }
+    interleave(
+        runner,
+        &mut entries,
+        config.rounds,
+        config.batch,
+        &mut |peer, round| {
+            progress(match round {
+                None => Progress::Calibrating { threads, peer },
+                Some(round) => Progress::Round {
+                    threads,
+                    round,
+                    peer,
+                },
+            })
+        },
+    );
+    for (e, w) in entries.iter().zip(&workloads) {
+        let got = w.total();
+        if got != e.ran as i64 {
+            return Err(Error::Inexact {
+                peer: e.peer,
+                threads,
+                expected: e.ran as i64,
+                got,
+            });
+        }
+    }
+    let reference = entries
+        .iter()
+        .find(|e| e.peer == Peer::Cpulocal)
+        .map(|e| e.rounds_ns.clone());
+    Ok(cells(entries, threads, reference.as_deref()))
+}
+
+/// Every structure at one thread count, each compared with the fastest
+/// cpulocal structure of the same round.
+fn structures_at(
+    config: &Config,
+    runner: &Runner,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Vec<Cell<Structure>>, Error> {
+    let threads = runner.threads();
+    let rounds = config.structure_rounds;
+    let mut workloads = Vec::new();
+    let mut entries = Vec::new();
+    for &structure in &config.structures {
+        let w = Arc::new(structures::Workload::new(structure, threads));
+        let job = w.clone();
+        entries.push(Entry::new(
+            structure,
+            Arc::new(move |ops| job.run(ops)),
+            rounds,
+        ));
+        workloads.push(w);
+    }
+    interleave(
+        runner,
+        &mut entries,
+        rounds,
+        config.batch,
+        &mut |structure, round| {
+            progress(match round {
+                None => Progress::StructureCalibrating { threads, structure },
+                Some(round) => Progress::StructureRound {
+                    threads,
+                    round,
+                    structure,
+                },
+            })
+        },
+    );
+    for (e, w) in entries.iter().zip(&workloads) {
+        w.check(e.ran).map_err(|what| Error::Unbalanced {
+            structure: e.peer,
+            threads,
+            what,
+        })?;
+    }
+    let best: Vec<f64> = (0..rounds)
+        .map(|r| {
+            entries
+                .iter()
+                .filter(|e| e.peer.is_cpulocal())
+                .map(|e| e.rounds_ns[r])
+                .fold(f64::INFINITY, f64::min)
+        })
+        .collect();
+    let reference = best.iter().all(|t| t.is_finite()).then_some(&best[..]);
+    Ok(cells(entries, threads, reference))
 }
 
 /// One batch of `ops` operations per thread; returns its wall time.
-fn batch(runner: &Runner, e: &mut Entry, ops: u64) -> Duration {
-    let w = e.workload.clone();
+fn batch<P>(runner: &Runner, e: &mut Entry<P>, ops: u64) -> Duration {
+    let job = e.job.clone();
     e.ran += ops * runner.threads() as u64;
-    runner.run(move |_| w.run(ops))
+    runner.run(move |_| job(ops))
 }
 
 /// Operations per thread for a batch of about `target` wall time: grows a
 /// batch until it takes a quarter of the target, then scales. Also warms up.
-fn calibrate(runner: &Runner, e: &mut Entry, target: Duration) -> u64 {
+fn calibrate<P>(runner: &Runner, e: &mut Entry<P>, target: Duration) -> u64 {
     let mut ops = 256u64;
     loop {
         let wall = batch(runner, e, ops);
@@ -438,6 +663,8 @@ mod tests {
             rounds: 3,
             batch: Duration::from_micros(300),
             fenced_samples: 50,
+            structure_threads: vec![1, 3],
+            structure_rounds: 2,
             ..Config::quick()
         };
         let mut steps = 0u64;
@@ -464,5 +691,19 @@ mod tests {
         assert_eq!(report.max_per_cpu.len(), 2);
         let expected_fenced = if report.cpus >= 2 { 2 } else { 0 };
         assert_eq!(report.fenced.len(), expected_fenced);
+        assert_eq!(report.structures.len(), 2 * Structure::ALL.len());
+        for cell in &report.structures {
+            assert_eq!(cell.rounds_ns.len(), 2);
+            assert!(cell.median_ns > 0.0 && cell.ops_per_thread > 0);
+            let ratio = cell.ratio.expect("cpulocal's structures ran");
+            // Against the fastest cpulocal structure, cpulocal's own are 1 or
+            // above.
+            assert!(ratio > 0.0 && (!cell.peer.is_cpulocal() || ratio >= 1.0));
+        }
+        for threads in [1, 3] {
+            let (peer, ratio) = report.goal(threads).expect("peers ran");
+            assert!(!peer.is_cpulocal() && ratio > 0.0);
+        }
+        assert_eq!(report.goal(2), None);
     }
 }

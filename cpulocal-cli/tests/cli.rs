@@ -282,6 +282,37 @@ const PEER_NAMES: [&str; 8] = [
     "fast_counter",
 ];
 
+/// The structures' labels, cpulocal's first, then the peers.
+const STRUCTURE_LABELS: [&str; 6] = [
+    "cpulocal PerCpuList",
+    "cpulocal PerCpuBuffer",
+    "cpulocal PerCpuMemcpyBuffer",
+    "crossbeam SegQueue",
+    "crossbeam ArrayQueue",
+    "std Mutex<Vec>",
+];
+
+/// The structures' names in `--json`.
+const STRUCTURE_NAMES: [&str; 6] = [
+    "cpulocal_list",
+    "cpulocal_buffer",
+    "cpulocal_memcpy_buffer",
+    "crossbeam_seg_queue",
+    "crossbeam_array_queue",
+    "mutex_vec",
+];
+
+/// The numbers at the end of a table row ("1,234" counts as 1234).
+fn row_numbers(row: &str) -> Vec<f64> {
+    let mut cells: Vec<f64> = row
+        .split_whitespace()
+        .rev()
+        .map_while(|w| w.replace(',', "").parse().ok())
+        .collect();
+    cells.reverse();
+    cells
+}
+
 /// The tables and trailing lines of `bench` as text.
 #[track_caller]
 fn check_bench_text(out: &str) {
@@ -318,12 +349,70 @@ fn check_bench_text(out: &str) {
         assert!(cells.iter().all(|&r| r > 0.0), "{row:?}");
     }
     assert!(out.contains("fenced path"), "{out}");
-    assert!(
-        out.contains("structures: no comparison with crossbeam yet (list built, not benchmarked"),
-        "{out}"
-    );
+    check_structures_text(out);
     assert!(out.contains("chart: "), "{out}");
     assert!(out.contains("time: "), "{out}");
+}
+
+/// The structures' tables and the goal's verdict: every structure has a
+/// positive time per thread count, every peer a positive ratio.
+#[track_caller]
+fn check_structures_text(out: &str) {
+    let section = out
+        .find("structures: every thread loops push(x); pop()")
+        .unwrap_or_else(|| panic!("no structures section in:\n{out}"));
+    let times = out[section..]
+        .find("ns per push+pop pair")
+        .map(|i| section + i)
+        .unwrap_or_else(|| panic!("no structures time table in:\n{out}"));
+    let ratios = out[times..]
+        .find("ratio to the fastest cpulocal structure")
+        .map(|i| times + i)
+        .unwrap_or_else(|| panic!("no structures ratio table in:\n{out}"));
+    let columns = row_numbers(out[times..].lines().nth(1).unwrap()).len();
+    assert!(columns >= 1, "{out}");
+    let rows = |from: usize| -> Vec<&str> {
+        out[from..]
+            .lines()
+            .skip(2)
+            .take_while(|l| l.starts_with("  ") && !l.contains(':'))
+            .collect()
+    };
+    let time_rows = rows(times);
+    let ratio_rows = rows(ratios);
+    assert_eq!(time_rows.len(), STRUCTURE_LABELS.len(), "{out}");
+    assert_eq!(ratio_rows.len(), 3, "{out}");
+    for (row, label) in time_rows.iter().zip(STRUCTURE_LABELS) {
+        assert!(
+            row.trim_start().starts_with(label),
+            "{row:?} is not {label:?}"
+        );
+    }
+    for (row, label) in ratio_rows.iter().zip(&STRUCTURE_LABELS[3..]) {
+        assert!(
+            row.trim_start().starts_with(label),
+            "{row:?} is not {label:?}"
+        );
+    }
+    for row in time_rows.iter().chain(&ratio_rows) {
+        let cells = row_numbers(row);
+        assert_eq!(cells.len(), columns, "{row:?}");
+        assert!(cells.iter().all(|&v| v > 0.0), "{row:?}");
+    }
+    let verdict = out[ratios..]
+        .lines()
+        .find(|l| {
+            l.starts_with(
+                "goal, cpulocal at least 3.00x faster than the fastest peer at 2 and 8 threads: ",
+            )
+        })
+        .unwrap_or_else(|| panic!("no verdict in:\n{out}"));
+    assert!(
+        [": met (", ": NOT met (", ": not decided ("]
+            .iter()
+            .any(|v| verdict.contains(v)),
+        "{verdict}"
+    );
 }
 
 /// A PNG that decodes, at the chart's size, with something drawn on it.
@@ -401,6 +490,19 @@ fn bench_prints_tables_and_writes_the_chart() {
     assert!(out.contains(" at 1, 2, 4 threads on "), "{out}");
     assert!(out.contains("2 interleaved rounds"), "{out}");
     check_bench_text(&out);
+    // --threads applies to the structures too; without 8 threads, the goal is
+    // not decided, unless 2 threads already fall short.
+    let structures = &out[out.find("ns per push+pop pair").unwrap()..];
+    assert_eq!(
+        row_numbers(structures.lines().nth(1).unwrap()),
+        [1.0, 2.0, 4.0],
+        "{out}"
+    );
+    assert!(
+        out.contains(": not decided (") || out.contains(": NOT met ("),
+        "{out}"
+    );
+    assert!(out.contains("8 threads: not run"), "{out}");
     // The CPUs the bench may use, from its header ("... threads on N CPUs").
     let cpus: usize = out
         .split(" threads on ")
@@ -514,26 +616,62 @@ fn bench_json_has_the_documented_fields() {
         assert!(fenced.is_empty());
     }
 
-    let structures = v["structures"].as_array().expect("structures");
-    let names: Vec<&str> = structures
-        .iter()
-        .map(|s| s["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["list", "buffer", "ring"]);
-    let statuses: Vec<&str> = structures
-        .iter()
-        .map(|s| s["status"].as_str().unwrap())
-        .collect();
+    let structures = &v["structures"];
     assert_eq!(
-        statuses,
-        [
-            "built, not benchmarked",
-            "built, not benchmarked",
-            "not built"
-        ]
+        structures["operation"], "push(x) then pop()",
+        "{structures}"
     );
-    for s in structures {
-        assert!(s["compare_with"].as_str().unwrap().contains("crossbeam"));
+    assert_eq!(structures["threads"], serde_json::json!([1, 3]));
+    assert_eq!(structures["rounds"], 3);
+    assert_eq!(structures["reference"], "fastest_cpulocal");
+    let peers = structures["peers"].as_array().expect("structures.peers");
+    let names: Vec<&str> = peers.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, STRUCTURE_NAMES, "{structures}");
+    for p in peers {
+        assert!(!p["label"].as_str().unwrap().is_empty());
+        let cpulocal = p["cpulocal"].as_bool().unwrap();
+        assert_eq!(
+            cpulocal,
+            p["name"].as_str().unwrap().starts_with("cpulocal")
+        );
+        assert!(p["capacity"].is_null() || p["capacity"].as_u64().unwrap() > 0);
+    }
+    let results = structures["results"]
+        .as_array()
+        .expect("structures.results");
+    assert_eq!(results.len(), 2 * STRUCTURE_NAMES.len(), "{structures}");
+    for r in results {
+        let name = r["peer"].as_str().unwrap();
+        assert!(STRUCTURE_NAMES.contains(&name), "{r}");
+        let threads = r["threads"].as_u64().unwrap();
+        assert!([1, 3].contains(&threads), "{r}");
+        let ns = r["ns_per_op"].as_f64().unwrap();
+        let (min, max) = (
+            r["ns_per_op_min"].as_f64().unwrap(),
+            r["ns_per_op_max"].as_f64().unwrap(),
+        );
+        assert!(0.0 < min && min <= ns && ns <= max, "{r}");
+        assert!(r["mops_per_s"].as_f64().unwrap() > 0.0, "{r}");
+        let ratio = r["ratio_to_cpulocal"].as_f64().expect("a ratio");
+        // To the fastest cpulocal structure: cpulocal's own are 1 or more.
+        assert!(ratio > 0.0, "{r}");
+        if name.starts_with("cpulocal") {
+            assert!(ratio >= 1.0, "{r}");
+        }
+        assert!(r["ops_per_thread"].as_u64().unwrap() > 0, "{r}");
+        let per_cpu = r["max_threads_per_cpu"].as_u64().expect("pinned");
+        assert_eq!(per_cpu as usize, (threads as usize).div_ceil(cpus), "{r}");
+    }
+    let goal = &structures["goal"];
+    assert_eq!(goal["ratio"], 3.0);
+    assert_eq!(goal["threads"], serde_json::json!([2, 8]));
+    // Neither 2 nor 8 threads ran: nothing decided.
+    assert!(goal["met"].is_null(), "{goal}");
+    for at in goal["at"].as_array().unwrap() {
+        assert!(
+            at["fastest_peer"].is_null() && at["ratio"].is_null(),
+            "{at}"
+        );
     }
 
     let png = PathBuf::from(v["chart"]["png"].as_str().unwrap());

@@ -1,6 +1,7 @@
 //! `cpulocal bench`: the comparison suite (`cpulocal_cli::suite`), printed as
-//! tables of time per operation and of ratios to cpulocal, written as a chart,
-//! or printed as JSON.
+//! tables of time per operation and of ratios to cpulocal (counters, then
+//! structures with the verdict on their goal), written as a chart of the
+//! counters, or printed as JSON.
 
 use std::io::{IsTerminal, Write};
 use std::path::Path;
@@ -9,7 +10,8 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
-use cpulocal_cli::suite::{self, Config, Progress, Report};
+use cpulocal_cli::structures::{Structure, ARRAY_QUEUE_PER_THREAD, BUFFER_CAPACITY};
+use cpulocal_cli::suite::{self, Cell, Config, Progress, Report, GOAL, GOAL_THREADS};
 use cpulocal_cli::{Peer, Placement, Target};
 
 use super::chart::{self, Files};
@@ -18,16 +20,9 @@ use super::{grouped, BenchArgs, Failure, PlacementArg};
 /// Where the chart goes by default, relative to the working directory.
 pub const DEFAULT_OUT: &str = "target/cpulocal-bench";
 
-/// The per-CPU structures to compare with crossbeam, the crossbeam structure
-/// each will be compared with, and whether the structure exists yet. None is
-/// benchmarked here yet: the suite says so.
-const STRUCTURES: [(&str, &str, &str); 3] = [
-    ("list", "crossbeam's SegQueue", "built, not benchmarked"),
-    ("buffer", "crossbeam's ArrayQueue", "built, not benchmarked"),
-    ("ring", "crossbeam's ArrayQueue", "not built"),
-];
-
-/// The suite's configuration for these arguments.
+/// The suite's configuration for these arguments: `--threads` sets the
+/// thread counts of both the counters and the structures, `--rounds` the
+/// rounds of both.
 pub fn config(args: &BenchArgs) -> Config {
     let mut config = if args.quick {
         Config::quick()
@@ -38,10 +33,12 @@ pub fn config(args: &BenchArgs) -> Config {
         let mut t: Vec<usize> = threads.iter().map(|&n| n as usize).collect();
         t.sort_unstable();
         t.dedup();
+        config.structure_threads = t.clone();
         config.threads = t;
     }
     if let Some(rounds) = args.rounds {
         config.rounds = rounds as usize;
+        config.structure_rounds = rounds as usize;
     }
     config.placement = match args.placement {
         PlacementArg::Pinned => Placement::Pinned,
@@ -59,7 +56,7 @@ pub fn run(out: &mut impl Write, args: &BenchArgs) -> Result<(), Failure> {
     }
     let bar = progress_bar(&config, args.json);
     let report = suite::run(&config, &mut |p| {
-        bar.set_message(describe(p, config.rounds));
+        bar.set_message(describe(p, &config));
         bar.inc(1);
     });
     bar.finish_and_clear();
@@ -91,8 +88,9 @@ fn progress_bar(config: &Config, json: bool) -> ProgressBar {
 }
 
 /// The progress bar's message for a step.
-fn describe(p: Progress, rounds: usize) -> String {
+fn describe(p: Progress, config: &Config) -> String {
     let threads = |t: usize| format!("{t} thread{}", if t == 1 { "" } else { "s" });
+    let rounds = config.rounds;
     match p {
         Progress::Calibrating { threads: t, peer } => {
             format!("{}: sizing {}", threads(t), peer.name())
@@ -108,6 +106,21 @@ fn describe(p: Progress, rounds: usize) -> String {
             peer.name()
         ),
         Progress::Fenced(target) => format!("fenced add_on, {}", target.name()),
+        Progress::StructureCalibrating {
+            threads: t,
+            structure,
+        } => format!("{}: sizing {}", threads(t), structure.name()),
+        Progress::StructureRound {
+            threads: t,
+            round,
+            structure,
+        } => format!(
+            "{}: round {}/{} {}",
+            threads(t),
+            round + 1,
+            config.structure_rounds,
+            structure.name()
+        ),
     }
 }
 
@@ -160,27 +173,63 @@ fn num(v: f64) -> String {
 const LABEL_WIDTH: usize = 32;
 const CELL_WIDTH: usize = 8;
 
-fn write_table(
+/// A table of one number per peer (row) and thread count (column); `cell`
+/// finds a peer's cell at a thread count.
+fn write_table<'r, P: Copy + 'r>(
     out: &mut impl Write,
-    report: &Report,
-    peers: &[Peer],
-    value: impl Fn(&suite::Cell) -> Option<f64>,
+    threads: &[usize],
+    peers: &[(P, &str)],
+    cell: impl Fn(P, usize) -> Option<&'r Cell<P>>,
+    value: impl Fn(&Cell<P>) -> Option<f64>,
 ) -> std::io::Result<()> {
-    let threads = &report.config.threads;
     write!(out, "  {:<LABEL_WIDTH$}", "threads")?;
     for t in threads {
         write!(out, "{t:>CELL_WIDTH$}")?;
     }
     writeln!(out)?;
-    for &peer in peers {
-        write!(out, "  {:<LABEL_WIDTH$}", peer.label())?;
+    for &(peer, label) in peers {
+        write!(out, "  {label:<LABEL_WIDTH$}")?;
         for &t in threads {
-            let v = report.cell(peer, t).and_then(&value);
+            let v = cell(peer, t).and_then(&value);
             write!(out, "{:>CELL_WIDTH$}", v.map_or("-".into(), num))?;
         }
         writeln!(out)?;
     }
     Ok(())
+}
+
+/// The counters' table of one number per peer and thread count.
+fn write_counter_table(
+    out: &mut impl Write,
+    report: &Report,
+    peers: &[Peer],
+    value: impl Fn(&Cell) -> Option<f64>,
+) -> std::io::Result<()> {
+    let rows: Vec<(Peer, &str)> = peers.iter().map(|&p| (p, p.label())).collect();
+    write_table(
+        out,
+        &report.config.threads,
+        &rows,
+        |p, t| report.cell(p, t),
+        value,
+    )
+}
+
+/// The structures' table of one number per structure and thread count.
+fn write_structure_table(
+    out: &mut impl Write,
+    report: &Report,
+    structures: &[Structure],
+    value: impl Fn(&Cell<Structure>) -> Option<f64>,
+) -> std::io::Result<()> {
+    let rows: Vec<(Structure, &str)> = structures.iter().map(|&s| (s, s.label())).collect();
+    write_table(
+        out,
+        &report.config.structure_threads,
+        &rows,
+        |s, t| report.structure_cell(s, t),
+        value,
+    )
 }
 
 fn write_report(out: &mut impl Write, report: &Report, files: &Files) -> std::io::Result<()> {
@@ -197,7 +246,7 @@ fn write_report(out: &mut impl Write, report: &Report, files: &Files) -> std::io
         "ns per operation (batch wall time / all threads' operations; median of {} rounds)",
         report.config.rounds
     )?;
-    write_table(out, report, &ran, |c| Some(c.median_ns))?;
+    write_counter_table(out, report, &ran, |c| Some(c.median_ns))?;
     let others: Vec<Peer> = ran
         .iter()
         .copied()
@@ -209,7 +258,7 @@ fn write_report(out: &mut impl Write, report: &Report, files: &Files) -> std::io
             out,
             "ratio to cpulocal (peer's time / cpulocal's in the same round, median; above 1: cpulocal is faster)"
         )?;
-        write_table(out, report, &others, |c| c.ratio)?;
+        write_counter_table(out, report, &others, |c| c.ratio)?;
     }
     if !report.unavailable.is_empty() {
         let names: Vec<&str> = report.unavailable.iter().map(|p| p.name()).collect();
@@ -261,18 +310,78 @@ fn write_report(out: &mut impl Write, report: &Report, files: &Files) -> std::io
             )?;
         }
     }
-    let states: Vec<String> = STRUCTURES
-        .iter()
-        .map(|(name, _, status)| format!("{name} {status}"))
-        .collect();
-    writeln!(
-        out,
-        "structures: no comparison with crossbeam yet ({})",
-        states.join(", ")
-    )?;
+    write_structures(out, report)?;
     writeln!(out)?;
     write_chart_paths(out, files)?;
     writeln!(out, "time: {:.1} s", report.elapsed.as_secs_f64())
+}
+
+/// The structures' tables and the verdict on their goal.
+fn write_structures(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
+    let config = &report.config;
+    if config.structures.is_empty() || config.structure_threads.is_empty() {
+        return Ok(());
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "structures: every thread loops push(x); pop() on one shared structure ({} interleaved rounds of ~{} ms batches per thread count)",
+        config.structure_rounds,
+        config.batch.as_millis(),
+    )?;
+    writeln!(
+        out,
+        "ns per push+pop pair (batch wall time / all threads' pairs; median of {} rounds)",
+        config.structure_rounds
+    )?;
+    write_structure_table(out, report, &config.structures, |c| Some(c.median_ns))?;
+    writeln!(
+        out,
+        "  capacity: cpulocal's buffers {BUFFER_CAPACITY} per CPU, ArrayQueue {ARRAY_QUEUE_PER_THREAD} per thread; the list, SegQueue and Vec grow"
+    )?;
+    let peers: Vec<Structure> = config
+        .structures
+        .iter()
+        .copied()
+        .filter(|s| !s.is_cpulocal())
+        .collect();
+    if peers.is_empty() || !config.structures.iter().any(|s| s.is_cpulocal()) {
+        return Ok(());
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "ratio to the fastest cpulocal structure (peer's time / the fastest cpulocal structure's in the same round, median; above 1: cpulocal is faster)"
+    )?;
+    write_structure_table(out, report, &peers, |c| c.ratio)?;
+    writeln!(out, "{}", verdict(report))
+}
+
+/// The verdict line: is the fastest peer at least [`GOAL`] times slower than
+/// the fastest cpulocal structure at each of [`GOAL_THREADS`]?
+fn verdict(report: &Report) -> String {
+    let parts: Vec<String> = GOAL_THREADS
+        .iter()
+        .map(|&t| match report.goal(t) {
+            Some((peer, ratio)) => format!(
+                "{t} threads: {}x, the fastest peer {}",
+                num(ratio),
+                peer.label()
+            ),
+            None => format!("{t} threads: not run"),
+        })
+        .collect();
+    let at = GOAL_THREADS.map(|t| t.to_string()).join(" and ");
+    let outcome = match report.goal_met() {
+        Some(true) => "met",
+        Some(false) => "NOT met",
+        None => "not decided (not run at every one of these thread counts)",
+    };
+    format!(
+        "goal, cpulocal at least {}x faster than the fastest peer at {at} threads: {outcome} ({})",
+        num(GOAL),
+        parts.join("; ")
+    )
 }
 
 /// The "chart:" lines.
@@ -299,7 +408,7 @@ struct Json<'a> {
     peers: Vec<JsonPeer>,
     results: Vec<JsonResult>,
     fenced_add_on: Vec<JsonFenced>,
-    structures: Vec<JsonStructure>,
+    structures: JsonStructures<'a>,
     chart: JsonChart,
     elapsed_s: f64,
 }
@@ -333,16 +442,78 @@ struct JsonFenced {
 }
 
 #[derive(Serialize)]
-struct JsonStructure {
+struct JsonStructures<'a> {
+    operation: &'static str,
+    threads: &'a [usize],
+    rounds: usize,
+    reference: &'static str,
+    peers: Vec<JsonStructurePeer>,
+    results: Vec<JsonResult>,
+    goal: JsonGoal,
+}
+
+#[derive(Serialize)]
+struct JsonStructurePeer {
     name: &'static str,
-    compare_with: &'static str,
-    status: &'static str,
+    label: &'static str,
+    cpulocal: bool,
+    capacity: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct JsonGoal {
+    ratio: f64,
+    threads: &'static [usize],
+    met: Option<bool>,
+    at: Vec<JsonGoalAt>,
+}
+
+#[derive(Serialize)]
+struct JsonGoalAt {
+    threads: usize,
+    fastest_peer: Option<&'static str>,
+    ratio: Option<f64>,
 }
 
 #[derive(Serialize)]
 struct JsonChart {
     png: String,
     svg: String,
+}
+
+/// A result row: a counter's or a structure's cell.
+fn row<P>(c: &Cell<P>, name: &'static str, max_threads_per_cpu: Option<usize>) -> JsonResult {
+    JsonResult {
+        peer: name,
+        threads: c.threads,
+        ns_per_op: c.median_ns,
+        ns_per_op_min: c.min_ns,
+        ns_per_op_max: c.max_ns,
+        mops_per_s: c.mops(),
+        ratio_to_cpulocal: c.ratio,
+        ops_per_thread: c.ops_per_thread,
+        max_threads_per_cpu,
+    }
+}
+
+/// The goal of the structures, as [`verdict`] prints it.
+fn goal_json(report: &Report) -> JsonGoal {
+    JsonGoal {
+        ratio: GOAL,
+        threads: &GOAL_THREADS,
+        met: report.goal_met(),
+        at: GOAL_THREADS
+            .iter()
+            .map(|&t| {
+                let goal = report.goal(t);
+                JsonGoalAt {
+                    threads: t,
+                    fastest_peer: goal.map(|(s, _)| s.name()),
+                    ratio: goal.map(|(_, r)| r),
+                }
+            })
+            .collect(),
+    }
 }
 
 fn to_json<'a>(report: &'a Report, files: &Files, quick: bool) -> Json<'a> {
@@ -374,17 +545,7 @@ fn to_json<'a>(report: &'a Report, files: &Files, quick: bool) -> Json<'a> {
         results: report
             .cells
             .iter()
-            .map(|c| JsonResult {
-                peer: c.peer.name(),
-                threads: c.threads,
-                ns_per_op: c.median_ns,
-                ns_per_op_min: c.min_ns,
-                ns_per_op_max: c.max_ns,
-                mops_per_s: c.mops(),
-                ratio_to_cpulocal: c.ratio,
-                ops_per_thread: c.ops_per_thread,
-                max_threads_per_cpu: per_cpu(c.threads),
-            })
+            .map(|c| row(c, c.peer.name(), per_cpu(c.threads)))
             .collect(),
         fenced_add_on: report
             .fenced
@@ -399,14 +560,33 @@ fn to_json<'a>(report: &'a Report, files: &Files, quick: bool) -> Json<'a> {
                 p90_ns: f.p90_ns,
             })
             .collect(),
-        structures: STRUCTURES
-            .iter()
-            .map(|&(name, compare_with, status)| JsonStructure {
-                name,
-                compare_with,
-                status,
-            })
-            .collect(),
+        structures: JsonStructures {
+            operation: "push(x) then pop()",
+            threads: &report.config.structure_threads,
+            rounds: report.config.structure_rounds,
+            reference: "fastest_cpulocal",
+            peers: report
+                .config
+                .structures
+                .iter()
+                .map(|&s| JsonStructurePeer {
+                    name: s.name(),
+                    label: s.label(),
+                    cpulocal: s.is_cpulocal(),
+                    capacity: match s {
+                        Structure::Buffer | Structure::MemcpyBuffer => Some(BUFFER_CAPACITY),
+                        Structure::ArrayQueue => Some(ARRAY_QUEUE_PER_THREAD),
+                        _ => None,
+                    },
+                })
+                .collect(),
+            results: report
+                .structures
+                .iter()
+                .map(|c| row(c, c.peer.name(), per_cpu(c.threads)))
+                .collect(),
+            goal: goal_json(report),
+        },
         chart: JsonChart {
             png: shown(&files.png),
             svg: shown(&files.svg),

@@ -5,6 +5,7 @@ pub mod chart;
 pub mod demo;
 pub mod info;
 pub mod step;
+pub mod stress;
 
 use std::io;
 use std::path::PathBuf;
@@ -38,7 +39,7 @@ pub enum Command {
     /// With --json, prints one JSON object. Keys: registration ("glibc",
     /// "cpulocal" or "nobody"), registration_text, rseq_off (why rseq is off:
     /// "no_arch_support", "refused", "no_membarrier", "glibc_failed_for_thread",
-    /// "foreign_registration", "thread_exiting", "other"; null when on),
+    /// "foreign_registration", "thread_exiting", "disabled", "other"; null when on),
     /// rseq_off_errno, engine ("rseq" or "fenced"), engine_text,
     /// fenced_membarrier (bool when fenced, else null), feature_size,
     /// node_id_valid, mm_cid_valid, mm_cid_indexing, membarrier_rseq ("registered" or
@@ -64,11 +65,20 @@ pub enum Command {
     /// and the fast-counter crate; at 1, 2, 4, 8 and 16 threads (above the
     /// CPU count threads share CPUs). Peers run in interleaved rounds, so
     /// their ratios to cpulocal hold on a noisy machine. Also the latency of
-    /// cpulocal's fenced path (add_on to another CPU). The per-CPU list,
-    /// buffer and ring are not built yet, so they are not compared.
+    /// cpulocal's fenced path (add_on to another CPU).
     ///
-    /// Prints tables of ns per operation and of ratios to cpulocal, and writes
-    /// a chart of throughput vs threads to DIR/counter-throughput.png and
+    /// Then the structures: every thread loops push(x); pop() on one
+    /// PerCpuList, PerCpuBuffer (64 per CPU) or PerCpuMemcpyBuffer (64 per
+    /// CPU) of u64, or on the peers crossbeam's SegQueue, crossbeam's
+    /// ArrayQueue (64 per thread) and std's Mutex<Vec>; at 1, 2 and 8
+    /// threads, in interleaved rounds (3 with --quick). Each peer's ratio is
+    /// to the fastest cpulocal structure of the same round; the goal is at
+    /// least 3x the fastest peer at 2 and 8 threads, and a line says whether
+    /// it is met. --threads and --rounds apply to both sections.
+    ///
+    /// Prints tables of ns per operation (per push+pop pair for the
+    /// structures) and of ratios to cpulocal, and writes a chart of the
+    /// counters' throughput vs threads to DIR/counter-throughput.png and
     /// .svg. A progress bar runs on stderr when it is a terminal.
     ///
     /// With --json, prints one JSON object instead of the tables. Keys:
@@ -79,8 +89,15 @@ pub enum Command {
     /// time / cpulocal time; null without cpulocal), ops_per_thread,
     /// max_threads_per_cpu (null when floating)}), fenced_add_on (list of
     /// {target ("idle" or "busy"), samples, median_ns, p90_ns}; empty with
-    /// one CPU), structures (list of {name, compare_with, status: "built,
-    /// not benchmarked" or "not built"}), chart ({png, svg}: paths), elapsed_s.
+    /// one CPU), structures ({operation, threads (list), rounds, reference
+    /// ("fastest_cpulocal"), peers (list of {name, label, cpulocal (bool),
+    /// capacity (per CPU for cpulocal's buffers, per thread for the
+    /// ArrayQueue, else null)}), results (list like the counters' results,
+    /// one operation being a push+pop pair and ratio_to_cpulocal the time /
+    /// the fastest cpulocal structure's in the same round), goal ({ratio
+    /// (3.0), threads ([2, 8]), met (bool; null when a thread count was not
+    /// run), at (list of {threads, fastest_peer, ratio}; null when not
+    /// run)})}), chart ({png, svg}: paths), elapsed_s.
     Bench(BenchArgs),
     /// Show why the fallback exists: single-step a child through N adds.
     ///
@@ -102,6 +119,18 @@ pub enum Command {
     /// (counter only, else null), first_op_attempts (bare loop only, else
     /// null).
     Step(StepArgs),
+    /// Stress every structure with exact invariants, as the kernel's rseq
+    /// param_test does: workers, forced migrations, fence storms, signals,
+    /// yields and sleeps every N passes, and (with the `inject` build feature)
+    /// delay loops at numbered points of the critical sections and the fenced
+    /// path. Exit status 1 with a message naming the broken invariant.
+    ///
+    /// Examples: `cpulocal stress` (every structure, 100,000 passes per
+    /// thread); `cpulocal stress --test list --duration 60 --migrate
+    /// --fence-storm --signals`; `cpulocal stress --no-rseq`; with `cargo
+    /// run --release --features inject --`: `stress --delay 2=1000` or
+    /// `stress --matrix` (points 1-5 × delay, yield, signal × rseq, no-rseq).
+    Stress(StressArgs),
     /// The child of `cpulocal step` (internal).
     #[command(name = "__step-child", hide = true)]
     StepChild(StepChildArgs),
@@ -174,6 +203,90 @@ pub struct StepArgs {
     /// Print one JSON object (keys above) instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StressArgs {
+    /// Which structure.
+    #[arg(long, value_enum, default_value_t = stress::TestArg::All)]
+    pub test: stress::TestArg,
+
+    /// Worker threads [default: 6 × possible CPUs].
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
+    pub threads: Option<u64>,
+
+    /// Passes (operations) per worker and structure.
+    #[arg(long, value_name = "N", value_parser = at_least_one, default_value_t = 100_000)]
+    pub reps: u64,
+
+    /// Run each structure for this many seconds instead of --reps passes.
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+
+    /// A delay loop of LOOPS iterations at injection point POINT (1: before
+    /// a section's check, 2: after it, 3: before its commit, 4: fenced path
+    /// before the operation, 5: after it); repeatable. Needs the inject
+    /// build feature.
+    #[arg(long, value_name = "POINT=LOOPS", value_parser = point_loops)]
+    pub delay: Vec<(usize, u32)>,
+
+    /// Run --action every N passes of each worker (and, with inject, every
+    /// N passes through the fenced path's points).
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
+    pub every: Option<u64>,
+
+    /// What to do every --every passes.
+    #[arg(long, value_enum, requires = "every")]
+    pub action: Option<stress::ActionArg>,
+
+    /// Workers re-pin themselves to a random allowed CPU every 1024 passes.
+    #[arg(long)]
+    pub migrate: bool,
+
+    /// A thread runs the structure's cross-CPU operation (take, drain,
+    /// lock_on, a vector) on every CPU in a loop.
+    #[arg(long)]
+    pub fence_storm: bool,
+
+    /// A thread sends SIGUSR1 to random workers (the handler adds to a
+    /// counter).
+    #[arg(long)]
+    pub signals: bool,
+
+    /// Index the structures by mm_cid instead of cpu_id.
+    #[arg(long)]
+    pub mm_cid: bool,
+
+    /// Run with the fenced engine only (a child with CPULOCAL_NO_RSEQ=1).
+    #[arg(long)]
+    pub no_rseq: bool,
+
+    /// Run the injection matrix: points 1-5 × {delay, yield, signal}, on the
+    /// rseq engine and then without rseq (needs the inject feature).
+    #[arg(long)]
+    pub matrix: bool,
+
+    /// Seed of the workers' choices [default: from the clock].
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+
+    /// Break the protocol on purpose: membarrier or fence-check (testing
+    /// builds only; shows that the invariants catch it).
+    #[arg(long = "break", value_name = "WHAT", hide = true)]
+    pub break_protocol: Option<String>,
+}
+
+/// `POINT=LOOPS`.
+fn point_loops(s: &str) -> Result<(usize, u32), String> {
+    let (p, l) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected POINT=LOOPS, got {s:?}"))?;
+    let p: usize = p.trim().parse().map_err(|e| format!("POINT: {e}"))?;
+    if !(1..=5).contains(&p) {
+        return Err(format!("POINT must be 1 to 5, got {p}"));
+    }
+    let l: u32 = l.trim().parse().map_err(|e| format!("LOOPS: {e}"))?;
+    Ok((p, l))
 }
 
 #[derive(Debug, Clone, Args)]

@@ -1,0 +1,832 @@
+//! `cpulocal stress`: every structure under load, in the spirit of the
+//! kernel's rseq `param_test`, with an exact invariant per structure.
+//!
+//! Workers (6 × CPUs by default) run one structure's operations; around them,
+//! as asked: forced migrations (each worker re-pins itself to a random
+//! allowed CPU now and then), a fence storm (a thread running the
+//! structure's cross-CPU operation on every CPU in a loop), a signal thread
+//! (SIGUSR1 to random workers; the handler adds to a counter, which is
+//! async-signal-safe), and every N passes of a worker a yield, a sleep or a
+//! raised signal. With the `inject` build feature, delay loops at the
+//! numbered points of every critical section and of the fenced path (see
+//! `cpulocal::inject`). `--no-rseq` reruns the command in a child process
+//! with `CPULOCAL_NO_RSEQ=1` (the fenced engine only). `--matrix` runs every
+//! injection point × {delay, yield, signal} × {rseq, no-rseq}.
+//!
+//! Invariants: counter: everything added (workers, handlers) equals what the
+//! storm took plus the final sum; list, buffer, memcpy: every item exactly
+//! once at the end, and every copied item intact when popped; lock: no two
+//! holders at once, and the per-slot totals equal the increments; opv:
+//! `add_store` shapes and `Op::Add` vectors on the same words sum exactly.
+//! A broken invariant ends the command with exit status 1 and a message
+//! naming it.
+#![allow(unsafe_code)]
+
+use std::io::{self, Write};
+use std::process::Command as Process;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, Once, PoisonError};
+use std::time::{Duration, Instant};
+
+use clap::ValueEnum;
+use cpulocal::opv::Op;
+use cpulocal::{
+    Domain, Index, Order, PerCpuBuffer, PerCpuCounter, PerCpuList, PerCpuLock, PerCpuMemcpyBuffer,
+    RseqOff,
+};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::{Failure, StressArgs};
+use cpulocal_cli::runner;
+
+/// The structures `cpulocal stress` can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TestArg {
+    /// PerCpuCounter: add, add_on, take.
+    Counter,
+    /// PerCpuList: pop, push, pop_on, drain.
+    List,
+    /// PerCpuBuffer: pop, push, pop_on, drain.
+    Buffer,
+    /// PerCpuMemcpyBuffer: the same with copied, checksummed items.
+    Memcpy,
+    /// PerCpuLock: lock, lock_on.
+    Lock,
+    /// A Domain: add_store shapes and Op::Add vectors on the same words.
+    Opv,
+    /// Each of the above in turn.
+    All,
+}
+
+const TESTS: [TestArg; 6] = [
+    TestArg::Counter,
+    TestArg::List,
+    TestArg::Buffer,
+    TestArg::Memcpy,
+    TestArg::Lock,
+    TestArg::Opv,
+];
+
+/// What a worker does every `--every` passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ActionArg {
+    /// `sched_yield()`.
+    Yield,
+    /// Sleep 1 ms.
+    Sleep,
+    /// `raise(SIGUSR1)`.
+    Signal,
+}
+
+/// The environment variable that marks the `--no-rseq` child.
+const CHILD_VAR: &str = "CPULOCAL_STRESS_CHILD";
+
+/// One run's settings, after defaults.
+#[derive(Debug, Clone)]
+struct Cfg {
+    threads: usize,
+    reps: u64,
+    duration: Option<Duration>,
+    every: u64,
+    action: Option<ActionArg>,
+    migrate: bool,
+    fence_storm: bool,
+    signals: bool,
+    index: Index,
+    seed: u64,
+}
+
+/// What one structure's run did.
+struct Report {
+    ops: u64,
+    detail: String,
+}
+
+/// Runs `cpulocal stress`.
+pub fn run(out: &mut impl Write, args: &StressArgs) -> Result<(), Failure> {
+    if args.no_rseq && std::env::var_os(CHILD_VAR).is_none() {
+        return rerun_without_rseq(out);
+    }
+    if args.no_rseq {
+        let s = cpulocal::status();
+        if s.fenced_because != Some(RseqOff::Disabled) {
+            return Err(Failure::Broken(format!(
+                "--no-rseq: the child did not get the fenced engine: {s}"
+            )));
+        }
+    }
+    set_break(args)?;
+    let cfg = Cfg {
+        threads: args
+            .threads
+            .map_or(6 * cpulocal::possible_cpus(), |t| t as usize),
+        reps: args.reps,
+        duration: args.duration.map(Duration::from_secs_f64),
+        every: args.every.unwrap_or(0),
+        action: args.action,
+        migrate: args.migrate,
+        fence_storm: args.fence_storm,
+        signals: args.signals,
+        index: if args.mm_cid {
+            Index::MmCid
+        } else {
+            Index::Cpu
+        },
+        seed: args.seed.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+                ^ u64::from(std::process::id())
+                | 1
+        }),
+    };
+    let engine = if args.no_rseq { "no-rseq" } else { "rseq" };
+    let tests: Vec<TestArg> = match args.test {
+        TestArg::All => TESTS.to_vec(),
+        t => vec![t],
+    };
+    if args.matrix {
+        return matrix(out, &cfg, &tests, engine);
+    }
+    set_injection(&args.delay, cfg.every, cfg.action)?;
+    writeln!(
+        out,
+        "cpulocal stress ({engine}, {} indexing): {} threads, {}; seed {}",
+        if cfg.index == Index::MmCid {
+            "mm_cid"
+        } else {
+            "cpu_id"
+        },
+        cfg.threads,
+        match cfg.duration {
+            Some(d) => format!("{:.1} s per structure", d.as_secs_f64()),
+            None => format!("{} passes per thread", cfg.reps),
+        },
+        cfg.seed
+    )?;
+    let bar = progress(
+        tests.len() as u64,
+        cfg.duration
+            .map_or(cfg.reps > 200_000, |d| d.as_secs_f64() >= 2.0),
+    );
+    for &test in &tests {
+        bar.set_message(format!("{test:?}"));
+        let t0 = Instant::now();
+        let report = run_one(test, &cfg).map_err(|e| {
+            bar.abandon();
+            Failure::Broken(format!("{test:?}: invariant broken: {e}"))
+        })?;
+        bar.inc(1);
+        bar.suspend(|| {
+            writeln!(
+                out,
+                "  {:<8} ok  {:>11} ops in {:.2} s: {}",
+                format!("{test:?}").to_lowercase(),
+                report.ops,
+                t0.elapsed().as_secs_f64(),
+                report.detail
+            )
+        })?;
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// The injection matrix: every point × {delay, yield, signal}, then the same
+/// in a `--no-rseq` child.
+fn matrix(out: &mut impl Write, cfg: &Cfg, tests: &[TestArg], engine: &str) -> Result<(), Failure> {
+    if !cfg!(feature = "inject") {
+        return Err(Failure::Broken(
+            "--matrix needs the inject feature: cargo run --release --features inject -- stress --matrix".into(),
+        ));
+    }
+    let points = 1..=5usize;
+    let kinds = [None, Some(ActionArg::Yield), Some(ActionArg::Signal)];
+    writeln!(
+        out,
+        "cpulocal stress --matrix ({engine}): points 1-5 × delay, yield, signal; {} threads, {} passes; seed {}",
+        cfg.threads, cfg.reps, cfg.seed
+    )?;
+    let bar = progress((5 * kinds.len()) as u64, true);
+    for p in points {
+        for kind in kinds {
+            let mut cell = cfg.clone();
+            cell.every = if kind.is_some() { 97 } else { 0 };
+            cell.action = kind;
+            // Signals also come from outside, so they land inside sections.
+            cell.signals = cfg.signals || kind == Some(ActionArg::Signal);
+            set_injection(&[(p, 200)], cell.every, cell.action)?;
+            let name = match kind {
+                None => "delay",
+                Some(ActionArg::Yield) => "yield",
+                Some(ActionArg::Sleep) => "sleep",
+                Some(ActionArg::Signal) => "signal",
+            };
+            let t0 = Instant::now();
+            let mut ops = 0;
+            for &test in tests {
+                ops += run_one(test, &cell)
+                    .map_err(|e| {
+                        bar.abandon();
+                        Failure::Broken(format!(
+                            "{engine}, point {p}, {name}: {test:?}: invariant broken: {e}"
+                        ))
+                    })?
+                    .ops;
+            }
+            bar.inc(1);
+            bar.suspend(|| {
+                writeln!(
+                    out,
+                    "  {engine:<7} point {p} {name:<6} ok  {ops:>10} ops, {} structures, {:.2} s",
+                    tests.len(),
+                    t0.elapsed().as_secs_f64()
+                )
+            })?;
+        }
+    }
+    bar.finish_and_clear();
+    set_injection(&[], 0, None)?;
+    if engine == "rseq" {
+        // The same matrix with the fenced engine only.
+        writeln!(out)?;
+        return rerun_without_rseq(out);
+    }
+    Ok(())
+}
+
+/// Reruns this command in a child with `CPULOCAL_NO_RSEQ=1` and `--no-rseq`,
+/// copying its output.
+fn rerun_without_rseq(out: &mut impl Write) -> Result<(), Failure> {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if !args.iter().any(|a| a == "--no-rseq") {
+        args.push("--no-rseq".into());
+    }
+    let exe = std::env::current_exe()
+        .map_err(|e| Failure::Broken(format!("cannot find this program: {e}")))?;
+    let child = Process::new(exe)
+        .args(&args)
+        .env("CPULOCAL_NO_RSEQ", "1")
+        .env(CHILD_VAR, "1")
+        .output()
+        .map_err(|e| Failure::Broken(format!("cannot start the --no-rseq child: {e}")))?;
+    out.write_all(&child.stdout)?;
+    io::stderr().write_all(&child.stderr)?;
+    if child.status.success() {
+        Ok(())
+    } else {
+        Err(Failure::Broken(format!(
+            "the --no-rseq run failed ({})",
+            child.status
+        )))
+    }
+}
+
+fn progress(len: u64, show: bool) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} ({elapsed})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// Applies `--break` (testing builds only).
+fn set_break(args: &StressArgs) -> Result<(), Failure> {
+    let Some(what) = &args.break_protocol else {
+        return Ok(());
+    };
+    #[cfg(feature = "testing")]
+    {
+        use cpulocal::testing::{self, Break};
+        let b = match what.as_str() {
+            "membarrier" => Break::SkipMembarrier,
+            "fence-check" => Break::SkipFenceCheck,
+            other => {
+                return Err(Failure::Broken(format!(
+                    "--break {other}: expected membarrier or fence-check"
+                )))
+            }
+        };
+        testing::set(b, true);
+        Ok(())
+    }
+    #[cfg(not(feature = "testing"))]
+    Err(Failure::Broken(format!(
+        "--break {what} needs the testing feature (cargo run --features testing)"
+    )))
+}
+
+/// Sets the delay loops and the every-N action of the library's injection
+/// points (inject builds only).
+fn set_injection(
+    delays: &[(usize, u32)],
+    every: u64,
+    action: Option<ActionArg>,
+) -> Result<(), Failure> {
+    #[cfg(feature = "inject")]
+    {
+        use cpulocal::inject;
+        inject::reset();
+        for &(point, loops) in delays {
+            if !(1..inject::POINTS).contains(&point) {
+                return Err(Failure::Broken(format!(
+                    "--delay {point}=…: injection points are 1 to {}",
+                    inject::POINTS - 1
+                )));
+            }
+            inject::set_delay(point, loops);
+        }
+        let action = match action {
+            None => inject::Action::None,
+            Some(ActionArg::Yield) => inject::Action::Yield,
+            Some(ActionArg::Sleep) => inject::Action::Sleep,
+            Some(ActionArg::Signal) => inject::Action::Signal,
+        };
+        inject::set_every(every, action);
+        if action == inject::Action::Signal {
+            install_handler();
+        }
+        Ok(())
+    }
+    #[cfg(not(feature = "inject"))]
+    {
+        let _ = (every, action);
+        if delays.is_empty() {
+            Ok(())
+        } else {
+            Err(Failure::Broken(
+                "--delay needs the inject feature: cargo run --release --features inject -- stress …".into(),
+            ))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Signals: the handler adds 1 to the counter published here.
+
+static HANDLER_COUNTER: AtomicPtr<PerCpuCounter> = AtomicPtr::new(std::ptr::null_mut());
+static HANDLED: AtomicU64 = AtomicU64::new(0);
+static HANDLER_ADDS: AtomicI64 = AtomicI64::new(0);
+/// One structure run at a time: the handler's counter is process-wide.
+static ONE_RUN: Mutex<()> = Mutex::new(());
+
+extern "C" fn on_sigusr1(_: libc::c_int) {
+    // SAFETY: this thread's errno slot.
+    let errno = unsafe { *libc::__errno_location() };
+    HANDLED.fetch_add(1, SeqCst);
+    let c = HANDLER_COUNTER.load(SeqCst);
+    if !c.is_null() {
+        // SAFETY: published while its Arc is alive; cleared before it goes.
+        unsafe { &*c }.add(1);
+        HANDLER_ADDS.fetch_add(1, SeqCst);
+    }
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = errno };
+}
+
+fn install_handler() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: a zeroed sigaction is valid to fill in; the handler only
+        // touches atomics and an async-signal-safe counter add.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_sigusr1 as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            sa.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut());
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------
+// The harness shared by every structure.
+
+/// Worker threads' pthread ids, for the signal thread.
+type Pthreads = Arc<Vec<AtomicU64>>;
+
+/// Runs `work(worker, pass)` on `cfg.threads` workers, with the helpers
+/// `cfg` asks for and `storm` as the fence-storm body; returns the passes.
+fn drive(
+    cfg: &Cfg,
+    work: impl Fn(usize, u64) + Send + Sync + 'static,
+    storm: impl Fn() + Send + Sync + 'static,
+) -> u64 {
+    install_handler();
+    let work = Arc::new(work);
+    let stop = Arc::new(AtomicBool::new(false));
+    let pthreads: Pthreads = Arc::new((0..cfg.threads).map(|_| AtomicU64::new(0)).collect());
+    let cpus = runner::allowed_cpus().unwrap_or_else(|_| vec![0]);
+    let deadline = cfg.duration.map(|d| Instant::now() + d);
+    let workers: Vec<_> = (0..cfg.threads)
+        .map(|w| {
+            let (work, pthreads, cpus, cfg) =
+                (work.clone(), pthreads.clone(), cpus.clone(), cfg.clone());
+            std::thread::spawn(move || {
+                // SAFETY: pthread_self has no preconditions.
+                pthreads[w].store(unsafe { libc::pthread_self() } as u64, SeqCst);
+                let mut rng = cfg.seed ^ (w as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                let mut pass = 0u64;
+                loop {
+                    if deadline.map_or(pass >= cfg.reps, |d| {
+                        pass.is_multiple_of(256) && Instant::now() >= d
+                    }) {
+                        break;
+                    }
+                    work(w, pass);
+                    pass += 1;
+                    if cfg.migrate && pass.is_multiple_of(1024) {
+                        let _ =
+                            runner::pin_current_thread(cpus[next(&mut rng) as usize % cpus.len()]);
+                    }
+                    if cfg.every > 0 && pass.is_multiple_of(cfg.every) {
+                        match cfg.action {
+                            Some(ActionArg::Yield) => std::thread::yield_now(),
+                            Some(ActionArg::Sleep) => std::thread::sleep(Duration::from_millis(1)),
+                            // SAFETY: raise has no memory arguments.
+                            Some(ActionArg::Signal) => unsafe {
+                                libc::raise(libc::SIGUSR1);
+                            },
+                            None => {}
+                        }
+                    }
+                }
+                pthreads[w].store(0, SeqCst);
+                pass
+            })
+        })
+        .collect();
+    let storm = cfg.fence_storm.then(|| {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(SeqCst) {
+                storm();
+            }
+        })
+    });
+    let signaller = cfg.signals.then(|| {
+        let (stop, pthreads, seed) = (stop.clone(), pthreads.clone(), cfg.seed);
+        std::thread::spawn(move || {
+            let mut rng = seed;
+            while !stop.load(SeqCst) {
+                let t = pthreads[next(&mut rng) as usize % pthreads.len()].load(SeqCst);
+                if t != 0 {
+                    // SAFETY: a worker's pthread_t, published while it runs;
+                    // glibc returns ESRCH for a thread that has exited.
+                    unsafe { libc::pthread_kill(t as libc::pthread_t, libc::SIGUSR1) };
+                }
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        })
+    });
+    let passes = workers
+        .into_iter()
+        .map(|w| w.join().expect("a worker panicked"))
+        .sum();
+    stop.store(true, SeqCst);
+    if let Some(s) = storm {
+        s.join().expect("the fence-storm thread panicked");
+    }
+    if let Some(s) = signaller {
+        s.join().expect("the signal thread panicked");
+    }
+    passes
+}
+
+/// xorshift64*: the workers' random numbers.
+fn next(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+}
+
+fn run_one(test: TestArg, cfg: &Cfg) -> Result<Report, String> {
+    let _one = ONE_RUN.lock().unwrap_or_else(PoisonError::into_inner);
+    match test {
+        TestArg::Counter => counter(cfg),
+        TestArg::List => items(cfg, Items::List(PerCpuList::with_index(cfg.index))),
+        TestArg::Buffer => items(cfg, Items::Buffer(PerCpuBuffer::with_index(cfg.index, 64))),
+        TestArg::Memcpy => items(
+            cfg,
+            Items::Memcpy(PerCpuMemcpyBuffer::with_index(cfg.index, 64)),
+        ),
+        TestArg::Lock => lock(cfg),
+        TestArg::Opv => opv(cfg),
+        TestArg::All => unreachable!("expanded by the caller"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The structures.
+
+fn counter(cfg: &Cfg) -> Result<Report, String> {
+    let c = Arc::new(PerCpuCounter::with_index(cfg.index));
+    let added = Arc::new(AtomicI64::new(0));
+    let taken = Arc::new(AtomicI64::new(0));
+    HANDLER_ADDS.store(0, SeqCst);
+    HANDLER_COUNTER.store(Arc::as_ptr(&c).cast_mut(), SeqCst);
+    let passes = {
+        let (c, added, seed) = (c.clone(), added.clone(), cfg.seed);
+        let (cs, taken) = (c.clone(), taken.clone());
+        drive(
+            cfg,
+            move |w, pass| {
+                let v = (pass % 7) as i64 - 3;
+                if (pass ^ w as u64 ^ seed).is_multiple_of(8) {
+                    c.add_on((pass as usize + w) % c.cpus(), v);
+                } else {
+                    c.add(v);
+                }
+                added.fetch_add(v, SeqCst);
+            },
+            move || {
+                taken.fetch_add(cs.take(), SeqCst);
+            },
+        )
+    };
+    HANDLER_COUNTER.store(std::ptr::null_mut(), SeqCst);
+    let expected = added.load(SeqCst) + HANDLER_ADDS.load(SeqCst);
+    let observed = taken.load(SeqCst) + c.sum();
+    if expected != observed {
+        return Err(format!(
+            "counter sum: added {expected} but taken + sum = {observed} (difference {}); stats {:?}",
+            observed - expected,
+            c.stats()
+        ));
+    }
+    Ok(Report {
+        ops: passes,
+        detail: format!(
+            "exact sum {expected} ({} by signal handlers); {:?}",
+            HANDLER_ADDS.load(SeqCst),
+            c.stats()
+        ),
+    })
+}
+
+/// An item of the list and buffer tests: an id and its check word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Item {
+    id: u64,
+    check: u64,
+    pad: [u64; 2],
+}
+
+impl Item {
+    fn new(id: u64) -> Item {
+        let check = id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5555;
+        Item {
+            id,
+            check,
+            pad: [check.rotate_left(7), !check],
+        }
+    }
+
+    fn intact(&self) -> bool {
+        *self == Item::new(self.id)
+    }
+}
+
+enum Items {
+    List(PerCpuList<Item>),
+    Buffer(PerCpuBuffer<Item>),
+    Memcpy(PerCpuMemcpyBuffer<Item>),
+}
+
+impl Items {
+    fn cpus(&self) -> usize {
+        match self {
+            Items::List(s) => s.cpus(),
+            Items::Buffer(s) => s.cpus(),
+            Items::Memcpy(s) => s.cpus(),
+        }
+    }
+
+    fn push(&self, item: Item) -> Result<(), Item> {
+        match self {
+            Items::List(s) => {
+                s.push(item);
+                Ok(())
+            }
+            Items::Buffer(s) => s.push(item),
+            Items::Memcpy(s) => s.push(item),
+        }
+    }
+
+    fn pop(&self, on: Option<usize>) -> Option<Item> {
+        match (self, on) {
+            (Items::List(s), None) => s.pop(),
+            (Items::Buffer(s), None) => s.pop(),
+            (Items::Memcpy(s), None) => s.pop(),
+            (Items::List(s), Some(c)) => s.pop_on(c).expect("CPU in range"),
+            (Items::Buffer(s), Some(c)) => s.pop_on(c).expect("CPU in range"),
+            (Items::Memcpy(s), Some(c)) => s.pop_on(c).expect("CPU in range"),
+        }
+    }
+
+    fn drain(&self) -> Vec<Item> {
+        match self {
+            Items::List(s) => s.drain().collect(),
+            Items::Buffer(s) => s.drain().collect(),
+            Items::Memcpy(s) => s.drain().collect(),
+        }
+    }
+}
+
+/// Items conserved: a pool of ids circulates through the structure; items
+/// that do not fit wait in a side pool; at the end every id is found once.
+fn items(cfg: &Cfg, s: Items) -> Result<Report, String> {
+    let ids = 48 * s.cpus() as u64;
+    let side = Arc::new(Mutex::new(Vec::new()));
+    for id in 0..ids {
+        if let Err(item) = s.push(Item::new(id)) {
+            side.lock().unwrap().push(item);
+        }
+    }
+    let s = Arc::new(s);
+    let torn = Arc::new(AtomicU64::new(0));
+    let passes = {
+        let (s, side, torn) = (s.clone(), side.clone(), torn.clone());
+        let (ss, sside) = (s.clone(), side.clone());
+        drive(
+            cfg,
+            move |w, pass| {
+                let remote = (pass + w as u64).is_multiple_of(8);
+                let cpu = (pass as usize + w) % s.cpus();
+                let got = s
+                    .pop(remote.then_some(cpu))
+                    .or_else(|| side.lock().unwrap().pop());
+                if let Some(item) = got {
+                    if !item.intact() {
+                        torn.fetch_add(1, SeqCst);
+                    }
+                    if let Err(item) = s.push(item) {
+                        side.lock().unwrap().push(item);
+                    }
+                }
+            },
+            move || {
+                // Drain every CPU under its fence, then put it all back.
+                for item in ss.drain() {
+                    if let Err(item) = ss.push(item) {
+                        sside.lock().unwrap().push(item);
+                    }
+                }
+            },
+        )
+    };
+    let torn = torn.load(SeqCst);
+    let mut all = s.drain();
+    all.append(&mut side.lock().unwrap());
+    let mut seen = vec![0u32; ids as usize];
+    let mut bad = 0;
+    for item in &all {
+        match seen.get_mut(item.id as usize) {
+            Some(n) if item.intact() => *n += 1,
+            _ => bad += 1,
+        }
+    }
+    let lost = seen.iter().filter(|&&n| n == 0).count();
+    let doubled = seen.iter().filter(|&&n| n > 1).count();
+    if (lost, doubled, bad, torn) != (0, 0, 0, 0) {
+        return Err(format!(
+            "items not conserved: {lost} of {ids} lost, {doubled} duplicated, {bad} corrupt at the end, {torn} torn when popped"
+        ));
+    }
+    Ok(Report {
+        ops: passes,
+        detail: format!("{ids} items each found once, none torn"),
+    })
+}
+
+/// A lock slot: a busy flag that no two holders may see set, and a total.
+#[derive(Default)]
+struct Guarded {
+    busy: bool,
+    total: u64,
+}
+
+fn lock(cfg: &Cfg) -> Result<Report, String> {
+    let l = Arc::new(PerCpuLock::with_index(cfg.index, |_| Guarded::default()));
+    let overlaps = Arc::new(AtomicU64::new(0));
+    let increments = Arc::new(AtomicU64::new(0));
+    let body = |g: &mut Guarded, overlaps: &AtomicU64| {
+        if g.busy {
+            overlaps.fetch_add(1, SeqCst);
+        }
+        g.busy = true;
+        let t = g.total;
+        std::hint::spin_loop();
+        g.total = t + 1;
+        g.busy = false;
+    };
+    let passes = {
+        let (l, overlaps, increments) = (l.clone(), overlaps.clone(), increments.clone());
+        let (ls, os, is) = (l.clone(), overlaps.clone(), increments.clone());
+        drive(
+            cfg,
+            move |w, pass| {
+                if (pass + w as u64).is_multiple_of(8) {
+                    let cpu = (pass as usize + w) % l.cpus();
+                    body(&mut l.lock_on(cpu).expect("CPU in range"), &overlaps);
+                } else {
+                    body(&mut l.lock(), &overlaps);
+                }
+                increments.fetch_add(1, SeqCst);
+            },
+            move || {
+                for cpu in 0..ls.cpus() {
+                    body(&mut ls.lock_on(cpu).expect("CPU in range"), &os);
+                    is.fetch_add(1, SeqCst);
+                }
+            },
+        )
+    };
+    let overlaps = overlaps.load(SeqCst);
+    let increments = increments.load(SeqCst);
+    let l = Arc::into_inner(l).expect("every thread joined");
+    let total: u64 = l.into_vec().iter().map(|g| g.total).sum();
+    if overlaps != 0 || total != increments {
+        return Err(format!(
+            "lock exclusion: {overlaps} holders found the slot busy; totals {total} for {increments} increments"
+        ));
+    }
+    Ok(Report {
+        ops: passes,
+        detail: format!("{increments} increments, exclusive"),
+    })
+}
+
+/// Per-slot words for the opv test, one cache line each.
+#[repr(align(128))]
+struct Word(AtomicU64);
+
+fn opv(cfg: &Cfg) -> Result<Report, String> {
+    let d = Arc::new(Domain::new(cfg.index));
+    let words: Arc<Vec<Word>> = Arc::new((0..d.len()).map(|_| Word(AtomicU64::new(0))).collect());
+    let increments = Arc::new(AtomicU64::new(0));
+    let passes = {
+        let (d, words, increments) = (d.clone(), words.clone(), increments.clone());
+        let (ds, ws, is) = (d.clone(), words.clone(), increments.clone());
+        drive(
+            cfg,
+            move |w, pass| {
+                if (pass + w as u64).is_multiple_of(4) {
+                    let i = (pass as usize + w) % d.len();
+                    let p = words[i].0.as_ptr().cast::<u8>();
+                    let ops = [Op::Add {
+                        p,
+                        size: 8,
+                        count: 1,
+                    }];
+                    // SAFETY: slot i's word, touched only through this domain.
+                    unsafe { d.run_ops(i, &ops) }.expect("a valid vector");
+                } else {
+                    let i = d.current();
+                    // SAFETY: as above; aligned, live for the whole run.
+                    unsafe { d.add_store(i, words[i].0.as_ptr().cast(), 1, Order::Relaxed) };
+                }
+                increments.fetch_add(1, SeqCst);
+            },
+            move || {
+                for i in 0..ds.len() {
+                    let p = ws[i].0.as_ptr().cast::<u8>();
+                    // SAFETY: as above.
+                    unsafe {
+                        ds.run_ops(
+                            i,
+                            &[
+                                Op::Mb,
+                                Op::Add {
+                                    p,
+                                    size: 8,
+                                    count: 1,
+                                },
+                            ],
+                        )
+                    }
+                    .expect("a valid vector");
+                    is.fetch_add(1, SeqCst);
+                }
+            },
+        )
+    };
+    let increments = increments.load(SeqCst);
+    let total: u64 = words.iter().map(|w| w.0.load(SeqCst)).sum();
+    if total != increments {
+        return Err(format!(
+            "opv sum: {total} in the words for {increments} increments (difference {}); stats {:?}",
+            total as i64 - increments as i64,
+            d.stats()
+        ));
+    }
+    Ok(Report {
+        ops: passes,
+        detail: format!("exact sum {total}; {:?}", d.stats()),
+    })
+}
