@@ -3,7 +3,9 @@
 //! The process runs critical sections only when the architecture has them,
 //! rseq works, and `membarrier(PRIVATE_EXPEDITED_RSEQ)` is registered (without
 //! it a fence cannot stop a section on another CPU). Otherwise every thread
-//! takes the fenced path without membarrier.
+//! takes the fenced path without membarrier. The environment variable
+//! `CPULOCAL_NO_RSEQ` (any value but empty or `0`, read at the first use)
+//! turns sections off too ([`RseqOff::Disabled`]).
 //!
 //! Each thread finds its area lazily on its first operation: glibc's when glibc
 //! registered one (any nonzero `__rseq_size`), else its own, registered here and
@@ -66,10 +68,10 @@ fn decide() -> Process {
     // thread-local of the child's sole thread; registering has no preconditions.
     unsafe { libc::pthread_atfork(None, None, Some(fence::after_fork_in_child)) };
     let membarrier = sys::membarrier_register_rseq();
-    let off = if !arch::HAS_RSEQ {
-        Some(RseqOff::NoArchSupport)
-    } else if std::env::var_os(NO_RSEQ_VAR).is_some_and(|v| !v.is_empty() && v != "0") {
+    let off = if std::env::var_os(NO_RSEQ_VAR).is_some_and(|v| !v.is_empty() && v != "0") {
         Some(RseqOff::Disabled)
+    } else if !arch::HAS_RSEQ {
+        Some(RseqOff::NoArchSupport)
     } else {
         None
     };

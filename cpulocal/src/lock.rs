@@ -83,8 +83,9 @@ struct Slot<T> {
 ///
 /// A thread holds a slot until its guard drops, wherever the thread runs
 /// meanwhile. A guard that is leaked ([`core::mem::forget`]) leaves its slot
-/// locked for good, as a leaked mutex guard does; so does a slot held at a
-/// `fork` by a thread the child lacks. A panic under a guard unlocks the slot
+/// locked for good, as a leaked mutex guard does (and a later thread that
+/// gets the leaker's kernel thread id would be told `HeldByThisThread`); so
+/// does a slot held at a `fork` by a thread the child lacks. A panic under a guard unlocks the slot
 /// as the guard drops (there is no poisoning). Holding two guards at once is
 /// allowed, with the usual lock-ordering care.
 ///
@@ -192,8 +193,9 @@ impl<T> PerCpuLock<T> {
 
     /// How many lock attempts left the fast path so far: a lock on another
     /// CPU's slot is a fenced operation (a `membarrier` on that CPU), a local
-    /// one after aborts is retried. Attempts that found the slot held and
-    /// waited are not counted.
+    /// one after aborts is retried. An attempt whose first load found the slot
+    /// held waits without being counted; one that lost the race after that
+    /// load is counted (as fenced, if it ran on the fenced path).
     ///
     /// # Examples
     ///

@@ -220,7 +220,7 @@ pub struct StressArgs {
     pub reps: u64,
 
     /// Run each structure for this many seconds instead of --reps passes.
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", value_parser = seconds)]
     pub duration: Option<f64>,
 
     /// A delay loop of LOOPS iterations at injection point POINT (1: before
@@ -274,6 +274,21 @@ pub struct StressArgs {
     /// builds only; shows that the invariants catch it).
     #[arg(long = "break", value_name = "WHAT", hide = true)]
     pub break_protocol: Option<String>,
+}
+
+/// A finite, positive number of seconds, at most a day.
+fn seconds(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("expected seconds: {e}"))?;
+    if v.is_finite() && v > 0.0 && v <= 86_400.0 {
+        Ok(v)
+    } else {
+        Err(format!(
+            "expected seconds above 0 and at most 86400, got {s}"
+        ))
+    }
 }
 
 /// `POINT=LOOPS`.

@@ -11,7 +11,14 @@
 //! numbered points of every critical section and of the fenced path (see
 //! `cpulocal::inject`). `--no-rseq` reruns the command in a child process
 //! with `CPULOCAL_NO_RSEQ=1` (the fenced engine only). `--matrix` runs every
-//! injection point × {delay, yield, signal} × {rseq, no-rseq}.
+//! injection point × {delay, yield, signal} × {rseq, no-rseq}: each cell puts
+//! a 200-iteration delay loop at its point; "yield" adds a yield every 97
+//! passes of each worker and of the fenced path's points (4, 5), "signal" a
+//! raised SIGUSR1 at the same places plus the signal thread, whose signals
+//! land inside sections (points 1 to 3 are inside the asm, where nothing but
+//! a delay can run). Without rseq no section runs, so points 1 to 3 do not
+//! exist there: those cells exercise the fenced path with the every-N
+//! actions only.
 //!
 //! Invariants: counter: everything added (workers, handlers) equals what the
 //! storm took plus the final sum; list, buffer, memcpy: every item exactly
@@ -109,7 +116,10 @@ pub fn run(out: &mut impl Write, args: &StressArgs) -> Result<(), Failure> {
     }
     if args.no_rseq {
         let s = cpulocal::status();
-        if s.fenced_because != Some(RseqOff::Disabled) {
+        if !matches!(
+            s.fenced_because,
+            Some(RseqOff::Disabled | RseqOff::NoArchSupport)
+        ) {
             return Err(Failure::Broken(format!(
                 "--no-rseq: the child did not get the fenced engine: {s}"
             )));
@@ -140,7 +150,17 @@ pub fn run(out: &mut impl Write, args: &StressArgs) -> Result<(), Failure> {
                 | 1
         }),
     };
-    let engine = if args.no_rseq { "no-rseq" } else { "rseq" };
+    let status = cpulocal::status();
+    let engine = match status.engine {
+        cpulocal::Engine::Rseq => "rseq",
+        _ if args.no_rseq => "no-rseq",
+        _ => "fenced",
+    };
+    let indexing = if cfg.index == Index::MmCid && status.mm_cid_indexing {
+        "mm_cid"
+    } else {
+        "cpu_id"
+    };
     let tests: Vec<TestArg> = match args.test {
         TestArg::All => TESTS.to_vec(),
         t => vec![t],
@@ -152,11 +172,7 @@ pub fn run(out: &mut impl Write, args: &StressArgs) -> Result<(), Failure> {
     writeln!(
         out,
         "cpulocal stress ({engine}, {} indexing): {} threads, {}; seed {}",
-        if cfg.index == Index::MmCid {
-            "mm_cid"
-        } else {
-            "cpu_id"
-        },
+        indexing,
         cfg.threads,
         match cfg.duration {
             Some(d) => format!("{:.1} s per structure", d.as_secs_f64()),
@@ -369,7 +385,6 @@ fn set_injection(
 // Signals: the handler adds 1 to the counter published here.
 
 static HANDLER_COUNTER: AtomicPtr<PerCpuCounter> = AtomicPtr::new(std::ptr::null_mut());
-static HANDLED: AtomicU64 = AtomicU64::new(0);
 static HANDLER_ADDS: AtomicI64 = AtomicI64::new(0);
 /// One structure run at a time: the handler's counter is process-wide.
 static ONE_RUN: Mutex<()> = Mutex::new(());
@@ -377,7 +392,6 @@ static ONE_RUN: Mutex<()> = Mutex::new(());
 extern "C" fn on_sigusr1(_: libc::c_int) {
     // SAFETY: this thread's errno slot.
     let errno = unsafe { *libc::__errno_location() };
-    HANDLED.fetch_add(1, SeqCst);
     let c = HANDLER_COUNTER.load(SeqCst);
     if !c.is_null() {
         // SAFETY: published while its Arc is alive; cleared before it goes.
@@ -409,16 +423,38 @@ fn install_handler() {
 /// Worker threads' pthread ids, for the signal thread.
 type Pthreads = Arc<Vec<AtomicU64>>;
 
-/// Runs `work(worker, pass)` on `cfg.threads` workers, with the helpers
-/// `cfg` asks for and `storm` as the fence-storm body; returns the passes.
+/// What the threads around the workers did.
+struct Drive {
+    /// Passes of all workers.
+    passes: u64,
+    /// Rounds of the fence-storm body.
+    storm_rounds: u64,
+    /// Signals the signal thread sent.
+    signals_sent: u64,
+}
+
+/// Runs `work(worker, pass, random)` on `cfg.threads` workers, with the
+/// helpers `cfg` asks for and `storm` as the fence-storm body.
+///
+/// Workers stay alive (signals still deliverable) until the signal thread
+/// has stopped, so it never signals a thread that has been joined; the storm
+/// runs at least one round even when the workers are done first.
+///
+/// # Errors
+///
+/// When a helper that was asked for did nothing.
 fn drive(
     cfg: &Cfg,
-    work: impl Fn(usize, u64) + Send + Sync + 'static,
+    work: impl Fn(usize, u64, u64) + Send + Sync + 'static,
     storm: impl Fn() + Send + Sync + 'static,
-) -> u64 {
+) -> Result<Drive, String> {
     install_handler();
     let work = Arc::new(work);
     let stop = Arc::new(AtomicBool::new(false));
+    let release = Arc::new(AtomicBool::new(false));
+    let finished = Arc::new(AtomicU64::new(0));
+    let storm_rounds = Arc::new(AtomicU64::new(0));
+    let signals_sent = Arc::new(AtomicU64::new(0));
     let pthreads: Pthreads = Arc::new((0..cfg.threads).map(|_| AtomicU64::new(0)).collect());
     let cpus = runner::allowed_cpus().unwrap_or_else(|_| vec![0]);
     let deadline = cfg.duration.map(|d| Instant::now() + d);
@@ -426,10 +462,14 @@ fn drive(
         .map(|w| {
             let (work, pthreads, cpus, cfg) =
                 (work.clone(), pthreads.clone(), cpus.clone(), cfg.clone());
+            let (release, finished) = (release.clone(), finished.clone());
             std::thread::spawn(move || {
+                // Set up before the handler may run here: a thread's first
+                // operation may register rseq, which allocates.
+                let _ = cpulocal::current_cpu();
                 // SAFETY: pthread_self has no preconditions.
                 pthreads[w].store(unsafe { libc::pthread_self() } as u64, SeqCst);
-                let mut rng = cfg.seed ^ (w as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                let mut rng = (cfg.seed ^ (w as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1;
                 let mut pass = 0u64;
                 loop {
                     if deadline.map_or(pass >= cfg.reps, |d| {
@@ -437,7 +477,7 @@ fn drive(
                     }) {
                         break;
                     }
-                    work(w, pass);
+                    work(w, pass, next(&mut rng));
                     pass += 1;
                     if cfg.migrate && pass.is_multiple_of(1024) {
                         let _ =
@@ -455,46 +495,79 @@ fn drive(
                         }
                     }
                 }
-                pthreads[w].store(0, SeqCst);
+                finished.fetch_add(1, SeqCst);
+                while !release.load(SeqCst) {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
                 pass
             })
         })
         .collect();
     let storm = cfg.fence_storm.then(|| {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            while !stop.load(SeqCst) {
-                storm();
+        let (stop, rounds) = (stop.clone(), storm_rounds.clone());
+        std::thread::spawn(move || loop {
+            storm();
+            rounds.fetch_add(1, SeqCst);
+            if stop.load(SeqCst) {
+                break;
             }
         })
     });
     let signaller = cfg.signals.then(|| {
-        let (stop, pthreads, seed) = (stop.clone(), pthreads.clone(), cfg.seed);
+        let (stop, pthreads, sent, seed) = (
+            stop.clone(),
+            pthreads.clone(),
+            signals_sent.clone(),
+            cfg.seed | 1,
+        );
         std::thread::spawn(move || {
             let mut rng = seed;
             while !stop.load(SeqCst) {
                 let t = pthreads[next(&mut rng) as usize % pthreads.len()].load(SeqCst);
-                if t != 0 {
-                    // SAFETY: a worker's pthread_t, published while it runs;
-                    // glibc returns ESRCH for a thread that has exited.
-                    unsafe { libc::pthread_kill(t as libc::pthread_t, libc::SIGUSR1) };
+                // SAFETY: a worker's pthread_t, published by the worker, which
+                // is not joined before this thread stops (`release`).
+                if t != 0 && unsafe { libc::pthread_kill(t as libc::pthread_t, libc::SIGUSR1) } == 0
+                {
+                    sent.fetch_add(1, SeqCst);
                 }
                 std::thread::sleep(Duration::from_micros(50));
             }
         })
     });
+    while finished.load(SeqCst) < cfg.threads as u64 {
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    stop.store(true, SeqCst);
+    if let Some(s) = signaller {
+        s.join().expect("the signal thread panicked");
+    }
+    if let Some(s) = storm {
+        s.join().expect("the fence-storm thread panicked");
+    }
+    release.store(true, SeqCst);
     let passes = workers
         .into_iter()
         .map(|w| w.join().expect("a worker panicked"))
         .sum();
-    stop.store(true, SeqCst);
-    if let Some(s) = storm {
-        s.join().expect("the fence-storm thread panicked");
+    let d = Drive {
+        passes,
+        storm_rounds: storm_rounds.load(SeqCst),
+        signals_sent: signals_sent.load(SeqCst),
+    };
+    if cfg.signals && d.signals_sent == 0 {
+        return Err("the signal thread sent no signal (run longer: --reps or --duration)".into());
     }
-    if let Some(s) = signaller {
-        s.join().expect("the signal thread panicked");
+    Ok(d)
+}
+
+impl Drive {
+    /// The helpers' part of a report line.
+    fn helpers(&self) -> String {
+        format!(
+            "{} fence-storm rounds, {} signals sent",
+            self.storm_rounds, self.signals_sent
+        )
     }
-    passes
 }
 
 /// xorshift64*: the workers' random numbers.
@@ -530,15 +603,16 @@ fn counter(cfg: &Cfg) -> Result<Report, String> {
     let taken = Arc::new(AtomicI64::new(0));
     HANDLER_ADDS.store(0, SeqCst);
     HANDLER_COUNTER.store(Arc::as_ptr(&c).cast_mut(), SeqCst);
-    let passes = {
-        let (c, added, seed) = (c.clone(), added.clone(), cfg.seed);
+    let run = {
+        let (c, added) = (c.clone(), added.clone());
         let (cs, taken) = (c.clone(), taken.clone());
         drive(
             cfg,
-            move |w, pass| {
-                let v = (pass % 7) as i64 - 3;
-                if (pass ^ w as u64 ^ seed).is_multiple_of(8) {
-                    c.add_on((pass as usize + w) % c.cpus(), v);
+            move |_, pass, r| {
+                // Always positive, so a lost or doubled slot always shows.
+                let v = 1 + (pass % 7) as i64;
+                if r.is_multiple_of(8) {
+                    c.add_on((r >> 8) as usize % c.cpus(), v);
                 } else {
                     c.add(v);
                 }
@@ -550,6 +624,7 @@ fn counter(cfg: &Cfg) -> Result<Report, String> {
         )
     };
     HANDLER_COUNTER.store(std::ptr::null_mut(), SeqCst);
+    let run = run?;
     let expected = added.load(SeqCst) + HANDLER_ADDS.load(SeqCst);
     let observed = taken.load(SeqCst) + c.sum();
     if expected != observed {
@@ -560,10 +635,11 @@ fn counter(cfg: &Cfg) -> Result<Report, String> {
         ));
     }
     Ok(Report {
-        ops: passes,
+        ops: run.passes,
         detail: format!(
-            "exact sum {expected} ({} by signal handlers); {:?}",
+            "exact sum {expected} ({} by signal handlers; {}); {:?}",
             HANDLER_ADDS.load(SeqCst),
+            run.helpers(),
             c.stats()
         ),
     })
@@ -650,14 +726,14 @@ fn items(cfg: &Cfg, s: Items) -> Result<Report, String> {
     }
     let s = Arc::new(s);
     let torn = Arc::new(AtomicU64::new(0));
-    let passes = {
+    let run = {
         let (s, side, torn) = (s.clone(), side.clone(), torn.clone());
         let (ss, sside) = (s.clone(), side.clone());
         drive(
             cfg,
-            move |w, pass| {
-                let remote = (pass + w as u64).is_multiple_of(8);
-                let cpu = (pass as usize + w) % s.cpus();
+            move |_, _, r| {
+                let remote = r.is_multiple_of(8);
+                let cpu = (r >> 8) as usize % s.cpus();
                 let got = s
                     .pop(remote.then_some(cpu))
                     .or_else(|| side.lock().unwrap().pop());
@@ -680,6 +756,7 @@ fn items(cfg: &Cfg, s: Items) -> Result<Report, String> {
             },
         )
     };
+    let run = run?;
     let torn = torn.load(SeqCst);
     let mut all = s.drain();
     all.append(&mut side.lock().unwrap());
@@ -699,8 +776,8 @@ fn items(cfg: &Cfg, s: Items) -> Result<Report, String> {
         ));
     }
     Ok(Report {
-        ops: passes,
-        detail: format!("{ids} items each found once, none torn"),
+        ops: run.passes,
+        detail: format!("{ids} items each found once, none torn; {}", run.helpers()),
     })
 }
 
@@ -725,14 +802,14 @@ fn lock(cfg: &Cfg) -> Result<Report, String> {
         g.total = t + 1;
         g.busy = false;
     };
-    let passes = {
+    let run = {
         let (l, overlaps, increments) = (l.clone(), overlaps.clone(), increments.clone());
         let (ls, os, is) = (l.clone(), overlaps.clone(), increments.clone());
         drive(
             cfg,
-            move |w, pass| {
-                if (pass + w as u64).is_multiple_of(8) {
-                    let cpu = (pass as usize + w) % l.cpus();
+            move |_, _, r| {
+                if r.is_multiple_of(8) {
+                    let cpu = (r >> 8) as usize % l.cpus();
                     body(&mut l.lock_on(cpu).expect("CPU in range"), &overlaps);
                 } else {
                     body(&mut l.lock(), &overlaps);
@@ -747,6 +824,7 @@ fn lock(cfg: &Cfg) -> Result<Report, String> {
             },
         )
     };
+    let run = run?;
     let overlaps = overlaps.load(SeqCst);
     let increments = increments.load(SeqCst);
     let l = Arc::into_inner(l).expect("every thread joined");
@@ -757,8 +835,8 @@ fn lock(cfg: &Cfg) -> Result<Report, String> {
         ));
     }
     Ok(Report {
-        ops: passes,
-        detail: format!("{increments} increments, exclusive"),
+        ops: run.passes,
+        detail: format!("{increments} increments, exclusive; {}", run.helpers()),
     })
 }
 
@@ -770,14 +848,14 @@ fn opv(cfg: &Cfg) -> Result<Report, String> {
     let d = Arc::new(Domain::new(cfg.index));
     let words: Arc<Vec<Word>> = Arc::new((0..d.len()).map(|_| Word(AtomicU64::new(0))).collect());
     let increments = Arc::new(AtomicU64::new(0));
-    let passes = {
+    let run = {
         let (d, words, increments) = (d.clone(), words.clone(), increments.clone());
         let (ds, ws, is) = (d.clone(), words.clone(), increments.clone());
         drive(
             cfg,
-            move |w, pass| {
-                if (pass + w as u64).is_multiple_of(4) {
-                    let i = (pass as usize + w) % d.len();
+            move |_, _, r| {
+                if r.is_multiple_of(4) {
+                    let i = (r >> 8) as usize % d.len();
                     let p = words[i].0.as_ptr().cast::<u8>();
                     let ops = [Op::Add {
                         p,
@@ -816,6 +894,7 @@ fn opv(cfg: &Cfg) -> Result<Report, String> {
             },
         )
     };
+    let run = run?;
     let increments = increments.load(SeqCst);
     let total: u64 = words.iter().map(|w| w.0.load(SeqCst)).sum();
     if total != increments {
@@ -826,7 +905,7 @@ fn opv(cfg: &Cfg) -> Result<Report, String> {
         ));
     }
     Ok(Report {
-        ops: passes,
-        detail: format!("exact sum {total}; {:?}", d.stats()),
+        ops: run.passes,
+        detail: format!("exact sum {total}; {:?}; {}", d.stats(), run.helpers()),
     })
 }
