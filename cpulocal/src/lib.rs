@@ -33,6 +33,10 @@
 //! - [`PerCpuBuffer<T>`] and [`PerCpuMemcpyBuffer<T>`]: bounded per-CPU
 //!   stacks of owned items (one word each, store-store shape) or of copies of
 //!   small items (memcpy shape); a push to a full buffer gives the item back.
+//! - [`PerCpuRing`]: a per-CPU ring buffer of variable-length records for
+//!   tracers: reserve on the current CPU (one section), write in place,
+//!   commit from any CPU; discard or overwrite when full, with exact counts;
+//!   a consumer reads complete sub-buffers per CPU in order.
 //! - [`Domain`]: the seven librseq operation shapes (compare-and-store, add,
 //!   list pop, store-store, memcpy-store, double compare, add through a
 //!   pointer) on per-CPU memory of your own, at the raw-pointer level, each
@@ -74,6 +78,7 @@ mod lock;
 mod memcpy_buffer;
 pub mod opv;
 mod percpu;
+mod ring;
 mod shape;
 #[cfg(test)]
 mod shape_tests;
@@ -95,6 +100,9 @@ pub use list::PerCpuList;
 pub use lock::{PerCpuLock, PerCpuLockGuard};
 pub use memcpy_buffer::PerCpuMemcpyBuffer;
 pub use percpu::{PerCpu, SlotGuard};
+pub use ring::{
+    PerCpuRing, ReadSummary, Record, Reservation, RingConfig, RingError, RingMode, Stuck,
+};
 pub use stats::PathStats;
 pub use status::{Engine, Registration, RseqOff, Status};
 pub use sys::Errno;

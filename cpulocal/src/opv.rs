@@ -10,7 +10,7 @@
 //!
 //! Two entry points:
 //! - [`Domain::run_ops`](crate::Domain::run_ops): raw pointers ([`Op`]),
-//!   `unsafe`, on a [`Domain`](crate::Domain)'s slots;
+//!   `unsafe`, on a [`Domain`]'s slots;
 //! - [`PerCpu::run_ops`](crate::PerCpu::run_ops): byte offsets into a
 //!   `PerCpu<T: Pod>` slot ([`SlotOp`]), safe: every offset is checked
 //!   against the slot.
@@ -21,9 +21,9 @@
 //!
 //! # Safety
 //!
-//! Both entry points end in one executor, [`execute`], which dereferences the
+//! Both entry points end in one executor, `execute`, which dereferences the
 //! operations' pointers as ordinary (non-atomic) loads and stores. It runs
-//! only on a vector that [`validate`] accepted (no null pointer, lengths and
+//! only on a vector that `validate` accepted (no null pointer, lengths and
 //! sizes within the limits) and only while the target slot's fence is held,
 //! so no operation of the same domain or `PerCpu` on that slot runs
 //! concurrently. For a [`Domain`] the membarrier taken with the fence also
@@ -740,7 +740,7 @@ fn validate(
 ///
 /// # Safety
 ///
-/// [`validate`] accepted `ops`; every pointer is valid for its operation's
+/// `validate` accepted `ops`; every pointer is valid for its operation's
 /// reads and writes, the bytes read are initialised, a copy's `dst` and `src`
 /// do not overlap, and nothing else accesses the written bytes meanwhile (the
 /// target slot's fence is held).
@@ -760,7 +760,7 @@ unsafe fn execute(ops: &[Op]) -> Result<(), OpError> {
 ///
 /// # Safety
 ///
-/// As [`execute`], for `op`.
+/// As `execute`, for `op`.
 unsafe fn step(op: &Op) -> bool {
     // SAFETY: the caller's contract: valid pointers for the validated length
     // or size, a copy's ends disjoint, the written bytes ours alone.

@@ -1,0 +1,1356 @@
+//! [`PerCpuRing`]: a per-CPU ring buffer of variable-length records with
+//! reserve/commit, for tracers: a writer reserves room on its CPU's buffer
+//! with one restartable sequence, fills the payload in place, and commits
+//! with one store, from whatever CPU it runs on by then.
+//!
+//! # Layout
+//!
+//! Each CPU (or concurrency id, see [`Index`]) has a buffer of
+//! `sub_buffers × sub_buffer_size` bytes (both powers of two, at least two
+//! sub-buffers), and a slot of control words next to its fence:
+//!
+//! - `head`: the absolute byte offset of the next reservation. It only grows
+//!   (wrapping at `usize::MAX`); byte `o` lives at `o mod capacity`.
+//! - `consumed`: the absolute offset up to which sub-buffers were released
+//!   (read by the consumer, or overwritten); a multiple of the sub-buffer
+//!   size, never past `head`. Invariant: `head - consumed <= capacity`.
+//! - `lost`, `overwritten`: exact counts of records lost and overwritten.
+//!
+//! # Record format
+//!
+//! A record is an 8-byte-aligned header word followed by the payload, padded
+//! to a multiple of 8 bytes: it takes `8 + round_up(len, 8)` bytes. The
+//! header (a `usize`, written with whole-word stores) holds, from the top:
+//! `COMMITTED`, `PADDING`, `DROPPED`, then the payload length
+//! ([`LEN_BITS`] bits), then a position tag: the record's absolute offset / 8,
+//! truncated. A header at offset `o` whose tag is not `o`'s is left over from
+//! another lap and is not a record.
+//!
+//! A record never straddles two sub-buffers: a reservation that does not fit
+//! in the rest of the current sub-buffer first fills that rest with a
+//! committed `PADDING` record. The largest payload is therefore
+//! `sub_buffer_size - 8` bytes ([`PerCpuRing::max_record_len`]); zero-length
+//! and longer reservations are refused with a typed error.
+//!
+//! # Reserve and commit
+//!
+//! `reserve(len)` on the current CPU's buffer `c` reads `consumed` (acquire)
+//! then `head`, checks `head + size - consumed <= capacity`, and runs one
+//! store-store shape on `c`'s slot: if `head` is still what it read, write
+//! the record's header (tag, length, not committed), then commit `head +=
+//! size` with a store-release. On `c` this is a restartable sequence; after
+//! a migration or repeated aborts it runs under `c`'s fence. The reservation
+//! remembers `(c, offset, len)`; its payload bytes are the reserver's alone
+//! until it commits.
+//!
+//! `commit` is one store-release of the header with `COMMITTED` set, into
+//! buffer `c` (the reservation's), from any CPU, without a fence and without
+//! a critical section. That is correct because, once `head` has passed it, a
+//! record's header word is written by nobody but its reservation (aborted
+//! sections and fenced operations only write the header at the current
+//! `head`, which is past it; the consumer and the overwriter only read it).
+//! Completion is then found by the consumer walking the headers, so there is
+//! no per-CPU commit counter that would need an operation on `c`: this is how
+//! "commit applies to the reserving CPU's buffer" holds after any migration.
+//!
+//! A [`Reservation`] dropped without `commit` (an early return, a panic)
+//! marks its header `DROPPED | COMMITTED`: the consumer skips it as padding,
+//! and it counts in `lost`.
+//!
+//! # Modes
+//!
+//! - [`RingMode::Discard`]: a reservation that does not fit is refused
+//!   ([`RingError::Full`]) and counted in the CPU's `lost`, exactly (an add
+//!   shape on `c`'s slot).
+//! - [`RingMode::Overwrite`]: a reservation that does not fit takes `c`'s
+//!   fence and, if every record of the oldest sub-buffer is committed, counts
+//!   them in `overwritten` and releases that sub-buffer (advances `consumed`),
+//!   then retries. If a record there is still uncommitted (a writer is inside
+//!   it, or a reservation is stuck) it is not overwritten: the new record is
+//!   refused ([`RingError::OldestBusy`]) and counted in `lost` instead.
+//!
+//! So in discard mode `delivered + lost` equals the records reserved or
+//! refused, and in overwrite mode `delivered + overwritten + lost` does.
+//!
+//! # Consumer
+//!
+//! [`PerCpuRing::consume`] reads, for every CPU in turn, each *complete*
+//! sub-buffer at `consumed`: `head` is past its end and every record in it is
+//! committed (headers loaded with acquire, so the payloads written before
+//! each commit are visible). It copies the sub-buffer out, releases it
+//! (`consumed += sub_buffer_size`, store-release), and hands the records to a
+//! callback in offset order. In overwrite mode the copy and the release run
+//! under `c`'s fence, re-checking `consumed`, so an overwriting producer and
+//! the consumer never both take a sub-buffer; in discard mode only the
+//! consumer moves `consumed`, and it needs no fence. A record is therefore
+//! never returned before its commit, and never twice. A partly filled
+//! sub-buffer is read once it fills, or after [`PerCpuRing::flush`] pads it.
+//!
+//! # Stuck reservations
+//!
+//! A reservation that is held and never committed (its writer hangs or was
+//! leaked with `mem::forget`) keeps its sub-buffer, and the records after
+//! it, from the consumer: they are never skipped. Once the consumer has seen
+//! the same record uncommitted for longer than
+//! [`RingConfig::stuck_after`], each `consume` reports it in
+//! [`ReadSummary::stuck`]. A commit (or drop) releases it.
+//!
+//! # Signals
+//!
+//! `reserve`, `write`, `commit` and dropping a reservation are
+//! async-signal-safe: no allocation, and the only lock they may take is a
+//! fence, with all signals blocked. A handler may write records while its
+//! thread holds a reservation on the same CPU: the handler's record comes
+//! after it, and both are delivered. `flush` is too (it visits every
+//! CPU's fence); `consume` is not (it locks the consumer mutex).
+//!
+//! # Safety
+//!
+//! Data bytes are written as follows, and never otherwise: the header at the
+//! current `head` by the reserve and padding shapes (sections on `c` or under
+//! `c`'s fence, so one writer at a time); a reserved record's header by its
+//! reservation (commit, drop), with atomic stores; its payload through the
+//! reservation's `&mut [u8]`, only between reserve and commit. The consumer
+//! reads (non-atomically, by copy) only a sub-buffer whose records are all
+//! committed and which is not released: no reservation can be made in it
+//! (the full check keeps `head - consumed <= capacity`, reading `consumed`
+//! with acquire before writing), and no record in it has a live writer. In
+//! overwrite mode the copy runs under the fence after re-checking `consumed`,
+//! so no producer releases it meanwhile.
+#![allow(unsafe_code)]
+
+use core::cell::UnsafeCell;
+use core::fmt;
+use core::ops::{Deref, DerefMut};
+use core::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use crossbeam_utils::CachePadded;
+
+use crate::domain::Order;
+use crate::fence::{self, Fence};
+use crate::shape::{self, Shape};
+use crate::stats::{PathStats, Stats};
+use crate::{engine, Error, Index};
+
+/// Header flag: the record is complete (or dropped, or padding).
+const COMMITTED: usize = 1 << (usize::BITS - 1);
+/// Header flag: the record is padding up to the end of its sub-buffer.
+const PADDING: usize = 1 << (usize::BITS - 2);
+/// Header flag: the reservation was dropped without a commit.
+const DROPPED: usize = 1 << (usize::BITS - 3);
+/// Bits of the payload length in a header.
+pub(crate) const LEN_BITS: u32 = if usize::BITS >= 64 { 24 } else { 13 };
+/// Bits of the position tag in a header (the low bits).
+const TAG_BITS: u32 = usize::BITS - 3 - LEN_BITS;
+const TAG_MASK: usize = (1 << TAG_BITS) - 1;
+const LEN_MASK: usize = (1 << LEN_BITS) - 1;
+/// Bytes of a header (and the alignment of every record).
+const HEADER: usize = 8;
+
+/// The header of a record at absolute offset `offset`.
+fn header(offset: usize, len: usize, flags: usize) -> usize {
+    debug_assert!(len <= LEN_MASK);
+    flags | (len << TAG_BITS) | ((offset >> 3) & TAG_MASK)
+}
+
+fn tag_matches(h: usize, offset: usize) -> bool {
+    h & TAG_MASK == (offset >> 3) & TAG_MASK
+}
+
+fn header_len(h: usize) -> usize {
+    (h >> TAG_BITS) & LEN_MASK
+}
+
+/// Bytes a record of `len` payload bytes takes.
+fn record_size(len: usize) -> usize {
+    HEADER + len.next_multiple_of(8)
+}
+
+/// What a full buffer does with a new record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum RingMode {
+    /// Refuse the new record and count it in `lost` (flight recorders that
+    /// must not lose old data, or tracers that prefer gaps at the end).
+    #[default]
+    Discard,
+    /// Overwrite the oldest complete sub-buffer, counting its records in
+    /// `overwritten` (a flight recorder keeping the latest events).
+    Overwrite,
+}
+
+/// Why a ring was not built or a record not reserved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RingError {
+    /// `reserve(0)`: a record has at least one payload byte.
+    #[error("a record must have at least one payload byte")]
+    Empty,
+    /// The payload is longer than a sub-buffer can hold.
+    #[error("a record of {len} bytes is too large: the maximum is {max} bytes")]
+    TooLarge {
+        /// The length asked for.
+        len: usize,
+        /// [`PerCpuRing::max_record_len`].
+        max: usize,
+    },
+    /// Discard mode: the CPU's buffer is full; the record was counted in that
+    /// CPU's `lost`.
+    #[error("CPU {cpu}'s ring buffer is full; the record was counted as lost")]
+    Full {
+        /// The buffer's CPU (or concurrency id).
+        cpu: usize,
+    },
+    /// Overwrite mode: the buffer is full and its oldest sub-buffer holds an
+    /// uncommitted record, so it cannot be overwritten; the record was counted
+    /// in that CPU's `lost`.
+    #[error(
+        "CPU {cpu}'s oldest sub-buffer holds an uncommitted record; the record was counted as lost"
+    )]
+    OldestBusy {
+        /// The buffer's CPU (or concurrency id).
+        cpu: usize,
+    },
+    /// A [`RingConfig`] that cannot be built.
+    #[error("invalid ring configuration: {0}")]
+    Config(&'static str),
+}
+
+/// How a [`PerCpuRing`] is built: sizes, mode, stuck timeout, slot
+/// numbering. Start from [`RingConfig::new`] (the defaults) and change what
+/// you need.
+///
+/// # Examples
+///
+/// ```
+/// use cpulocal::{PerCpuRing, RingConfig, RingMode};
+/// use std::time::Duration;
+///
+/// let ring = PerCpuRing::with_config(
+///     RingConfig::new()
+///         .sub_buffer_size(1024)
+///         .sub_buffers(4)
+///         .mode(RingMode::Overwrite)
+///         .stuck_after(Duration::from_millis(100)),
+/// )
+/// .unwrap();
+/// assert_eq!(ring.max_record_len(), 1016);
+/// assert!(PerCpuRing::with_config(RingConfig::new().sub_buffer_size(1000)).is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingConfig {
+    sub_buffer_size: usize,
+    sub_buffers: usize,
+    mode: RingMode,
+    stuck_after: Duration,
+    index: Index,
+}
+
+impl RingConfig {
+    /// Default sub-buffer size: 4 KiB.
+    pub const DEFAULT_SUB_BUFFER_SIZE: usize = 4096;
+    /// Default sub-buffers per CPU: 8.
+    pub const DEFAULT_SUB_BUFFERS: usize = 8;
+    /// Largest sub-buffer size: the header's length field bounds a record.
+    pub const MAX_SUB_BUFFER_SIZE: usize = 1 << LEN_BITS;
+    /// Default stuck timeout: 1 s.
+    pub const DEFAULT_STUCK_AFTER: Duration = Duration::from_secs(1);
+
+    /// The defaults: 8 sub-buffers of 4 KiB per CPU, [`RingMode::Discard`],
+    /// stuck after 1 s, slots by CPU.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let ring = cpulocal::PerCpuRing::with_config(cpulocal::RingConfig::new()).unwrap();
+    /// assert_eq!(ring.capacity(), 8 * 4096);
+    /// ```
+    pub const fn new() -> Self {
+        RingConfig {
+            sub_buffer_size: Self::DEFAULT_SUB_BUFFER_SIZE,
+            sub_buffers: Self::DEFAULT_SUB_BUFFERS,
+            mode: RingMode::Discard,
+            stuck_after: Self::DEFAULT_STUCK_AFTER,
+            index: Index::Cpu,
+        }
+    }
+
+    /// Bytes per sub-buffer: a power of two from 16 to
+    /// [`MAX_SUB_BUFFER_SIZE`](Self::MAX_SUB_BUFFER_SIZE). The largest record
+    /// payload is this minus 8.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let c = cpulocal::RingConfig::new().sub_buffer_size(256);
+    /// assert_eq!(cpulocal::PerCpuRing::with_config(c).unwrap().max_record_len(), 248);
+    /// ```
+    pub const fn sub_buffer_size(mut self, bytes: usize) -> Self {
+        self.sub_buffer_size = bytes;
+        self
+    }
+
+    /// Sub-buffers per CPU: a power of two, at least 2.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let c = cpulocal::RingConfig::new().sub_buffers(2).sub_buffer_size(64);
+    /// assert_eq!(cpulocal::PerCpuRing::with_config(c).unwrap().capacity(), 128);
+    /// ```
+    pub const fn sub_buffers(mut self, count: usize) -> Self {
+        self.sub_buffers = count;
+        self
+    }
+
+    /// What a full buffer does (see [`RingMode`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cpulocal::{PerCpuRing, RingConfig, RingMode};
+    /// let r = PerCpuRing::with_config(RingConfig::new().mode(RingMode::Overwrite)).unwrap();
+    /// assert_eq!(r.mode(), RingMode::Overwrite);
+    /// ```
+    pub const fn mode(mut self, mode: RingMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// How long the consumer waits on an uncommitted record before reporting
+    /// it in [`ReadSummary::stuck`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let c = cpulocal::RingConfig::new().stuck_after(Duration::from_millis(5));
+    /// assert!(cpulocal::PerCpuRing::with_config(c).is_ok());
+    /// ```
+    pub const fn stuck_after(mut self, timeout: Duration) -> Self {
+        self.stuck_after = timeout;
+        self
+    }
+
+    /// How the buffers are numbered (see [`Index`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cpulocal::{Index, PerCpuRing, RingConfig};
+    /// let r = PerCpuRing::with_config(RingConfig::new().index(Index::MmCid)).unwrap();
+    /// assert!(r.index() == Index::MmCid || !cpulocal::status().mm_cid_indexing);
+    /// ```
+    pub const fn index(mut self, by: Index) -> Self {
+        self.index = by;
+        self
+    }
+
+    fn check(&self) -> Result<(), RingError> {
+        let sub = self.sub_buffer_size;
+        if !sub.is_power_of_two() || !(16..=Self::MAX_SUB_BUFFER_SIZE).contains(&sub) {
+            return Err(RingError::Config(
+                "the sub-buffer size must be a power of two from 16 to MAX_SUB_BUFFER_SIZE",
+            ));
+        }
+        if !self.sub_buffers.is_power_of_two() || self.sub_buffers < 2 {
+            return Err(RingError::Config(
+                "the sub-buffer count must be a power of two, at least 2",
+            ));
+        }
+        // A lap must change every tag: capacity / 8 below 2^TAG_BITS.
+        match sub.checked_mul(self.sub_buffers) {
+            Some(cap) if cap >> 3 <= TAG_MASK => Ok(()),
+            _ => Err(RingError::Config("the buffer per CPU is too large")),
+        }
+    }
+}
+
+impl Default for RingConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// One CPU's control words and fence in one padded line; the data out of
+/// line.
+struct Slot {
+    fence: Fence,
+    /// Absolute offset of the next reservation.
+    head: AtomicUsize,
+    /// Absolute offset released so far (sub-buffer aligned).
+    consumed: AtomicUsize,
+    /// Records refused or dropped.
+    lost: AtomicUsize,
+    /// Records overwritten unread (overwrite mode).
+    overwritten: AtomicUsize,
+    /// `capacity` bytes, 8-aligned.
+    data: Box<[UnsafeCell<u64>]>,
+}
+
+impl Slot {
+    /// Address of the byte at absolute offset `offset`.
+    #[inline]
+    fn byte(&self, offset: usize, capacity: usize) -> *mut u8 {
+        // `UnsafeCell` lets the bytes be written through this shared borrow.
+        self.data
+            .as_ptr()
+            .cast::<u8>()
+            .cast_mut()
+            .wrapping_add(offset & (capacity - 1))
+    }
+
+    /// The header word at absolute offset `offset` (8-aligned).
+    #[inline]
+    fn header(&self, offset: usize, capacity: usize) -> &AtomicUsize {
+        // SAFETY: 8-aligned (records are) and inside the data; data bytes
+        // are only ever accessed as the module docs say, header words with
+        // atomics while anyone else may access them.
+        unsafe { AtomicUsize::from_ptr(self.byte(offset, capacity).cast()) }
+    }
+}
+
+/// The consumer's private state, behind a mutex producers never take.
+struct ConsumerState {
+    /// Per slot: the uncommitted record last seen blocking the consumer,
+    /// and since when.
+    waiting: Vec<Option<(usize, Instant)>>,
+    /// One sub-buffer's copy.
+    scratch: Vec<u8>,
+}
+
+/// A per-CPU ring buffer of variable-length byte records with
+/// reserve/commit, for tracers: [`reserve`](Self::reserve) takes room on the
+/// current CPU's buffer with one restartable sequence, the caller writes the
+/// payload in place and [`commit`](Reservation::commit)s, on any CPU (the
+/// record stays on the buffer it was reserved on); [`consume`](Self::consume)
+/// hands complete sub-buffers' records to a callback, per CPU in order.
+///
+/// # Layout and record format
+///
+/// Each CPU's buffer is `sub_buffers × sub_buffer_size` bytes (powers of two,
+/// at least two sub-buffers; 8 × 4 KiB by default, see [`RingConfig`]). A
+/// record is an 8-byte header word (committed / padding / dropped flags, the
+/// payload length, a position tag) followed by the payload padded to a
+/// multiple of 8. A record never straddles sub-buffers: one that does not fit
+/// in the rest of the current sub-buffer first fills it with padding. So the
+/// largest payload is the sub-buffer size minus 8
+/// ([`max_record_len`](Self::max_record_len)); `reserve(0)` and longer
+/// reservations are typed errors ([`RingError::Empty`],
+/// [`RingError::TooLarge`]).
+///
+/// # Full buffers
+///
+/// [`RingMode::Discard`] refuses new records ([`RingError::Full`]) and
+/// counts them in [`lost`](Self::lost). [`RingMode::Overwrite`] overwrites
+/// the oldest sub-buffer and counts its records in
+/// [`overwritten`](Self::overwritten), unless a record there is still
+/// uncommitted: then the new record is refused ([`RingError::OldestBusy`])
+/// and counted lost. Both counts are exact, per CPU
+/// ([`counts_on`](Self::counts_on)): every record reserved or refused is
+/// delivered, lost or overwritten, exactly once.
+///
+/// # Commit, drop, stuck
+///
+/// A commit is one store-release of the record's header, in the reserving
+/// CPU's buffer, from any CPU: no fence, no critical section, since that
+/// word belongs to the reservation alone. A [`Reservation`] dropped
+/// uncommitted becomes padding counted as lost. One held uncommitted blocks
+/// the consumer on its CPU (later records of that buffer are never returned
+/// before it); after [`RingConfig::stuck_after`] the consumer reports it in
+/// [`ReadSummary::stuck`] at every read until it is committed or dropped.
+///
+/// # Signals
+///
+/// [`reserve`](Self::reserve), [`write`](Self::write),
+/// [`commit`](Reservation::commit) and dropping a reservation are
+/// async-signal-safe (no allocation; the only lock is a fence, taken with
+/// signals blocked). A handler may write while its thread holds a
+/// reservation on the same CPU: both records are delivered, the handler's
+/// after. [`consume`](Self::consume) is not for handlers.
+///
+/// # Examples
+///
+/// ```
+/// use cpulocal::{PerCpuRing, RingMode};
+///
+/// let ring = PerCpuRing::new(RingMode::Discard);
+/// let mut r = ring.reserve(5).unwrap();
+/// r.copy_from_slice(b"hello");
+/// r.commit();
+/// ring.flush(); // close partly filled sub-buffers
+/// let mut got = Vec::new();
+/// ring.consume(|rec| got.push(rec.payload().to_vec()));
+/// assert_eq!(got, [b"hello".to_vec()]);
+/// ```
+pub struct PerCpuRing {
+    slots: Box<[CachePadded<Slot>]>,
+    sub: usize,
+    capacity: usize,
+    mode: RingMode,
+    stuck_after: Duration,
+    by: Index,
+    stats: Box<CachePadded<Stats>>,
+    consumer: Mutex<ConsumerState>,
+}
+
+// SAFETY: the data cells are accessed only as the module docs say: the
+// payload of a reservation by its holder, everything else with atomics or
+// by the consumer over released-to-it sub-buffers.
+unsafe impl Send for PerCpuRing {}
+// SAFETY: as for Send; every method takes `&self` and follows that protocol.
+unsafe impl Sync for PerCpuRing {}
+
+/// Outcome of one reserve attempt.
+enum Overwrite {
+    /// The oldest sub-buffer was released (or someone else changed the
+    /// buffer): try again.
+    Retry,
+    /// The oldest sub-buffer has an uncommitted record: counted as lost.
+    Busy,
+}
+
+/// What the consumer found at a CPU's `consumed`.
+enum Walk {
+    /// Every record of the sub-buffer is reserved and committed; so many are
+    /// data records (not padding, not dropped).
+    Complete(usize),
+    /// The record at this offset, of this payload length, is not committed.
+    Uncommitted(usize, usize),
+    /// Every reserved record is committed, but `head` is inside the
+    /// sub-buffer.
+    Partial,
+    /// A header that is not this lap's: the sub-buffer was released under us.
+    Stale,
+}
+
+impl PerCpuRing {
+    /// A ring with the default sizes (8 sub-buffers of 4 KiB per CPU) in
+    /// `mode`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let ring = cpulocal::PerCpuRing::new(cpulocal::RingMode::Overwrite);
+    /// assert_eq!(ring.cpus(), cpulocal::possible_cpus());
+    /// ```
+    pub fn new(mode: RingMode) -> Self {
+        Self::with_config(RingConfig::new().mode(mode)).expect("the default configuration is valid")
+    }
+
+    /// A ring built as `config` says.
+    ///
+    /// # Errors
+    ///
+    /// [`RingError::Config`] for sizes that are not powers of two, fewer than
+    /// two sub-buffers, or sub-buffers larger than
+    /// [`RingConfig::MAX_SUB_BUFFER_SIZE`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cpulocal::{PerCpuRing, RingConfig, RingError};
+    /// let r = PerCpuRing::with_config(RingConfig::new().sub_buffers(1));
+    /// assert!(matches!(r, Err(RingError::Config(_))));
+    /// ```
+    pub fn with_config(config: RingConfig) -> Result<Self, RingError> {
+        config.check()?;
+        engine::process();
+        let by = config.index.effective();
+        let sub = config.sub_buffer_size;
+        let capacity = sub * config.sub_buffers;
+        let slots: Box<[CachePadded<Slot>]> = (0..by.slots())
+            .map(|i| {
+                CachePadded::new(Slot {
+                    fence: Fence::new(i),
+                    head: AtomicUsize::new(0),
+                    consumed: AtomicUsize::new(0),
+                    lost: AtomicUsize::new(0),
+                    overwritten: AtomicUsize::new(0),
+                    data: (0..capacity / 8).map(|_| UnsafeCell::new(0)).collect(),
+                })
+            })
+            .collect();
+        let cpus = slots.len();
+        Ok(PerCpuRing {
+            slots,
+            sub,
+            capacity,
+            mode: config.mode,
+            stuck_after: config.stuck_after,
+            by,
+            stats: Default::default(),
+            consumer: Mutex::new(ConsumerState {
+                waiting: vec![None; cpus],
+                scratch: vec![0; sub],
+            }),
+        })
+    }
+
+    /// The number of per-CPU buffers.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert!(cpulocal::PerCpuRing::new(Default::default()).cpus() >= 1);
+    /// ```
+    pub fn cpus(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// How the buffers are numbered.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let r = cpulocal::PerCpuRing::new(Default::default());
+    /// assert_eq!(r.index(), cpulocal::Index::Cpu);
+    /// ```
+    pub fn index(&self) -> Index {
+        self.by
+    }
+
+    /// The mode chosen at construction.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cpulocal::{PerCpuRing, RingMode};
+    /// assert_eq!(PerCpuRing::new(RingMode::Discard).mode(), RingMode::Discard);
+    /// ```
+    pub fn mode(&self) -> RingMode {
+        self.mode
+    }
+
+    /// Bytes per CPU buffer (sub-buffers × sub-buffer size).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert_eq!(cpulocal::PerCpuRing::new(Default::default()).capacity(), 32768);
+    /// ```
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Bytes per sub-buffer.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert_eq!(cpulocal::PerCpuRing::new(Default::default()).sub_buffer_size(), 4096);
+    /// ```
+    pub fn sub_buffer_size(&self) -> usize {
+        self.sub
+    }
+
+    /// The largest payload a record may have: the sub-buffer size minus its
+    /// 8-byte header.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let r = cpulocal::PerCpuRing::new(Default::default());
+    /// assert_eq!(r.max_record_len(), 4088);
+    /// assert!(r.reserve(4089).is_err());
+    /// ```
+    pub fn max_record_len(&self) -> usize {
+        self.sub - HEADER
+    }
+
+    /// How many ring operations (reserve, lost counts, flush) left the fast
+    /// path so far.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let r = cpulocal::PerCpuRing::new(Default::default());
+    /// r.write(b"x").unwrap();
+    /// assert!(r.stats().fenced <= 1);
+    /// ```
+    pub fn stats(&self) -> PathStats {
+        self.stats.snapshot()
+    }
+
+    /// Records lost on every CPU so far: refused because the buffer was full
+    /// (or, in overwrite mode, its oldest sub-buffer busy), or reserved and
+    /// dropped without a commit. Exact.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let r = cpulocal::PerCpuRing::new(Default::default());
+    /// drop(r.reserve(3).unwrap());
+    /// assert_eq!(r.lost(), 1);
+    /// ```
+    pub fn lost(&self) -> u64 {
+        self.slots
+            .iter()
+            .map(|s| s.lost.load(Ordering::Relaxed) as u64)
+            .sum()
+    }
+
+    /// Records overwritten unread on every CPU so far (overwrite mode). Exact.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let r = cpulocal::PerCpuRing::new(cpulocal::RingMode::Overwrite);
+    /// assert_eq!(r.overwritten(), 0);
+    /// ```
+    pub fn overwritten(&self) -> u64 {
+        self.slots
+            .iter()
+            .map(|s| s.overwritten.load(Ordering::Relaxed) as u64)
+            .sum()
+    }
+
+    /// `(lost, overwritten)` on `cpu`'s buffer.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CpuOutOfRange`] if `cpu >= self.cpus()`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let r = cpulocal::PerCpuRing::new(Default::default());
+    /// assert_eq!(r.counts_on(0).unwrap(), (0, 0));
+    /// assert!(r.counts_on(r.cpus()).is_err());
+    /// ```
+    pub fn counts_on(&self, cpu: usize) -> Result<(u64, u64), Error> {
+        let slot = self.slots.get(cpu).ok_or(Error::CpuOutOfRange {
+            cpu,
+            slots: self.cpus(),
+        })?;
+        Ok((
+            slot.lost.load(Ordering::Relaxed) as u64,
+            slot.overwritten.load(Ordering::Relaxed) as u64,
+        ))
+    }
+
+    /// Runs a shape on buffer `cpu`'s slot.
+    ///
+    /// # Safety
+    ///
+    /// `shape` names buffer `cpu`'s words as the module docs say.
+    #[inline]
+    unsafe fn perform(&self, cpu: usize, shape: Shape, order: Order) -> bool {
+        let slot = &self.slots[cpu];
+        // SAFETY: the caller's shape; the fence is that of the slot it names.
+        unsafe { shape::perform(&shape, order, cpu, &slot.fence, self.by, &self.stats) }.is_ok()
+    }
+
+    /// Counts one record lost on `cpu` (exact, from any CPU).
+    fn count_lost(&self, cpu: usize) {
+        let shape = Shape::AddStore {
+            v: self.slots[cpu].lost.as_ptr(),
+            count: 1,
+        };
+        // SAFETY: `lost` is buffer `cpu`'s word, written only by this shape
+        // and under the fence.
+        unsafe { self.perform(cpu, shape, Order::Relaxed) };
+    }
+
+    /// Fills the rest of the sub-buffer that `old` (the head, not on a
+    /// sub-buffer boundary) is in with a committed padding record, if the
+    /// head is still `old`. Needs no room check: `head <= consumed +
+    /// capacity` and both bounds are sub-buffer aligned, so a head inside a
+    /// sub-buffer leaves the whole sub-buffer within the capacity.
+    fn pad(&self, cpu: usize, old: usize) -> bool {
+        let slot = &self.slots[cpu];
+        let room = self.sub - (old & (self.sub - 1));
+        let shape = Shape::CbneStoreStore {
+            v: slot.head.as_ptr(),
+            expect: old,
+            v2: slot.header(old, self.capacity).as_ptr(),
+            newv2: header(old, room - HEADER, COMMITTED | PADDING),
+            newv: old.wrapping_add(room),
+        };
+        // SAFETY: buffer `cpu`'s head and the header word at `old`, which is
+        // free space while the head is `old` (module docs). Release: a
+        // consumer that acquires the head sees the header.
+        unsafe { self.perform(cpu, shape, Order::Release) }
+    }
+
+    /// Reserves room for a record of `len` payload bytes on the current
+    /// CPU's buffer; write the payload through the returned
+    /// [`Reservation`] (it dereferences to `&mut [u8]` of exactly `len`
+    /// bytes, with unspecified contents) and [`commit`](Reservation::commit)
+    /// it. Async-signal-safe.
+    ///
+    /// # Errors
+    ///
+    /// - [`RingError::Empty`] for `len == 0`, [`RingError::TooLarge`] above
+    ///   [`max_record_len`](Self::max_record_len): nothing counted.
+    /// - [`RingError::Full`] (discard mode) or [`RingError::OldestBusy`]
+    ///   (overwrite mode): the buffer had no room; counted in `lost`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cpulocal::{PerCpuRing, RingError};
+    /// let ring = PerCpuRing::new(Default::default());
+    /// let mut r = ring.reserve(8).unwrap();
+    /// r.copy_from_slice(&42u64.to_le_bytes());
+    /// r.commit();
+    /// assert_eq!(ring.reserve(0).err(), Some(RingError::Empty));
+    /// assert!(matches!(ring.reserve(1 << 20), Err(RingError::TooLarge { .. })));
+    /// ```
+    pub fn reserve(&self, len: usize) -> Result<Reservation<'_>, RingError> {
+        if len == 0 {
+            return Err(RingError::Empty);
+        }
+        if len > self.max_record_len() {
+            return Err(RingError::TooLarge {
+                len,
+                max: self.max_record_len(),
+            });
+        }
+        let size = record_size(len);
+        loop {
+            let cpu = self.by.current(self.cpus());
+            let slot = &self.slots[cpu];
+            // `consumed` first: then `consumed <= old` (both only grow).
+            let consumed = slot.consumed.load(Ordering::Acquire);
+            let old = slot.head.load(Ordering::Relaxed);
+            let used = old & (self.sub - 1);
+            if used != 0 && used + size > self.sub {
+                self.pad(cpu, old);
+                continue;
+            }
+            if old.wrapping_add(size).wrapping_sub(consumed) > self.capacity {
+                match self.mode {
+                    RingMode::Discard => {
+                        self.count_lost(cpu);
+                        return Err(RingError::Full { cpu });
+                    }
+                    RingMode::Overwrite => match self.overwrite_oldest(cpu, consumed) {
+                        Overwrite::Retry => continue,
+                        Overwrite::Busy => return Err(RingError::OldestBusy { cpu }),
+                    },
+                }
+            }
+            let shape = Shape::CbneStoreStore {
+                v: slot.head.as_ptr(),
+                expect: old,
+                v2: slot.header(old, self.capacity).as_ptr(),
+                newv2: header(old, len, 0),
+                newv: old.wrapping_add(size),
+            };
+            // SAFETY: buffer `cpu`'s head and the header word at `old`, free
+            // space while the head is `old`, within the capacity (checked
+            // against a `consumed` no newer than now). Release: a consumer
+            // that acquires the head sees the header.
+            if unsafe { self.perform(cpu, shape, Order::Release) } {
+                return Ok(Reservation {
+                    ring: self,
+                    cpu,
+                    offset: old,
+                    len,
+                });
+            }
+            // Another reservation on that buffer came first: read it again.
+        }
+    }
+
+    /// Overwrite mode, buffer `cpu` full with `consumed` as read: under the
+    /// fence, releases the oldest sub-buffer if all its records are
+    /// committed (counting them as overwritten), else counts one lost.
+    fn overwrite_oldest(&self, cpu: usize, seen: usize) -> Overwrite {
+        let slot = &self.slots[cpu];
+        fence::with_signals_blocked(&slot.fence, cpu, self.by, || {
+            let consumed = slot.consumed.load(Ordering::Relaxed);
+            let head = slot.head.load(Ordering::Relaxed);
+            if consumed != seen || head.wrapping_sub(consumed) < self.sub {
+                return Overwrite::Retry; // released meanwhile: room now
+            }
+            match self.walk(slot, consumed, head) {
+                Walk::Complete(records) => {
+                    slot.overwritten.fetch_add(records, Ordering::Relaxed);
+                    slot.consumed
+                        .store(consumed.wrapping_add(self.sub), Ordering::Release);
+                    Overwrite::Retry
+                }
+                Walk::Uncommitted(..) => {
+                    // Under the fence: no section on this slot can commit.
+                    slot.lost.fetch_add(1, Ordering::Relaxed);
+                    Overwrite::Busy
+                }
+                // Cannot happen: under the fence, with the head past the
+                // sub-buffer, every header there is this lap's and visible.
+                // Were it to, refusing (counted) beats retrying forever.
+                Walk::Partial | Walk::Stale => {
+                    debug_assert!(false, "oldest sub-buffer inconsistent under the fence");
+                    slot.lost.fetch_add(1, Ordering::Relaxed);
+                    Overwrite::Busy
+                }
+            }
+        })
+    }
+
+    /// Reserves, copies `payload` in and commits: a record in one call.
+    /// Async-signal-safe.
+    ///
+    /// # Errors
+    ///
+    /// As [`reserve`](Self::reserve).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let ring = cpulocal::PerCpuRing::new(Default::default());
+    /// ring.write(b"event").unwrap();
+    /// ring.flush();
+    /// assert_eq!(ring.consume(|r| assert_eq!(r.payload(), b"event")).records, 1);
+    /// ```
+    pub fn write(&self, payload: &[u8]) -> Result<(), RingError> {
+        let mut r = self.reserve(payload.len())?;
+        r.copy_from_slice(payload);
+        r.commit();
+        Ok(())
+    }
+
+    /// Closes every CPU's partly filled sub-buffer with a padding record, so
+    /// that the records reserved so far can be consumed once committed
+    /// (a tracer's periodic or final flush). Runs on each CPU's buffer
+    /// through its fence, from any CPU. Records reserved later go to the next
+    /// sub-buffer. Async-signal-safe, but it visits every CPU: not for hot
+    /// paths.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let ring = cpulocal::PerCpuRing::new(Default::default());
+    /// ring.write(b"a").unwrap();
+    /// assert_eq!(ring.consume(|_| {}).records, 0); // sub-buffer not full yet
+    /// ring.flush();
+    /// assert_eq!(ring.consume(|_| {}).records, 1);
+    /// ```
+    pub fn flush(&self) {
+        for cpu in 0..self.cpus() {
+            loop {
+                let old = self.slots[cpu].head.load(Ordering::Relaxed);
+                if old & (self.sub - 1) == 0 || self.pad(cpu, old) {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Walks the sub-buffer at `pos` (= `consumed`) of `slot`, whose head
+    /// was read as `head` (with acquire, after `pos`).
+    fn walk(&self, slot: &Slot, pos: usize, head: usize) -> Walk {
+        let reserved = head.wrapping_sub(pos).min(self.sub);
+        let (mut at, mut records) = (0, 0);
+        while at < reserved {
+            let offset = pos.wrapping_add(at);
+            let h = slot.header(offset, self.capacity).load(Ordering::Acquire);
+            if !tag_matches(h, offset) {
+                return Walk::Stale;
+            }
+            let len = header_len(h);
+            if h & COMMITTED == 0 {
+                return Walk::Uncommitted(offset, len);
+            }
+            let size = record_size(len);
+            if at + size > self.sub {
+                return Walk::Stale;
+            }
+            if h & (PADDING | DROPPED) == 0 {
+                records += 1;
+            }
+            at += size;
+        }
+        if reserved < self.sub {
+            Walk::Partial
+        } else {
+            Walk::Complete(records)
+        }
+    }
+
+    /// Reads the complete sub-buffers of every CPU's buffer (at most a
+    /// buffer's worth per CPU and call), and calls `f`
+    /// with each record in it: CPU after CPU, each CPU's records in the order
+    /// of their offsets (so one producer's records on one CPU in the order it
+    /// reserved them). A record is handed over after its commit and at most
+    /// once; records dropped uncommitted are skipped (counted in
+    /// [`lost`](Self::lost)). A sub-buffer with an uncommitted record stops
+    /// that CPU's reading until the record is committed or dropped; if the
+    /// consumer has seen it waiting longer than
+    /// [`RingConfig::stuck_after`], it is reported in the summary.
+    ///
+    /// Consumers serialize on an internal mutex: `f` must not call `consume`
+    /// (it may write records). Not async-signal-safe. If `f` panics, the
+    /// rest of that sub-buffer's records are not delivered.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let ring = cpulocal::PerCpuRing::new(Default::default());
+    /// for i in 0..3u8 {
+    ///     ring.write(&[i]).unwrap();
+    /// }
+    /// ring.flush();
+    /// let mut got = Vec::new();
+    /// let summary = ring.consume(|r| got.push((r.cpu(), r.payload()[0])));
+    /// assert_eq!(summary.records, 3);
+    /// assert!(summary.stuck.is_empty());
+    /// // Each CPU's records in order.
+    /// for cpu in 0..ring.cpus() {
+    ///     let mine: Vec<u8> = got.iter().filter(|g| g.0 == cpu).map(|g| g.1).collect();
+    ///     assert!(mine.windows(2).all(|w| w[0] < w[1]));
+    /// }
+    /// ```
+    pub fn consume(&self, mut f: impl FnMut(Record<'_>)) -> ReadSummary {
+        let mut state = self.consumer.lock().unwrap_or_else(PoisonError::into_inner);
+        let state = &mut *state;
+        let mut summary = ReadSummary::default();
+        let per_call = self.capacity / self.sub;
+        for cpu in 0..self.cpus() {
+            let slot = &self.slots[cpu];
+            let mut taken = 0;
+            // At most one buffer's worth per CPU and call: a consumer is
+            // never held by producers that keep filling a buffer.
+            while taken < per_call {
+                let pos = slot.consumed.load(Ordering::Acquire);
+                let head = slot.head.load(Ordering::Acquire);
+                match self.walk(slot, pos, head) {
+                    Walk::Complete(_) => {
+                        if !self.take_subbuffer(slot, cpu, pos, &mut state.scratch) {
+                            continue; // overwritten meanwhile
+                        }
+                        state.waiting[cpu] = None;
+                        taken += 1;
+                        summary.sub_buffers += 1;
+                        summary.records += deliver(&state.scratch, cpu, pos, &mut f);
+                    }
+                    Walk::Uncommitted(offset, len) => {
+                        if slot.consumed.load(Ordering::Acquire) != pos {
+                            continue; // overwritten meanwhile: look again
+                        }
+                        let now = Instant::now();
+                        match state.waiting[cpu] {
+                            Some((o, since)) if o == offset => {
+                                let waiting = now.saturating_duration_since(since);
+                                if waiting >= self.stuck_after {
+                                    summary.stuck.push(Stuck {
+                                        cpu,
+                                        offset: offset as u64,
+                                        len,
+                                        waiting,
+                                    });
+                                }
+                            }
+                            _ => state.waiting[cpu] = Some((offset, now)),
+                        }
+                        break;
+                    }
+                    Walk::Partial => {
+                        state.waiting[cpu] = None;
+                        break;
+                    }
+                    Walk::Stale => {
+                        if slot.consumed.load(Ordering::Acquire) != pos {
+                            continue;
+                        }
+                        break; // a header not visible yet: next time
+                    }
+                }
+            }
+        }
+        summary.lost = self.lost();
+        summary.overwritten = self.overwritten();
+        summary
+    }
+
+    /// Copies the complete sub-buffer at `pos` of `cpu`'s buffer into
+    /// `scratch` and releases it; false if it was overwritten meanwhile.
+    fn take_subbuffer(&self, slot: &Slot, cpu: usize, pos: usize, scratch: &mut [u8]) -> bool {
+        let mut copy = || {
+            // SAFETY: the sub-buffer at `pos` is complete (every record
+            // committed, seen with acquire) and not released, so no one
+            // writes it until `consumed` moves past it (module docs);
+            // `scratch` is `sub` bytes, and the source `sub` bytes from a
+            // sub-buffer boundary lie inside the data.
+            unsafe {
+                core::ptr::copy_nonoverlapping(
+                    slot.byte(pos, self.capacity),
+                    scratch.as_mut_ptr(),
+                    self.sub,
+                );
+            }
+            slot.consumed
+                .store(pos.wrapping_add(self.sub), Ordering::Release);
+        };
+        match self.mode {
+            // Only the consumer (serialized) moves `consumed`.
+            RingMode::Discard => {
+                copy();
+                true
+            }
+            RingMode::Overwrite => fence::with_signals_blocked(&slot.fence, cpu, self.by, || {
+                if slot.consumed.load(Ordering::Relaxed) != pos {
+                    return false;
+                }
+                copy();
+                true
+            }),
+        }
+    }
+}
+
+/// Calls `f` with each data record of a copied sub-buffer; how many.
+fn deliver(sub: &[u8], cpu: usize, pos: usize, f: &mut impl FnMut(Record<'_>)) -> usize {
+    let (mut at, mut n) = (0, 0);
+    while at + HEADER <= sub.len() {
+        let mut word = [0u8; core::mem::size_of::<usize>()];
+        let w = word.len();
+        word.copy_from_slice(&sub[at..at + w]);
+        let h = usize::from_ne_bytes(word);
+        let len = header_len(h);
+        if h & (PADDING | DROPPED) == 0 {
+            n += 1;
+            f(Record {
+                cpu,
+                offset: pos.wrapping_add(at) as u64,
+                payload: &sub[at + HEADER..at + HEADER + len],
+            });
+        }
+        at += record_size(len);
+    }
+    n
+}
+
+impl fmt::Debug for PerCpuRing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PerCpuRing")
+            .field("cpus", &self.cpus())
+            .field("sub_buffer_size", &self.sub)
+            .field("capacity", &self.capacity)
+            .field("mode", &self.mode)
+            .field("index", &self.by)
+            .field("lost", &self.lost())
+            .field("overwritten", &self.overwritten())
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Room for one record on one CPU's buffer, from
+/// [`PerCpuRing::reserve`]: dereferences to the payload bytes (exactly the
+/// reserved length, contents unspecified), which are the holder's alone until
+/// [`commit`](Self::commit). Dropping it uncommitted turns the record into
+/// padding counted as lost.
+///
+/// It may be committed on any CPU, and from another thread (it is `Send`):
+/// the commit lands on the buffer it was reserved on.
+///
+/// # Examples
+///
+/// ```
+/// let ring = cpulocal::PerCpuRing::new(Default::default());
+/// let mut r = ring.reserve(3).unwrap();
+/// assert_eq!(r.len(), 3);
+/// r.copy_from_slice(b"abc");
+/// let cpu = r.cpu();
+/// std::thread::scope(|s| s.spawn(move || r.commit()).join().unwrap()); // on `cpu`'s buffer
+/// ring.flush();
+/// ring.consume(|rec| assert_eq!((rec.cpu(), rec.payload()), (cpu, &b"abc"[..])));
+/// ```
+pub struct Reservation<'a> {
+    ring: &'a PerCpuRing,
+    cpu: usize,
+    offset: usize,
+    len: usize,
+}
+
+impl Reservation<'_> {
+    /// The buffer (CPU or concurrency id) the record was reserved on.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let ring = cpulocal::PerCpuRing::new(Default::default());
+    /// assert!(ring.reserve(1).unwrap().cpu() < ring.cpus());
+    /// ```
+    pub fn cpu(&self) -> usize {
+        self.cpu
+    }
+
+    /// The record's absolute offset in its CPU's buffer: what
+    /// [`Record::offset`] will say.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let ring = cpulocal::PerCpuRing::new(Default::default());
+    /// let r = ring.reserve(1).unwrap();
+    /// assert_eq!(r.offset() % 8, 0);
+    /// ```
+    pub fn offset(&self) -> u64 {
+        self.offset as u64
+    }
+
+    fn header(&self) -> &AtomicUsize {
+        self.ring.slots[self.cpu].header(self.offset, self.ring.capacity)
+    }
+
+    /// Publishes the record: one store-release of its header, into the
+    /// buffer it was reserved on, from whatever CPU this runs on. No fence,
+    /// no critical section: the header is this reservation's alone (module
+    /// docs). Async-signal-safe.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let ring = cpulocal::PerCpuRing::new(Default::default());
+    /// let mut r = ring.reserve(2).unwrap();
+    /// r[0] = 1;
+    /// r[1] = 2;
+    /// r.commit();
+    /// ring.flush();
+    /// assert_eq!(ring.consume(|rec| assert_eq!(rec.payload(), [1, 2])).records, 1);
+    /// ```
+    pub fn commit(self) {
+        self.header()
+            .store(header(self.offset, self.len, COMMITTED), Ordering::Release);
+        core::mem::forget(self);
+    }
+}
+
+impl Deref for Reservation<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        let slot = &self.ring.slots[self.cpu];
+        // SAFETY: the payload bytes of a reserved, uncommitted record are the
+        // reservation's alone (module docs), inside the data (a record never
+        // crosses a sub-buffer end).
+        unsafe {
+            core::slice::from_raw_parts(
+                slot.byte(self.offset.wrapping_add(HEADER), self.ring.capacity),
+                self.len,
+            )
+        }
+    }
+}
+
+impl DerefMut for Reservation<'_> {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        let slot = &self.ring.slots[self.cpu];
+        // SAFETY: as in `deref`; `&mut self` makes this the only borrow.
+        unsafe {
+            core::slice::from_raw_parts_mut(
+                slot.byte(self.offset.wrapping_add(HEADER), self.ring.capacity),
+                self.len,
+            )
+        }
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.header().store(
+            header(self.offset, self.len, COMMITTED | DROPPED),
+            Ordering::Release,
+        );
+        self.ring.count_lost(self.cpu);
+    }
+}
+
+impl fmt::Debug for Reservation<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reservation")
+            .field("cpu", &self.cpu)
+            .field("offset", &self.offset)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+/// One record handed to [`PerCpuRing::consume`]'s callback.
+#[derive(Debug, Clone, Copy)]
+pub struct Record<'a> {
+    cpu: usize,
+    offset: u64,
+    payload: &'a [u8],
+}
+
+impl<'a> Record<'a> {
+    /// The buffer (CPU or concurrency id) it was reserved on.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let ring = cpulocal::PerCpuRing::new(Default::default());
+    /// ring.write(b"x").unwrap();
+    /// ring.flush();
+    /// ring.consume(|r| assert!(r.cpu() < cpulocal::possible_cpus()));
+    /// ```
+    pub fn cpu(&self) -> usize {
+        self.cpu
+    }
+
+    /// Its absolute offset in that buffer: grows with each record, so it
+    /// orders a CPU's records.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let ring = cpulocal::PerCpuRing::new(Default::default());
+    /// ring.write(b"x").unwrap();
+    /// ring.flush();
+    /// ring.consume(|r| assert_eq!(r.offset() % 8, 0));
+    /// ```
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The payload bytes, as committed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let ring = cpulocal::PerCpuRing::new(Default::default());
+    /// ring.write(b"xyz").unwrap();
+    /// ring.flush();
+    /// ring.consume(|r| assert_eq!(r.payload(), b"xyz"));
+    /// ```
+    pub fn payload(&self) -> &'a [u8] {
+        self.payload
+    }
+}
+
+/// A reservation the consumer has been waiting on for longer than
+/// [`RingConfig::stuck_after`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stuck {
+    /// Its buffer.
+    pub cpu: usize,
+    /// Its absolute offset ([`Reservation::offset`]).
+    pub offset: u64,
+    /// Its payload length.
+    pub len: usize,
+    /// How long the consumer has seen it uncommitted.
+    pub waiting: Duration,
+}
+
+/// What one [`PerCpuRing::consume`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReadSummary {
+    /// Records handed to the callback.
+    pub records: usize,
+    /// Sub-buffers read and released.
+    pub sub_buffers: usize,
+    /// Reservations blocking the consumer past the timeout, one per CPU at
+    /// most.
+    pub stuck: Vec<Stuck>,
+    /// [`PerCpuRing::lost`] after this read.
+    pub lost: u64,
+    /// [`PerCpuRing::overwritten`] after this read.
+    pub overwritten: u64,
+}
