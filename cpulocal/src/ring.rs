@@ -93,15 +93,23 @@
 //! it, from the consumer: they are never skipped. Once the consumer has seen
 //! the same record uncommitted for longer than
 //! [`RingConfig::stuck_after`], each `consume` reports it in
-//! [`ReadSummary::stuck`]. A commit (or drop) releases it.
+//! [`ReadSummary::stuck`]. The clock starts when a `consume` first finds it
+//! waiting (a reservation carries no timestamp), so with `consume` called
+//! every T, a stuck record is reported between `stuck_after` and
+//! `stuck_after + T` after that first sighting. A commit (or drop) releases
+//! it.
 //!
 //! # Signals
 //!
 //! `reserve`, `write`, `commit` and dropping a reservation are
 //! async-signal-safe: no allocation, and the only lock they may take is a
-//! fence, with all signals blocked. A handler may write records while its
-//! thread holds a reservation on the same CPU: the handler's record comes
-//! after it, and both are delivered. `flush` is too (it visits every
+//! fence, with all signals blocked. (As everywhere in cpulocal, a thread's
+//! very first operation may register rseq and allocate; call
+//! [`current_cpu()`](crate::current_cpu) once in threads whose handlers
+//! write records.) A handler may write records while its thread holds a
+//! reservation on the same CPU: the handler's record comes after it, and both
+//! are delivered, unless the buffer is full (then the handler's record is
+//! refused and counted like any other). `flush` is too (it visits every
 //! CPU's fence); `consume` is not (it locks the consumer mutex).
 //!
 //! # Safety
@@ -115,8 +123,10 @@
 //! committed and which is not released: no reservation can be made in it
 //! (the full check keeps `head - consumed <= capacity`, reading `consumed`
 //! with acquire before writing), and no record in it has a live writer. In
-//! overwrite mode the copy runs under the fence after re-checking `consumed`,
-//! so no producer releases it meanwhile.
+//! overwrite mode a producer may release the oldest sub-buffer and write the
+//! next lap there, so the consumer walks the headers and copies only under
+//! the fence, after re-checking `consumed`. If the consumer's callback
+//! panics, the records it did not get are counted in `lost`.
 #![allow(unsafe_code)]
 
 use core::cell::UnsafeCell;
@@ -524,6 +534,8 @@ enum Walk {
     Partial,
     /// A header that is not this lap's: the sub-buffer was released under us.
     Stale,
+    /// (Overwrite mode) `consumed` moved before the fenced walk began.
+    Moved,
 }
 
 impl PerCpuRing {
@@ -882,7 +894,7 @@ impl PerCpuRing {
                 // Cannot happen: under the fence, with the head past the
                 // sub-buffer, every header there is this lap's and visible.
                 // Were it to, refusing (counted) beats retrying forever.
-                Walk::Partial | Walk::Stale => {
+                Walk::Partial | Walk::Stale | Walk::Moved => {
                     debug_assert!(false, "oldest sub-buffer inconsistent under the fence");
                     slot.lost.fetch_add(1, Ordering::Relaxed);
                     Overwrite::Busy
@@ -1017,15 +1029,13 @@ impl PerCpuRing {
             while taken < per_call {
                 let pos = slot.consumed.load(Ordering::Acquire);
                 let head = slot.head.load(Ordering::Acquire);
-                match self.walk(slot, pos, head) {
+                match self.walk_and_take(slot, cpu, pos, head, &mut state.scratch) {
+                    Walk::Moved => continue, // overwritten meanwhile
                     Walk::Complete(_) => {
-                        if !self.take_subbuffer(slot, cpu, pos, &mut state.scratch) {
-                            continue; // overwritten meanwhile
-                        }
                         state.waiting[cpu] = None;
                         taken += 1;
                         summary.sub_buffers += 1;
-                        summary.records += deliver(&state.scratch, cpu, pos, &mut f);
+                        summary.records += deliver(&state.scratch, cpu, pos, &slot.lost, &mut f);
                     }
                     Walk::Uncommitted(offset, len) => {
                         if slot.consumed.load(Ordering::Acquire) != pos {
@@ -1066,45 +1076,102 @@ impl PerCpuRing {
         summary
     }
 
-    /// Copies the complete sub-buffer at `pos` of `cpu`'s buffer into
-    /// `scratch` and releases it; false if it was overwritten meanwhile.
-    fn take_subbuffer(&self, slot: &Slot, cpu: usize, pos: usize, scratch: &mut [u8]) -> bool {
-        let mut copy = || {
-            // SAFETY: the sub-buffer at `pos` is complete (every record
-            // committed, seen with acquire) and not released, so no one
-            // writes it until `consumed` moves past it (module docs);
-            // `scratch` is `sub` bytes, and the source `sub` bytes from a
-            // sub-buffer boundary lie inside the data.
-            unsafe {
-                core::ptr::copy_nonoverlapping(
-                    slot.byte(pos, self.capacity),
-                    scratch.as_mut_ptr(),
-                    self.sub,
-                );
+    /// Walks the sub-buffer at `pos` of `cpu`'s buffer and, if it is
+    /// complete, copies it into `scratch` and releases it.
+    ///
+    /// In overwrite mode both run under the CPU's fence, after checking that
+    /// `consumed` is still `pos` ([`Walk::Moved`] if not): a producer may
+    /// release the oldest sub-buffer and write the next lap there, so even
+    /// reading its headers outside the fence could race with a writer's
+    /// payload bytes. A sub-buffer that `head` has not filled yet
+    /// ([`Walk::Partial`] when all its records are committed) is judged
+    /// without the fence only if nothing in it is reserved.
+    fn walk_and_take(
+        &self,
+        slot: &Slot,
+        cpu: usize,
+        pos: usize,
+        head: usize,
+        scratch: &mut [u8],
+    ) -> Walk {
+        let take = |scratch: &mut [u8]| {
+            let w = self.walk(slot, pos, head);
+            if let Walk::Complete(_) = w {
+                // SAFETY: the sub-buffer at `pos` is complete (every record
+                // committed, seen with acquire) and not released, so no one
+                // writes it until `consumed` moves past it (module docs);
+                // `scratch` is `sub` bytes, and the source `sub` bytes from a
+                // sub-buffer boundary lie inside the data.
+                unsafe {
+                    core::ptr::copy_nonoverlapping(
+                        slot.byte(pos, self.capacity),
+                        scratch.as_mut_ptr(),
+                        self.sub,
+                    );
+                }
+                slot.consumed
+                    .store(pos.wrapping_add(self.sub), Ordering::Release);
             }
-            slot.consumed
-                .store(pos.wrapping_add(self.sub), Ordering::Release);
+            w
         };
         match self.mode {
             // Only the consumer (serialized) moves `consumed`.
-            RingMode::Discard => {
-                copy();
-                true
-            }
-            RingMode::Overwrite => fence::with_signals_blocked(&slot.fence, cpu, self.by, || {
-                if slot.consumed.load(Ordering::Relaxed) != pos {
-                    return false;
+            RingMode::Discard => take(scratch),
+            RingMode::Overwrite => {
+                if head == pos {
+                    return Walk::Partial; // nothing reserved: no header to read
                 }
-                copy();
-                true
-            }),
+                fence::with_signals_blocked(&slot.fence, cpu, self.by, || {
+                    if slot.consumed.load(Ordering::Relaxed) != pos {
+                        return Walk::Moved;
+                    }
+                    take(scratch)
+                })
+            }
         }
     }
 }
 
-/// Calls `f` with each data record of a copied sub-buffer; how many.
-fn deliver(sub: &[u8], cpu: usize, pos: usize, f: &mut impl FnMut(Record<'_>)) -> usize {
-    let (mut at, mut n) = (0, 0);
+/// Calls `f` with each data record of a copied sub-buffer; how many. If `f`
+/// panics, the records it did not get (the one it was given included) are
+/// added to `lost`, so the accounting stays exact: the sub-buffer is already
+/// released.
+fn deliver(
+    sub: &[u8],
+    cpu: usize,
+    pos: usize,
+    lost: &AtomicUsize,
+    f: &mut impl FnMut(Record<'_>),
+) -> usize {
+    /// Counts the records not yet handed over when dropped.
+    struct Undelivered<'a> {
+        left: usize,
+        lost: &'a AtomicUsize,
+    }
+    impl Drop for Undelivered<'_> {
+        fn drop(&mut self) {
+            if self.left > 0 {
+                self.lost.fetch_add(self.left, Ordering::Relaxed);
+            }
+        }
+    }
+    let records = records_in(sub);
+    let n = records.len();
+    let mut guard = Undelivered { left: n, lost };
+    for (at, len) in records {
+        f(Record {
+            cpu,
+            offset: pos.wrapping_add(at) as u64,
+            payload: &sub[at + HEADER..at + HEADER + len],
+        });
+        guard.left -= 1;
+    }
+    n
+}
+
+/// `(offset, payload length)` of each data record of a copied sub-buffer.
+fn records_in(sub: &[u8]) -> Vec<(usize, usize)> {
+    let (mut at, mut out) = (0, Vec::new());
     while at + HEADER <= sub.len() {
         let mut word = [0u8; core::mem::size_of::<usize>()];
         let w = word.len();
@@ -1112,16 +1179,11 @@ fn deliver(sub: &[u8], cpu: usize, pos: usize, f: &mut impl FnMut(Record<'_>)) -
         let h = usize::from_ne_bytes(word);
         let len = header_len(h);
         if h & (PADDING | DROPPED) == 0 {
-            n += 1;
-            f(Record {
-                cpu,
-                offset: pos.wrapping_add(at) as u64,
-                payload: &sub[at + HEADER..at + HEADER + len],
-            });
+            out.push((at, len));
         }
         at += record_size(len);
     }
-    n
+    out
 }
 
 impl fmt::Debug for PerCpuRing {
@@ -1160,6 +1222,7 @@ impl fmt::Debug for PerCpuRing {
 /// ring.flush();
 /// ring.consume(|rec| assert_eq!((rec.cpu(), rec.payload()), (cpu, &b"abc"[..])));
 /// ```
+#[must_use = "a reservation dropped without commit() becomes padding counted as lost"]
 pub struct Reservation<'a> {
     ring: &'a PerCpuRing,
     cpu: usize,

@@ -556,6 +556,11 @@ fn stress(mode: RingMode, by: cpulocal::Index) {
                         match ring.reserve(len) {
                             Ok(mut r) => {
                                 fill(&mut r, id as u32, seq);
+                                // The checksum is only made right just before
+                                // the commit: a record delivered earlier
+                                // fails `parse`.
+                                let n = r.len();
+                                r[n - 8..].fill(0);
                                 if seq % 53 == 0 && allowed.len() > 1 {
                                     // Forced migration between reserve and commit.
                                     let to = allowed[rng.random_range(0..allowed.len())];
@@ -566,6 +571,8 @@ fn stress(mode: RingMode, by: cpulocal::Index) {
                                     drop(r);
                                     failed[seq as usize] = true;
                                 } else {
+                                    let sum = fnv(&r[..n - 8]);
+                                    r[n - 8..].copy_from_slice(&sum.to_le_bytes());
                                     r.commit();
                                 }
                             }
@@ -581,6 +588,11 @@ fn stress(mode: RingMode, by: cpulocal::Index) {
                         }
                         if rng.random_ratio(1, 2000) {
                             thread::yield_now();
+                        }
+                        if rng.random_ratio(1, 500) {
+                            // Padding on every CPU, the remote ones fenced,
+                            // racing the other producers' reservations.
+                            ring.flush();
                         }
                     }
                     done.fetch_add(1, SeqCst);
@@ -693,8 +705,12 @@ fn stress(mode: RingMode, by: cpulocal::Index) {
             assert_eq!(missing, 0, "committed but never delivered");
             assert_eq!(overwritten, 0);
         }
-        _ => assert_eq!(missing, overwritten, "undelivered = overwritten"),
+        _ => {
+            assert_eq!(missing, overwritten, "undelivered = overwritten");
+            assert!(overwritten > 0, "the overwrite path never ran");
+        }
     }
+    assert!(lost > 0, "the full path never ran");
     assert_eq!(seen.records + lost + overwritten, written);
     assert!(seen.records > 0 && handler_written > 0);
     if allowed.len() > 1 {
@@ -715,4 +731,34 @@ fn stress_overwrite() {
 #[test]
 fn stress_discard_mm_cid() {
     stress(RingMode::Discard, cpulocal::Index::MmCid);
+}
+
+/// A consumer callback that panics: the records it did not get are counted
+/// as lost, so delivered + lost still equals written.
+#[test]
+fn a_panicking_consumer_loses_records_counted() {
+    let r = ring(256, 2, RingMode::Discard);
+    pinned(|_| {
+        for i in 0..3u8 {
+            r.write(&[i; 8]).unwrap();
+        }
+    });
+    r.flush();
+    let mut got = Vec::new();
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        r.consume(|rec| {
+            if rec.payload()[0] == 1 {
+                panic!("the consumer fails on record 1");
+            }
+            got.push(rec.payload()[0]);
+        })
+    }));
+    assert!(unwound.is_err());
+    assert_eq!(got, [0]);
+    assert_eq!(
+        r.lost(),
+        2,
+        "record 1 (handed over) and record 2 (not reached)"
+    );
+    assert_eq!(r.consume(|_| panic!("nothing left")).records, 0);
 }
