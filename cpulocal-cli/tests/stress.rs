@@ -27,7 +27,7 @@ fn assert_ok(o: &Output) -> String {
     t
 }
 
-const STRUCTURES: [&str; 6] = ["counter", "list", "buffer", "memcpy", "lock", "opv"];
+const STRUCTURES: [&str; 7] = ["counter", "list", "buffer", "memcpy", "lock", "opv", "ring"];
 
 #[test]
 fn every_structure_with_every_helper() {

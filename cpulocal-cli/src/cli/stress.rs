@@ -24,7 +24,9 @@
 //! storm took plus the final sum; list, buffer, memcpy: every item exactly
 //! once at the end, and every copied item intact when popped; lock: no two
 //! holders at once, and the per-slot totals equal the increments; opv:
-//! `add_store` shapes and `Op::Add` vectors on the same words sum exactly.
+//! `add_store` shapes and `Op::Add` vectors on the same words sum exactly;
+//! ring: every record delivered exactly once or refused and counted as lost,
+//! never both, never neither, none torn.
 //! A broken invariant ends the command with exit status 1 and a message
 //! naming it.
 #![allow(unsafe_code)]
@@ -61,17 +63,21 @@ pub enum TestArg {
     Lock,
     /// A Domain: add_store shapes and Op::Add vectors on the same words.
     Opv,
+    /// PerCpuRing: reserve, write, commit (sometimes after a migration), a
+    /// concurrent consumer (the fence-storm thread, when asked for).
+    Ring,
     /// Each of the above in turn.
     All,
 }
 
-const TESTS: [TestArg; 6] = [
+const TESTS: [TestArg; 7] = [
     TestArg::Counter,
     TestArg::List,
     TestArg::Buffer,
     TestArg::Memcpy,
     TestArg::Lock,
     TestArg::Opv,
+    TestArg::Ring,
 ];
 
 /// What a worker does every `--every` passes.
@@ -590,6 +596,7 @@ fn run_one(test: TestArg, cfg: &Cfg) -> Result<Report, String> {
         ),
         TestArg::Lock => lock(cfg),
         TestArg::Opv => opv(cfg),
+        TestArg::Ring => ring(cfg),
         TestArg::All => unreachable!("expanded by the caller"),
     }
 }
@@ -907,5 +914,112 @@ fn opv(cfg: &Cfg) -> Result<Report, String> {
     Ok(Report {
         ops: run.passes,
         detail: format!("exact sum {total}; {:?}; {}", d.stats(), run.helpers()),
+    })
+}
+
+/// Records written, delivered exactly once or counted as lost: each record
+/// carries (worker, sequence number, check word); the consumer is the
+/// fence-storm thread (and a final drain).
+fn ring(cfg: &Cfg) -> Result<Report, String> {
+    use cpulocal::{PerCpuRing, RingConfig, RingMode};
+    let ring = Arc::new(
+        PerCpuRing::with_config(RingConfig::new().mode(RingMode::Discard).index(cfg.index))
+            .map_err(|e| format!("ring: {e}"))?,
+    );
+    // Per worker, per sequence number: 1 when its record was refused (lost).
+    let refused: Arc<Vec<Mutex<Vec<u64>>>> =
+        Arc::new((0..cfg.threads).map(|_| Mutex::new(Vec::new())).collect());
+    let delivered = Arc::new(Mutex::new(Vec::<(u64, u64)>::new()));
+    let torn = Arc::new(AtomicU64::new(0));
+    let seqs = Arc::new(
+        (0..cfg.threads)
+            .map(|_| AtomicU64::new(0))
+            .collect::<Vec<_>>(),
+    );
+    let collect = {
+        let (delivered, torn) = (delivered.clone(), torn.clone());
+        move |rec: cpulocal::Record<'_>| {
+            let p = rec.payload();
+            let word =
+                |i: usize| u64::from_ne_bytes(p[8 * i..8 * i + 8].try_into().expect("8 bytes"));
+            if word(2) != word(0).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ word(1) {
+                torn.fetch_add(1, SeqCst);
+            }
+            delivered.lock().unwrap().push((word(0), word(1)));
+        }
+    };
+    let run = {
+        let (ring, refused, seqs) = (ring.clone(), refused.clone(), seqs.clone());
+        let (rs, storm_collect) = (ring.clone(), collect.clone());
+        drive(
+            cfg,
+            move |w, _, r| {
+                let seq = seqs[w].fetch_add(1, SeqCst);
+                let words = [
+                    w as u64,
+                    seq,
+                    (w as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ seq,
+                ];
+                match ring.reserve(24 + (r % 40) as usize) {
+                    Ok(mut rec) => {
+                        for (i, v) in words.iter().enumerate() {
+                            rec[8 * i..8 * i + 8].copy_from_slice(&v.to_ne_bytes());
+                        }
+                        rec.commit();
+                    }
+                    Err(_) => refused[w].lock().unwrap().push(seq),
+                }
+            },
+            move || {
+                rs.consume(&storm_collect);
+            },
+        )
+    };
+    let run = run?;
+    ring.flush();
+    while ring.consume(&collect).sub_buffers > 0 {}
+    let torn = torn.load(SeqCst);
+    let mut seen: Vec<Vec<u8>> = seqs
+        .iter()
+        .map(|n| vec![0u8; n.load(SeqCst) as usize])
+        .collect();
+    let mut bad = 0u64;
+    for &(w, seq) in delivered.lock().unwrap().iter() {
+        match seen
+            .get_mut(w as usize)
+            .and_then(|v| v.get_mut(seq as usize))
+        {
+            Some(n) => *n = n.saturating_add(1),
+            None => bad += 1,
+        }
+    }
+    for (w, list) in refused.iter().enumerate() {
+        for &seq in list.lock().unwrap().iter() {
+            seen[w][seq as usize] = seen[w][seq as usize].saturating_add(100);
+        }
+    }
+    let written: u64 = seqs.iter().map(|n| n.load(SeqCst)).sum();
+    let lost = ring.lost();
+    let refused_n: u64 = refused.iter().map(|l| l.lock().unwrap().len() as u64).sum();
+    let flat = seen.iter().flatten();
+    let (never, twice, both) = flat.fold((0u64, 0u64, 0u64), |(a, b, c), &n| match n {
+        0 => (a + 1, b, c),
+        1 | 100 => (a, b, c),
+        n if n < 100 => (a, b + 1, c),
+        _ => (a, b, c + 1),
+    });
+    if (never, twice, both, bad, torn) != (0, 0, 0, 0, 0) || lost != refused_n {
+        return Err(format!(
+            "ring records: {written} written, {never} neither delivered nor lost, {twice} delivered twice, \
+             {both} both delivered and refused, {bad} unknown, {torn} torn; lost counter {lost} for {refused_n} refused"
+        ));
+    }
+    Ok(Report {
+        ops: run.passes,
+        detail: format!(
+            "{written} records: {} delivered, {lost} lost (buffer full), none twice; {}",
+            written - lost,
+            run.helpers()
+        ),
     })
 }
