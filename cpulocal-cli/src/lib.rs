@@ -37,6 +37,7 @@
 #[cfg(cpulocal_c_baseline)]
 pub mod baseline;
 pub mod peers;
+pub mod ring_bench;
 pub mod runner;
 pub mod structures;
 pub mod suite;

@@ -25,6 +25,18 @@
 //! structure is drained, and a value lost or duplicated is an
 //! [`Error::Unbalanced`].
 //!
+//! The ring section runs the same way at [`Config::ring_threads`], one
+//! operation being an event: `reserve(64)`, write, `commit()` on a
+//! [`PerCpuRing`](cpulocal::PerCpuRing) against a `push` of the same 64 bytes
+//! on a crossbeam `ArrayQueue` ([`RingPeer`]), with one consumer thread
+//! draining each batch as it runs (see [`ring_bench`]). A cell's time is per
+//! event *attempted*; [`RingCell`] adds the fractions delivered and lost
+//! over the timed rounds and the time per event *delivered* (so that a ring
+//! that is fast because it discards shows as such), and
+//! [`Report::ring_goals`] judges the ring against [`RING_GOAL_NS`] and
+//! [`RING_GOAL_RATIO`]. A batch whose events do not add up is an
+//! [`Error::Ring`].
+//!
 //! ```no_run
 //! use cpulocal_cli::suite::{self, Config};
 //!
@@ -40,6 +52,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::peers::{FencedAddOn, Peer, Target, Workload};
+use crate::ring_bench::{self, Outcome, RingPeer};
 use crate::runner::{allowed_cpus, Placement, Runner};
 use crate::structures::{self, Structure};
 
@@ -67,6 +80,13 @@ pub struct Config {
     pub structure_threads: Vec<usize>,
     /// Interleaved rounds per thread count of the structures.
     pub structure_rounds: usize,
+    /// The ring section's peers, in report order; [`RingPeer::Ring`] is the
+    /// reference of the ratio (none is computed without it).
+    pub ring_peers: Vec<RingPeer>,
+    /// Producer thread counts of the ring section, in increasing order.
+    pub ring_threads: Vec<usize>,
+    /// Interleaved rounds per thread count of the ring section.
+    pub ring_rounds: usize,
 }
 
 /// The counters' thread counts of both presets.
@@ -82,10 +102,28 @@ pub const GOAL: f64 = 3.0;
 /// The thread counts the structures' [`GOAL`] is judged at.
 pub const GOAL_THREADS: [usize; 2] = [2, 8];
 
+/// The ring section's producer thread counts of both presets.
+pub const RING_THREADS: [usize; 3] = [1, 2, 8];
+
+/// The ring's first goal: at most this many ns per event on
+/// [`RING_GOAL_NS_THREADS`] producer.
+pub const RING_GOAL_NS: f64 = 15.0;
+
+/// The producer count [`RING_GOAL_NS`] is judged at.
+pub const RING_GOAL_NS_THREADS: usize = 1;
+
+/// The ring's second goal: the `ArrayQueue` at least this many times slower
+/// per event (the ratio of their times in the same round) at
+/// [`RING_GOAL_RATIO_THREADS`] producers.
+pub const RING_GOAL_RATIO: f64 = 5.0;
+
+/// The producer count [`RING_GOAL_RATIO`] is judged at.
+pub const RING_GOAL_RATIO_THREADS: usize = 8;
+
 impl Config {
     /// The full suite: 15 rounds of 25 ms batches per thread count, 50,000
-    /// fenced calls per target, the structures likewise; about 22 s on 2
-    /// CPUs.
+    /// fenced calls per target, the structures and the ring likewise; about
+    /// 25 s on 2 CPUs.
     pub fn full() -> Self {
         Config {
             threads: THREADS.to_vec(),
@@ -97,17 +135,22 @@ impl Config {
             structures: Structure::ALL.to_vec(),
             structure_threads: STRUCTURE_THREADS.to_vec(),
             structure_rounds: 15,
+            ring_peers: RingPeer::ALL.to_vec(),
+            ring_threads: RING_THREADS.to_vec(),
+            ring_rounds: 15,
         }
     }
 
-    /// A short run: 5 rounds of 4 ms batches (3 for the structures), 2,000
-    /// fenced calls per target; about 1.2 s on 2 CPUs. Noisier, same shape.
+    /// A short run: 5 rounds of 4 ms batches (3 for the structures and the
+    /// ring), 2,000 fenced calls per target; about 2 s on 2 CPUs. Noisier,
+    /// same shape.
     pub fn quick() -> Self {
         Config {
             rounds: 5,
             batch: Duration::from_millis(4),
             fenced_samples: 2_000,
             structure_rounds: 3,
+            ring_rounds: 3,
             ..Self::full()
         }
     }
@@ -118,7 +161,11 @@ impl Config {
         let peers = self.peers.iter().filter(|p| p.available()).count() as u64;
         let per_count = peers * (1 + self.rounds as u64);
         let structures = self.structures.len() as u64 * (1 + self.structure_rounds as u64);
-        self.threads.len() as u64 * per_count + self.structure_threads.len() as u64 * structures + 2
+        let ring = self.ring_peers.len() as u64 * (1 + self.ring_rounds as u64);
+        self.threads.len() as u64 * per_count
+            + self.structure_threads.len() as u64 * structures
+            + self.ring_threads.len() as u64 * ring
+            + 2
     }
 }
 
@@ -161,6 +208,22 @@ pub enum Progress {
         /// The structure.
         structure: Structure,
     },
+    /// Sizing `peer`'s batch on `threads` producers (also its warm-up).
+    RingCalibrating {
+        /// Producer threads.
+        threads: usize,
+        /// The ring or its peer.
+        peer: RingPeer,
+    },
+    /// One timed batch of `peer` in round `round` (from 0).
+    RingRound {
+        /// Producer threads.
+        threads: usize,
+        /// The round.
+        round: usize,
+        /// The ring or its peer.
+        peer: RingPeer,
+    },
 }
 
 /// One peer at one thread count: a counter ([`Peer`]) or a [`Structure`].
@@ -194,6 +257,65 @@ impl<P> Cell<P> {
     /// Aggregate throughput, millions of operations per second.
     pub fn mops(&self) -> f64 {
         1e3 / self.median_ns
+    }
+}
+
+/// The ring or its peer at one producer count: its time per event attempted
+/// (`cell`, the ratio being the peer's time / the ring's), what became of
+/// the events of the timed rounds, and the time per event delivered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RingCell {
+    /// Times per event attempted and the ratio, as for the other sections.
+    pub cell: Cell<RingPeer>,
+    /// Events attempted, delivered and lost over the timed rounds.
+    pub events: Outcome,
+    /// Times per event *delivered* (each round's wall time / the events the
+    /// consumer received in that batch, its untimed tail included;
+    /// infinite for a round that delivered none) and their ratio, the
+    /// peer's / the ring's in the same round.
+    pub per_delivered: Cell<RingPeer>,
+}
+
+impl RingCell {
+    /// The fraction of the events attempted that the consumer received.
+    pub fn delivered_fraction(&self) -> f64 {
+        self.events.delivered as f64 / self.events.attempted.max(1) as f64
+    }
+
+    /// The fraction of the events attempted that were refused as full.
+    pub fn lost_fraction(&self) -> f64 {
+        self.events.lost as f64 / self.events.attempted.max(1) as f64
+    }
+}
+
+/// The ring section's two goals as measured: the ring's ns per event at
+/// [`RING_GOAL_NS_THREADS`] producer and the `ArrayQueue`'s ratio at
+/// [`RING_GOAL_RATIO_THREADS`], per event attempted (what the goals are
+/// judged on) and per event delivered (beside them); None where not run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RingGoals {
+    /// The ring's median ns per event attempted at [`RING_GOAL_NS_THREADS`].
+    pub ns: Option<f64>,
+    /// The `ArrayQueue`'s time / the ring's per event attempted at
+    /// [`RING_GOAL_RATIO_THREADS`] (median of the rounds' ratios).
+    pub ratio: Option<f64>,
+    /// The ring's median ns per event delivered at [`RING_GOAL_NS_THREADS`].
+    pub ns_delivered: Option<f64>,
+    /// The ratio per event delivered at [`RING_GOAL_RATIO_THREADS`].
+    pub ratio_delivered: Option<f64>,
+}
+
+impl RingGoals {
+    /// Whether the ring is at most [`RING_GOAL_NS`] ns per event (None: not
+    /// run).
+    pub fn ns_met(&self) -> Option<bool> {
+        self.ns.map(|ns| ns <= RING_GOAL_NS)
+    }
+
+    /// Whether the `ArrayQueue` is at least [`RING_GOAL_RATIO`] times slower
+    /// (None: not run).
+    pub fn ratio_met(&self) -> Option<bool> {
+        self.ratio.map(|r| r >= RING_GOAL_RATIO)
     }
 }
 
@@ -232,6 +354,12 @@ pub struct Report {
     /// Every structure at every structure thread count, thread count major,
     /// in [`Config::structures`] order.
     pub structures: Vec<Cell<Structure>>,
+    /// The ring and its peer at every ring thread count, thread count major,
+    /// in [`Config::ring_peers`] order.
+    pub ring: Vec<RingCell>,
+    /// The CPU the ring section's consumer was pinned to (the last allowed
+    /// one); None when floating.
+    pub ring_consumer_cpu: Option<usize>,
     /// Wall time of the run.
     pub elapsed: Duration,
 }
@@ -249,6 +377,25 @@ impl Report {
         self.structures
             .iter()
             .find(|c| c.peer == structure && c.threads == threads)
+    }
+
+    /// The ring cell of `peer` at `threads`, if it ran.
+    pub fn ring_cell(&self, peer: RingPeer, threads: usize) -> Option<&RingCell> {
+        self.ring
+            .iter()
+            .find(|c| c.cell.peer == peer && c.cell.threads == threads)
+    }
+
+    /// The ring section's goals as measured.
+    pub fn ring_goals(&self) -> RingGoals {
+        let ring = self.ring_cell(RingPeer::Ring, RING_GOAL_NS_THREADS);
+        let peer = self.ring_cell(RingPeer::ArrayQueue, RING_GOAL_RATIO_THREADS);
+        RingGoals {
+            ns: ring.map(|c| c.cell.median_ns),
+            ratio: peer.and_then(|c| c.cell.ratio),
+            ns_delivered: ring.map(|c| c.per_delivered.median_ns),
+            ratio_delivered: peer.and_then(|c| c.per_delivered.ratio),
+        }
     }
 
     /// The fastest peer structure at `threads` (the one with the smallest
@@ -303,6 +450,16 @@ pub enum Error {
         /// What does not add up.
         what: String,
     },
+    /// The ring or its peer lost, duplicated or tore events, or miscounted
+    /// the lost ones.
+    Ring {
+        /// The ring or its peer.
+        peer: RingPeer,
+        /// Producer threads.
+        threads: usize,
+        /// What does not add up.
+        what: String,
+    },
 }
 
 impl fmt::Display for Error {
@@ -330,6 +487,16 @@ impl fmt::Display for Error {
                 structure.name(),
                 if *threads == 1 { "" } else { "s" },
             ),
+            Error::Ring {
+                peer,
+                threads,
+                what,
+            } => write!(
+                f,
+                "{} with {threads} producer{}: {what}",
+                peer.name(),
+                if *threads == 1 { "" } else { "s" },
+            ),
         }
     }
 }
@@ -348,10 +515,12 @@ impl From<io::Error> for Error {
 ///
 /// [`Error::Io`] if threads cannot be created or pinned; [`Error::Inexact`]
 /// if a peer lost or duplicated updates; [`Error::Unbalanced`] if a structure
-/// lost or duplicated values.
+/// lost or duplicated values; [`Error::Ring`] if the ring or its peer lost,
+/// duplicated or tore events.
 pub fn run(config: &Config, progress: &mut dyn FnMut(Progress)) -> Result<Report, Error> {
     let started = Instant::now();
-    let cpus = allowed_cpus()?.len();
+    let allowed = allowed_cpus()?;
+    let cpus = allowed.len();
     let unavailable: Vec<Peer> = config
         .peers
         .iter()
@@ -398,6 +567,20 @@ pub fn run(config: &Config, progress: &mut dyn FnMut(Progress)) -> Result<Report
         }
         structures.extend(structures_at(config, &runner, progress)?);
     }
+    // The consumer on the last allowed CPU: with one producer (pinned to the
+    // first) it has a CPU of its own when there are two CPUs or more.
+    let ring_consumer_cpu = match config.placement {
+        Placement::Pinned => allowed.last().copied(),
+        Placement::Floating => None,
+    };
+    let mut ring = Vec::new();
+    for &threads in &config.ring_threads {
+        let runner = Runner::with_placement(threads, config.placement)?;
+        if !max_per_cpu.iter().any(|&(t, _)| t == threads) {
+            max_per_cpu.push((threads, runner.max_per_cpu()));
+        }
+        ring.extend(ring_at(config, &runner, ring_consumer_cpu, progress)?);
+    }
     max_per_cpu.sort_unstable_by_key(|&(t, _)| t);
     Ok(Report {
         config: config.clone(),
@@ -407,17 +590,29 @@ pub fn run(config: &Config, progress: &mut dyn FnMut(Progress)) -> Result<Report
         max_per_cpu,
         fenced,
         structures,
+        ring,
+        ring_consumer_cpu,
         elapsed: started.elapsed(),
     })
 }
 
-/// A job the rounds time: `ops` operations on the calling worker.
-type Job = Arc<dyn Fn(u64) + Send + Sync>;
+/// A batch the rounds time: `ops` operations on every worker of the runner
+/// at once; returns its wall time.
+type Batch = Box<dyn Fn(&Runner, u64) -> Duration>;
+
+/// A batch that runs `job(ops)` on every worker.
+fn on_workers(job: impl Fn(u64) + Send + Sync + 'static) -> Batch {
+    let job = Arc::new(job);
+    Box::new(move |runner, ops| {
+        let job = job.clone();
+        runner.run(move |_| job(ops))
+    })
+}
 
 /// One peer's batches during one thread count.
 struct Entry<P> {
     peer: P,
-    job: Job,
+    job: Batch,
     ops_per_thread: u64,
     /// Operations run so far, every thread, calibration included.
     ran: u64,
@@ -425,7 +620,7 @@ struct Entry<P> {
 }
 
 impl<P> Entry<P> {
-    fn new(peer: P, job: Job, rounds: usize) -> Self {
+    fn new(peer: P, job: Batch, rounds: usize) -> Self {
         Entry {
             peer,
             job,
@@ -468,29 +663,39 @@ fn interleave<P: Copy>(
 fn cells<P>(entries: Vec<Entry<P>>, threads: usize, reference: Option<&[f64]>) -> Vec<Cell<P>> {
     entries
         .into_iter()
-        .map(|e| {
-            let ratio = reference.and_then(|r| {
-                let paired: Vec<f64> = e
-                    .rounds_ns
-                    .iter()
-                    .zip(r)
-                    .filter(|(_, c)| **c > 0.0)
-                    .map(|(p, c)| p / c)
-                    .collect();
-                median(&paired)
-            });
-            Cell {
-                peer: e.peer,
-                threads,
-                ops_per_thread: e.ops_per_thread,
-                median_ns: median(&e.rounds_ns).unwrap_or(f64::NAN),
-                min_ns: e.rounds_ns.iter().copied().fold(f64::INFINITY, f64::min),
-                max_ns: e.rounds_ns.iter().copied().fold(0.0, f64::max),
-                rounds_ns: e.rounds_ns,
-                ratio,
-            }
-        })
+        .map(|e| cell(e.peer, threads, e.ops_per_thread, e.rounds_ns, reference))
         .collect()
+}
+
+/// A cell of `rounds_ns` (one time per round), with its ratio to
+/// `reference`: the median of the rounds' ratios, leaving out the rounds
+/// where either time is infinite or the reference's is 0.
+fn cell<P>(
+    peer: P,
+    threads: usize,
+    ops_per_thread: u64,
+    rounds_ns: Vec<f64>,
+    reference: Option<&[f64]>,
+) -> Cell<P> {
+    let ratio = reference.and_then(|r| {
+        let paired: Vec<f64> = rounds_ns
+            .iter()
+            .zip(r)
+            .filter(|(p, c)| p.is_finite() && c.is_finite() && **c > 0.0)
+            .map(|(p, c)| p / c)
+            .collect();
+        median(&paired)
+    });
+    Cell {
+        peer,
+        threads,
+        ops_per_thread,
+        median_ns: median(&rounds_ns).unwrap_or(f64::NAN),
+        min_ns: rounds_ns.iter().copied().fold(f64::INFINITY, f64::min),
+        max_ns: rounds_ns.iter().copied().fold(0.0, f64::max),
+        rounds_ns,
+        ratio,
+    }
 }
 
 /// Every peer at one thread count.
@@ -510,7 +715,7 @@ fn one_count(
         let job = w.clone();
         entries.push(Entry::new(
             peer,
-            Arc::new(move |ops| job.run(ops)),
+            on_workers(move |ops| job.run(ops)),
             config.rounds,
         ));
         workloads.push(w);
@@ -565,7 +770,7 @@ fn structures_at(
         let job = w.clone();
         entries.push(Entry::new(
             structure,
-            Arc::new(move |ops| job.run(ops)),
+            on_workers(move |ops| job.run(ops)),
             rounds,
         ));
         workloads.push(w);
@@ -606,11 +811,90 @@ fn structures_at(
     Ok(cells(entries, threads, reference))
 }
 
+/// The ring and its peer at one producer count, the peer compared with the
+/// ring of the same round; the events of the timed rounds (each workload's
+/// last `rounds` batches) counted per cell.
+fn ring_at(
+    config: &Config,
+    runner: &Runner,
+    consumer_cpu: Option<usize>,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Vec<RingCell>, Error> {
+    let threads = runner.threads();
+    let rounds = config.ring_rounds;
+    let mut workloads = Vec::new();
+    let mut entries = Vec::new();
+    for &peer in &config.ring_peers {
+        let w = Arc::new(ring_bench::Workload::new(peer, consumer_cpu));
+        let job = w.clone();
+        entries.push(Entry::new(
+            peer,
+            Box::new(move |runner: &Runner, ops| job.batch(runner, ops)),
+            rounds,
+        ));
+        workloads.push(w);
+    }
+    interleave(
+        runner,
+        &mut entries,
+        rounds,
+        config.batch,
+        &mut |peer, round| {
+            progress(match round {
+                None => Progress::RingCalibrating { threads, peer },
+                Some(round) => Progress::RingRound {
+                    threads,
+                    round,
+                    peer,
+                },
+            })
+        },
+    );
+    // Each entry's timed rounds are its workload's last `rounds` batches, in
+    // round order.
+    let mut timed = Vec::new();
+    for (e, w) in entries.iter().zip(&workloads) {
+        w.check().map_err(|what| Error::Ring {
+            peer: e.peer,
+            threads,
+            what,
+        })?;
+        let outcomes = w.outcomes();
+        let last = outcomes[outcomes.len() - rounds..].to_vec();
+        let per_delivered: Vec<f64> = e
+            .rounds_ns
+            .iter()
+            .zip(&last)
+            .map(|(ns, o)| ns * o.attempted as f64 / o.delivered as f64)
+            .collect();
+        timed.push((ring_bench::total(&last), per_delivered));
+    }
+    let ring = entries.iter().position(|e| e.peer == RingPeer::Ring);
+    let reference = ring.map(|i| entries[i].rounds_ns.clone());
+    let delivered_reference = ring.map(|i| timed[i].1.clone());
+    let ops: Vec<u64> = entries.iter().map(|e| e.ops_per_thread).collect();
+    Ok(cells(entries, threads, reference.as_deref())
+        .into_iter()
+        .zip(timed)
+        .zip(ops)
+        .map(|((c, (events, per_delivered)), ops)| RingCell {
+            per_delivered: cell(
+                c.peer,
+                threads,
+                ops,
+                per_delivered,
+                delivered_reference.as_deref(),
+            ),
+            cell: c,
+            events,
+        })
+        .collect())
+}
+
 /// One batch of `ops` operations per thread; returns its wall time.
 fn batch<P>(runner: &Runner, e: &mut Entry<P>, ops: u64) -> Duration {
-    let job = e.job.clone();
     e.ran += ops * runner.threads() as u64;
-    runner.run(move |_| job(ops))
+    (e.job)(runner, ops)
 }
 
 /// Operations per thread for a batch of about `target` wall time: grows a
@@ -665,6 +949,8 @@ mod tests {
             fenced_samples: 50,
             structure_threads: vec![1, 3],
             structure_rounds: 2,
+            ring_threads: vec![1, 3],
+            ring_rounds: 2,
             ..Config::quick()
         };
         let mut steps = 0u64;
@@ -705,5 +991,41 @@ mod tests {
             assert!(!peer.is_cpulocal() && ratio > 0.0);
         }
         assert_eq!(report.goal(2), None);
+        assert_eq!(report.ring.len(), 2 * RingPeer::ALL.len());
+        for c in &report.ring {
+            assert_eq!(c.cell.rounds_ns.len(), 2);
+            assert!(c.cell.median_ns > 0.0 && c.cell.ops_per_thread > 0);
+            let ratio = c.cell.ratio.expect("the ring ran");
+            assert!(ratio > 0.0);
+            if c.cell.peer == RingPeer::Ring {
+                assert_eq!(ratio, 1.0);
+            }
+            // The timed rounds' events, every one delivered or lost.
+            let e = c.events;
+            assert_eq!(
+                e.attempted,
+                2 * c.cell.ops_per_thread * c.cell.threads as u64
+            );
+            assert_eq!(e.delivered + e.lost, e.attempted, "{c:?}");
+            let (d, l) = (c.delivered_fraction(), c.lost_fraction());
+            assert!(
+                (0.0..=1.0).contains(&d) && (0.0..=1.0).contains(&l),
+                "{c:?}"
+            );
+            assert!((d + l - 1.0).abs() < 1e-9, "{c:?}");
+            // Per event delivered: no faster than per event attempted.
+            let per = &c.per_delivered;
+            assert_eq!(per.rounds_ns.len(), 2);
+            for (a, d) in c.cell.rounds_ns.iter().zip(&per.rounds_ns) {
+                assert!(d >= a, "{c:?}");
+            }
+            assert!(per.ratio.is_some_and(|r| r > 0.0), "{c:?}");
+        }
+        // Judged at 1 producer (run), not at 8 (not run).
+        let goals = report.ring_goals();
+        assert!(goals.ns.is_some_and(|ns| ns > 0.0) && goals.ns_met().is_some());
+        assert_eq!((goals.ratio, goals.ratio_met()), (None, None));
+        let last = allowed_cpus().unwrap().last().copied();
+        assert_eq!(report.ring_consumer_cpu, last);
     }
 }

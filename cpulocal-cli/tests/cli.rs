@@ -302,6 +302,12 @@ const STRUCTURE_NAMES: [&str; 6] = [
     "mutex_vec",
 ];
 
+/// The ring section's labels: the ring, then its peer.
+const RING_LABELS: [&str; 2] = ["cpulocal PerCpuRing", "crossbeam ArrayQueue<[u8; 64]>"];
+
+/// The ring section's names in `--json`.
+const RING_NAMES: [&str; 2] = ["cpulocal_ring", "crossbeam_array_queue"];
+
 /// The numbers at the end of a table row ("1,234" counts as 1234).
 fn row_numbers(row: &str) -> Vec<f64> {
     let mut cells: Vec<f64> = row
@@ -350,6 +356,7 @@ fn check_bench_text(out: &str) {
     }
     assert!(out.contains("fenced path"), "{out}");
     check_structures_text(out);
+    check_ring_text(out);
     assert!(out.contains("chart: "), "{out}");
     assert!(out.contains("time: "), "{out}");
 }
@@ -413,6 +420,98 @@ fn check_structures_text(out: &str) {
             .any(|v| verdict.contains(v)),
         "{verdict}"
     );
+}
+
+/// The ring section: a positive time per event attempted and per event
+/// delivered for the ring and its peer at every thread count, the delivered
+/// percentages (0 to 100), the peer's positive ratios, and the verdicts on
+/// the two goals.
+#[track_caller]
+fn check_ring_text(out: &str) {
+    let find = |from: usize, what: &str| {
+        out[from..]
+            .find(what)
+            .map(|i| from + i)
+            .unwrap_or_else(|| panic!("no {what:?} in:\n{out}"))
+    };
+    let section = find(
+        0,
+        "ring: every producer loops reserve(64), write 64 B, commit()",
+    );
+    assert!(out[section..].contains("one consumer thread, "), "{out}");
+    let times = find(section, "ns per event attempted (");
+    let delivered = find(times, "delivered, % of the events attempted");
+    let per_delivered = find(delivered, "ns per event delivered (");
+    let ratios = find(per_delivered, "ratio to the ring (");
+    let columns = row_numbers(out[times..].lines().nth(1).unwrap()).len();
+    assert!(columns >= 1, "{out}");
+    let rows = |from: usize| -> Vec<&str> {
+        out[from..]
+            .lines()
+            .skip(2)
+            .take_while(|l| l.starts_with("  ") && !l.contains(':'))
+            .collect()
+    };
+    let labelled = |rows: &[&str], labels: &[&str]| {
+        assert_eq!(rows.len(), labels.len(), "{out}");
+        for (row, label) in rows.iter().zip(labels) {
+            assert!(
+                row.trim_start().starts_with(label),
+                "{row:?} is not {label:?}"
+            );
+            assert_eq!(row_numbers(row).len(), columns, "{row:?}");
+        }
+    };
+    let (time_rows, delivered_rows, per_delivered_rows, ratio_rows) = (
+        rows(times),
+        rows(delivered),
+        rows(per_delivered),
+        rows(ratios),
+    );
+    labelled(&time_rows, &RING_LABELS);
+    labelled(&delivered_rows, &RING_LABELS);
+    labelled(&per_delivered_rows, &RING_LABELS);
+    labelled(
+        &ratio_rows,
+        &[
+            "ArrayQueue, per event attempted",
+            "ArrayQueue, per event delivered",
+        ],
+    );
+    for row in time_rows
+        .iter()
+        .chain(&per_delivered_rows)
+        .chain(&ratio_rows)
+    {
+        assert!(row_numbers(row).iter().all(|&v| v > 0.0), "{row:?}");
+    }
+    for row in &delivered_rows {
+        assert!(
+            row_numbers(row).iter().all(|&v| (0.0..=100.0).contains(&v)),
+            "{row:?}"
+        );
+    }
+    // Per event delivered never beats per event attempted.
+    for (attempted, delivered) in time_rows.iter().zip(&per_delivered_rows) {
+        for (a, d) in row_numbers(attempted).iter().zip(row_numbers(delivered)) {
+            assert!(d >= *a, "{attempted:?} vs {delivered:?}");
+        }
+    }
+    for goal in [
+        "goal, ring at most 15.0 ns/event with 1 producer: ",
+        "goal, ring at least 5.00x ArrayQueue's throughput with 8 producers: ",
+    ] {
+        let verdict = out[ratios..]
+            .lines()
+            .find(|l| l.starts_with(goal))
+            .unwrap_or_else(|| panic!("no {goal:?} in:\n{out}"));
+        assert!(
+            [": met (", ": NOT met (", ": not decided ("]
+                .iter()
+                .any(|v| verdict.contains(v)),
+            "{verdict}"
+        );
+    }
 }
 
 /// A PNG that decodes, at the chart's size, with something drawn on it.
@@ -503,6 +602,17 @@ fn bench_prints_tables_and_writes_the_chart() {
         "{out}"
     );
     assert!(out.contains("8 threads: not run"), "{out}");
+    // And to the ring: 1, 2 and 4 producers, the 8-producer goal not decided.
+    let ring = &out[out.find("ns per event attempted (").unwrap()..];
+    assert_eq!(
+        row_numbers(ring.lines().nth(1).unwrap()),
+        [1.0, 2.0, 4.0],
+        "{out}"
+    );
+    assert!(
+        out.contains("with 8 producers: not decided (8 producers not run)"),
+        "{out}"
+    );
     // The CPUs the bench may use, from its header ("... threads on N CPUs").
     let cpus: usize = out
         .split(" threads on ")
@@ -674,6 +784,8 @@ fn bench_json_has_the_documented_fields() {
         );
     }
 
+    check_ring_json(&v["ring"], &[1, 3], 3, cpus);
+
     let png = PathBuf::from(v["chart"]["png"].as_str().unwrap());
     let svg = PathBuf::from(v["chart"]["svg"].as_str().unwrap());
     assert_eq!(png, charts.join("counter-throughput.png"));
@@ -681,6 +793,108 @@ fn bench_json_has_the_documented_fields() {
     check_png(&png);
     check_svg(&svg);
     assert!(v["elapsed_s"].as_f64().unwrap() > 0.0);
+}
+
+/// `bench --json`'s ring section, run pinned at `threads` (without 8) for
+/// `rounds` rounds.
+#[track_caller]
+fn check_ring_json(ring: &Value, threads: &[u64], rounds: u64, cpus: usize) {
+    assert!(
+        ring["operation"]
+            .as_str()
+            .unwrap()
+            .starts_with("reserve(64)"),
+        "{ring}"
+    );
+    assert_eq!(ring["payload_bytes"], 64);
+    assert_eq!(ring["threads"], serde_json::json!(threads));
+    assert_eq!(ring["rounds"], rounds);
+    assert_eq!(ring["reference"], "cpulocal_ring");
+    assert!(ring["consumer_cpu"].as_u64().is_some(), "pinned: {ring}");
+    let peers = ring["peers"].as_array().expect("ring.peers");
+    let names: Vec<&str> = peers.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, RING_NAMES, "{ring}");
+    let capacity = peers[0]["capacity_events"].as_u64().unwrap();
+    for p in peers {
+        assert!(!p["label"].as_str().unwrap().is_empty());
+        assert!(!p["operation"].as_str().unwrap().is_empty());
+        // The queue holds as many events as the ring.
+        assert_eq!(p["capacity_events"].as_u64().unwrap(), capacity, "{p}");
+    }
+    assert!(capacity > 0);
+    let results = ring["results"].as_array().expect("ring.results");
+    assert_eq!(results.len(), threads.len() * RING_NAMES.len(), "{ring}");
+    for r in results {
+        let name = r["peer"].as_str().unwrap();
+        assert!(RING_NAMES.contains(&name), "{r}");
+        let t = r["threads"].as_u64().unwrap();
+        assert!(threads.contains(&t), "{r}");
+        let ns = r["ns_per_op"].as_f64().unwrap();
+        let (min, max) = (
+            r["ns_per_op_min"].as_f64().unwrap(),
+            r["ns_per_op_max"].as_f64().unwrap(),
+        );
+        assert!(0.0 < min && min <= ns && ns <= max, "{r}");
+        assert!(r["mops_per_s"].as_f64().unwrap() > 0.0, "{r}");
+        let ratio = r["ratio_to_cpulocal"].as_f64().expect("a ratio");
+        assert!(ratio > 0.0, "{r}");
+        if name == "cpulocal_ring" {
+            assert_eq!(ratio, 1.0, "{r}");
+        }
+        let ops = r["ops_per_thread"].as_u64().unwrap();
+        assert!(ops > 0, "{r}");
+        let per_cpu = r["max_threads_per_cpu"].as_u64().expect("pinned");
+        assert_eq!(per_cpu as usize, (t as usize).div_ceil(cpus), "{r}");
+        // The timed rounds' events: each delivered or lost.
+        let events = r["events"].as_u64().unwrap();
+        assert_eq!(events, rounds * ops * t, "{r}");
+        let (delivered, lost) = (
+            r["delivered"].as_u64().unwrap(),
+            r["lost"].as_u64().unwrap(),
+        );
+        assert_eq!(delivered + lost, events, "{r}");
+        let d = r["delivered_fraction"].as_f64().unwrap();
+        let l = r["lost_fraction"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&d) && (0.0..=1.0).contains(&l), "{r}");
+        assert!((d + l - 1.0).abs() < 1e-9, "{r}");
+        assert!((d - delivered as f64 / events as f64).abs() < 1e-9, "{r}");
+        let per_delivered = r["ns_per_delivered_event"]
+            .as_f64()
+            .expect("events delivered");
+        assert!(per_delivered >= ns, "{r}");
+        let ratio_delivered = r["delivered_ratio_to_ring"].as_f64().expect("a ratio");
+        assert!(ratio_delivered > 0.0, "{r}");
+        if name == "cpulocal_ring" {
+            assert_eq!(ratio_delivered, 1.0, "{r}");
+        }
+    }
+    let goals = &ring["goals"];
+    let ns = &goals["ns_per_event"];
+    assert_eq!(
+        (ns["goal"].as_f64(), ns["threads"].as_u64()),
+        (Some(15.0), Some(1))
+    );
+    if threads.contains(&1) {
+        let value = ns["value"].as_f64().unwrap();
+        assert!(value > 0.0, "{goals}");
+        assert!(
+            ns["value_per_delivered_event"].as_f64().unwrap() >= value,
+            "{goals}"
+        );
+        assert_eq!(ns["met"].as_bool(), Some(value <= 15.0), "{goals}");
+    }
+    let ratio = &goals["ratio"];
+    assert_eq!(
+        (ratio["goal"].as_f64(), ratio["threads"].as_u64()),
+        (Some(5.0), Some(8))
+    );
+    // 8 producers not run: nothing decided.
+    assert!(
+        ratio["value"].is_null()
+            && ratio["met"].is_null()
+            && ratio["value_per_delivered_event"].is_null(),
+        "{goals}"
+    );
 }
 
 #[test]
@@ -703,6 +917,11 @@ fn bench_floating_threads_have_no_cpu_of_their_own() {
     let v: Value = serde_json::from_str(&stdout(&o)).expect("bench --json is JSON");
     assert_eq!(v["placement"], "floating");
     for r in v["results"].as_array().unwrap() {
+        assert!(r["max_threads_per_cpu"].is_null(), "{r}");
+    }
+    // Nor the ring's producers and consumer.
+    assert!(v["ring"]["consumer_cpu"].is_null(), "{}", v["ring"]);
+    for r in v["ring"]["results"].as_array().unwrap() {
         assert!(r["max_threads_per_cpu"].is_null(), "{r}");
     }
     // The default output directory, relative to the working directory.

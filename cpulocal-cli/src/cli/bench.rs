@@ -1,6 +1,7 @@
 //! `cpulocal bench`: the comparison suite (`cpulocal_cli::suite`), printed as
 //! tables of time per operation and of ratios to cpulocal (counters, then
-//! structures with the verdict on their goal), written as a chart of the
+//! structures with the verdict on their goal, then the ring with the events
+//! it delivered and the verdict on its goals), written as a chart of the
 //! counters, or printed as JSON.
 
 use std::io::{IsTerminal, Write};
@@ -10,8 +11,12 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
+use cpulocal_cli::ring_bench::{self, Outcome, RingPeer, RING_RECORDS_PER_CPU};
 use cpulocal_cli::structures::{Structure, ARRAY_QUEUE_PER_THREAD, BUFFER_CAPACITY};
-use cpulocal_cli::suite::{self, Cell, Config, Progress, Report, GOAL, GOAL_THREADS};
+use cpulocal_cli::suite::{
+    self, Cell, Config, Progress, Report, GOAL, GOAL_THREADS, RING_GOAL_NS, RING_GOAL_NS_THREADS,
+    RING_GOAL_RATIO, RING_GOAL_RATIO_THREADS,
+};
 use cpulocal_cli::{Peer, Placement, Target};
 
 use super::chart::{self, Files};
@@ -21,8 +26,8 @@ use super::{grouped, BenchArgs, Failure, PlacementArg};
 pub const DEFAULT_OUT: &str = "target/cpulocal-bench";
 
 /// The suite's configuration for these arguments: `--threads` sets the
-/// thread counts of both the counters and the structures, `--rounds` the
-/// rounds of both.
+/// thread counts of the counters, the structures and the ring, `--rounds` the
+/// rounds of all three.
 pub fn config(args: &BenchArgs) -> Config {
     let mut config = if args.quick {
         Config::quick()
@@ -34,11 +39,13 @@ pub fn config(args: &BenchArgs) -> Config {
         t.sort_unstable();
         t.dedup();
         config.structure_threads = t.clone();
+        config.ring_threads = t.clone();
         config.threads = t;
     }
     if let Some(rounds) = args.rounds {
         config.rounds = rounds as usize;
         config.structure_rounds = rounds as usize;
+        config.ring_rounds = rounds as usize;
     }
     config.placement = match args.placement {
         PlacementArg::Pinned => Placement::Pinned,
@@ -121,7 +128,25 @@ fn describe(p: Progress, config: &Config) -> String {
             config.structure_rounds,
             structure.name()
         ),
+        Progress::RingCalibrating { threads: t, peer } => {
+            format!("ring, {}: sizing {}", producers(t), peer.name())
+        }
+        Progress::RingRound {
+            threads: t,
+            round,
+            peer,
+        } => format!(
+            "ring, {}: round {}/{} {}",
+            producers(t),
+            round + 1,
+            config.ring_rounds,
+            peer.name()
+        ),
     }
+}
+
+fn producers(t: usize) -> String {
+    format!("{t} producer{}", if t == 1 { "" } else { "s" })
 }
 
 fn list(v: &[usize]) -> String {
@@ -173,14 +198,13 @@ fn num(v: f64) -> String {
 const LABEL_WIDTH: usize = 32;
 const CELL_WIDTH: usize = 8;
 
-/// A table of one number per peer (row) and thread count (column); `cell`
-/// finds a peer's cell at a thread count.
-fn write_table<'r, P: Copy + 'r>(
+/// A table of one value per peer (row) and thread count (column), as
+/// `value` writes it ("-" for None).
+fn write_table<P: Copy>(
     out: &mut impl Write,
     threads: &[usize],
     peers: &[(P, &str)],
-    cell: impl Fn(P, usize) -> Option<&'r Cell<P>>,
-    value: impl Fn(&Cell<P>) -> Option<f64>,
+    value: impl Fn(P, usize) -> Option<String>,
 ) -> std::io::Result<()> {
     write!(out, "  {:<LABEL_WIDTH$}", "threads")?;
     for t in threads {
@@ -190,8 +214,8 @@ fn write_table<'r, P: Copy + 'r>(
     for &(peer, label) in peers {
         write!(out, "  {label:<LABEL_WIDTH$}")?;
         for &t in threads {
-            let v = cell(peer, t).and_then(&value);
-            write!(out, "{:>CELL_WIDTH$}", v.map_or("-".into(), num))?;
+            let v = value(peer, t).unwrap_or_else(|| "-".into());
+            write!(out, "{v:>CELL_WIDTH$}")?;
         }
         writeln!(out)?;
     }
@@ -206,13 +230,9 @@ fn write_counter_table(
     value: impl Fn(&Cell) -> Option<f64>,
 ) -> std::io::Result<()> {
     let rows: Vec<(Peer, &str)> = peers.iter().map(|&p| (p, p.label())).collect();
-    write_table(
-        out,
-        &report.config.threads,
-        &rows,
-        |p, t| report.cell(p, t),
-        value,
-    )
+    write_table(out, &report.config.threads, &rows, |p, t| {
+        report.cell(p, t).and_then(&value).map(num)
+    })
 }
 
 /// The structures' table of one number per structure and thread count.
@@ -223,13 +243,9 @@ fn write_structure_table(
     value: impl Fn(&Cell<Structure>) -> Option<f64>,
 ) -> std::io::Result<()> {
     let rows: Vec<(Structure, &str)> = structures.iter().map(|&s| (s, s.label())).collect();
-    write_table(
-        out,
-        &report.config.structure_threads,
-        &rows,
-        |s, t| report.structure_cell(s, t),
-        value,
-    )
+    write_table(out, &report.config.structure_threads, &rows, |s, t| {
+        report.structure_cell(s, t).and_then(&value).map(num)
+    })
 }
 
 fn write_report(out: &mut impl Write, report: &Report, files: &Files) -> std::io::Result<()> {
@@ -311,6 +327,7 @@ fn write_report(out: &mut impl Write, report: &Report, files: &Files) -> std::io
         }
     }
     write_structures(out, report)?;
+    write_ring(out, report)?;
     writeln!(out)?;
     write_chart_paths(out, files)?;
     writeln!(out, "time: {:.1} s", report.elapsed.as_secs_f64())
@@ -384,6 +401,191 @@ fn verdict(report: &Report) -> String {
     )
 }
 
+/// `delivered` of `attempted` as a percentage with one decimal, rounded down:
+/// "100" only when every event was delivered.
+fn percent(delivered: u64, attempted: u64) -> String {
+    if delivered >= attempted {
+        return "100".into();
+    }
+    let tenths = u128::from(delivered) * 1000 / u128::from(attempted);
+    format!("{}.{}", tenths / 10, tenths % 10)
+}
+
+/// The delivered percentage of `peer` at `threads`, if it ran.
+fn delivered(report: &Report, peer: RingPeer, threads: usize) -> Option<String> {
+    report
+        .ring_cell(peer, threads)
+        .map(|c| percent(c.events.delivered, c.events.attempted))
+}
+
+/// The ring section's tables and the verdicts on its goals.
+fn write_ring(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
+    let config = &report.config;
+    if config.ring_peers.is_empty() || config.ring_threads.is_empty() {
+        return Ok(());
+    }
+    let slots = ring_bench::array_queue_slots();
+    writeln!(out)?;
+    writeln!(
+        out,
+        "ring: every producer loops reserve(64), write 64 B, commit() on one cpulocal PerCpuRing (discard mode, {} sub-buffers of {} KiB per CPU: {RING_RECORDS_PER_CPU} events per CPU, {} in all), or push()es the same [u8; 64] on one crossbeam ArrayQueue of {slots} slots (an event refused as full is counted lost by both); {} interleaved rounds of ~{} ms batches per producer count",
+        ring_bench::SUB_BUFFERS,
+        ring_bench::SUB_BUFFER_SIZE / 1024,
+        RingPeer::Ring.capacity(),
+        config.ring_rounds,
+        config.batch.as_millis(),
+    )?;
+    writeln!(
+        out,
+        "  one consumer thread, {}, drains each batch while it runs (consume(), pop()), and what is left after it, untimed",
+        match report.ring_consumer_cpu {
+            Some(cpu) => format!("pinned to CPU {cpu}"),
+            None => "not pinned".into(),
+        }
+    )?;
+    writeln!(
+        out,
+        "ns per event attempted (batch wall time / all producers' events, delivered or not; median of {} rounds)",
+        config.ring_rounds
+    )?;
+    let rows: Vec<(RingPeer, &str)> = config.ring_peers.iter().map(|&p| (p, p.label())).collect();
+    write_table(out, &config.ring_threads, &rows, |p, t| {
+        report.ring_cell(p, t).map(|c| num(c.cell.median_ns))
+    })?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "delivered, % of the events attempted in the timed rounds (the rest refused as full and counted lost; delivered + lost checked exact)"
+    )?;
+    write_table(out, &config.ring_threads, &rows, |p, t| {
+        delivered(report, p, t)
+    })?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "ns per event delivered (batch wall time / the events the consumer received, its untimed tail included; median of {} rounds)",
+        config.ring_rounds
+    )?;
+    write_table(out, &config.ring_threads, &rows, |p, t| {
+        report
+            .ring_cell(p, t)
+            .map(|c| num(c.per_delivered.median_ns))
+    })?;
+    let peers: Vec<RingPeer> = config
+        .ring_peers
+        .iter()
+        .copied()
+        .filter(|&p| p != RingPeer::Ring)
+        .collect();
+    if peers.is_empty() || !config.ring_peers.contains(&RingPeer::Ring) {
+        return Ok(());
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "ratio to the ring (peer's time / the ring's in the same round, median; above 1: the ring is faster)"
+    )?;
+    let labels: Vec<((RingPeer, bool), String)> = peers
+        .iter()
+        .flat_map(|&p| {
+            [false, true].map(|per_delivered| {
+                let per = if per_delivered {
+                    "delivered"
+                } else {
+                    "attempted"
+                };
+                (
+                    (p, per_delivered),
+                    format!("{}, per event {per}", p.short()),
+                )
+            })
+        })
+        .collect();
+    let ratio_rows: Vec<((RingPeer, bool), &str)> =
+        labels.iter().map(|(k, l)| (*k, l.as_str())).collect();
+    write_table(
+        out,
+        &config.ring_threads,
+        &ratio_rows,
+        |(p, per_delivered), t| {
+            let c = report.ring_cell(p, t)?;
+            let cell = if per_delivered {
+                &c.per_delivered
+            } else {
+                &c.cell
+            };
+            cell.ratio.map(num)
+        },
+    )?;
+    for line in ring_verdicts(report) {
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
+}
+
+/// "ring 99.5%, ArrayQueue 100%" at `threads`.
+fn delivered_both(report: &Report, threads: usize) -> String {
+    let one = |p: RingPeer, name: &str| {
+        format!(
+            "{name} {}%",
+            delivered(report, p, threads).unwrap_or_else(|| "-".into())
+        )
+    };
+    format!(
+        "{}, {}",
+        one(RingPeer::Ring, "ring"),
+        one(RingPeer::ArrayQueue, "ArrayQueue")
+    )
+}
+
+fn outcome_word(met: Option<bool>) -> &'static str {
+    match met {
+        Some(true) => "met",
+        Some(false) => "NOT met",
+        None => "not decided",
+    }
+}
+
+/// The verdict lines on the ring's two goals, judged per event attempted,
+/// with the numbers per event delivered and the events delivered beside
+/// them, so that speed bought by discarding shows.
+fn ring_verdicts(report: &Report) -> [String; 2] {
+    let goals = report.ring_goals();
+    let or_dash = |v: Option<f64>| v.map_or_else(|| "-".into(), num);
+    let ns = match goals.ns {
+        Some(ns) => format!(
+            "{} ns per event attempted, {} per event delivered; delivered: {}",
+            num(ns),
+            or_dash(goals.ns_delivered),
+            delivered_both(report, RING_GOAL_NS_THREADS)
+        ),
+        None => format!("{} not run", producers(RING_GOAL_NS_THREADS)),
+    };
+    let ratio = match goals.ratio {
+        Some(r) => format!(
+            "{}x per event attempted, {}x per event delivered; delivered: {}",
+            num(r),
+            or_dash(goals.ratio_delivered),
+            delivered_both(report, RING_GOAL_RATIO_THREADS)
+        ),
+        None => format!("{} not run", producers(RING_GOAL_RATIO_THREADS)),
+    };
+    [
+        format!(
+            "goal, ring at most {} ns/event with {}: {} ({ns})",
+            num(RING_GOAL_NS),
+            producers(RING_GOAL_NS_THREADS),
+            outcome_word(goals.ns_met()),
+        ),
+        format!(
+            "goal, ring at least {}x ArrayQueue's throughput with {}: {} ({ratio})",
+            num(RING_GOAL_RATIO),
+            producers(RING_GOAL_RATIO_THREADS),
+            outcome_word(goals.ratio_met()),
+        ),
+    ]
+}
+
 /// The "chart:" lines.
 pub fn write_chart_paths(out: &mut impl Write, files: &Files) -> std::io::Result<()> {
     writeln!(out, "chart: {}", shown(&files.png))?;
@@ -409,6 +611,7 @@ struct Json<'a> {
     results: Vec<JsonResult>,
     fenced_add_on: Vec<JsonFenced>,
     structures: JsonStructures<'a>,
+    ring: JsonRing<'a>,
     chart: JsonChart,
     elapsed_s: f64,
 }
@@ -476,6 +679,55 @@ struct JsonGoalAt {
 }
 
 #[derive(Serialize)]
+struct JsonRing<'a> {
+    operation: &'static str,
+    payload_bytes: usize,
+    threads: &'a [usize],
+    rounds: usize,
+    reference: &'static str,
+    consumer_cpu: Option<usize>,
+    peers: Vec<JsonRingPeer>,
+    results: Vec<JsonRingResult>,
+    goals: JsonRingGoals,
+}
+
+#[derive(Serialize)]
+struct JsonRingPeer {
+    name: &'static str,
+    label: &'static str,
+    operation: &'static str,
+    capacity_events: usize,
+}
+
+#[derive(Serialize)]
+struct JsonRingResult {
+    #[serde(flatten)]
+    time: JsonResult,
+    events: u64,
+    delivered: u64,
+    lost: u64,
+    delivered_fraction: f64,
+    lost_fraction: f64,
+    ns_per_delivered_event: Option<f64>,
+    delivered_ratio_to_ring: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct JsonRingGoals {
+    ns_per_event: JsonRingGoal,
+    ratio: JsonRingGoal,
+}
+
+#[derive(Serialize)]
+struct JsonRingGoal {
+    goal: f64,
+    threads: usize,
+    value: Option<f64>,
+    met: Option<bool>,
+    value_per_delivered_event: Option<f64>,
+}
+
+#[derive(Serialize)]
 struct JsonChart {
     png: String,
     svg: String,
@@ -513,6 +765,71 @@ fn goal_json(report: &Report) -> JsonGoal {
                 }
             })
             .collect(),
+    }
+}
+
+/// The ring section, as [`write_ring`] prints it.
+fn ring_json(report: &Report, per_cpu: impl Fn(usize) -> Option<usize>) -> JsonRing<'_> {
+    let goals = report.ring_goals();
+    JsonRing {
+        operation: "reserve(64), write 64 B, commit(); the peer: push([u8; 64])",
+        payload_bytes: ring_bench::PAYLOAD,
+        threads: &report.config.ring_threads,
+        rounds: report.config.ring_rounds,
+        reference: RingPeer::Ring.name(),
+        consumer_cpu: report.ring_consumer_cpu,
+        peers: report
+            .config
+            .ring_peers
+            .iter()
+            .map(|&p| JsonRingPeer {
+                name: p.name(),
+                label: p.label(),
+                operation: match p {
+                    RingPeer::Ring => "reserve(64), write, commit(); discard mode",
+                    RingPeer::ArrayQueue => "push([u8; 64]); refused when full",
+                },
+                capacity_events: p.capacity(),
+            })
+            .collect(),
+        results: report
+            .ring
+            .iter()
+            .map(|c| {
+                let Outcome {
+                    attempted,
+                    delivered,
+                    lost,
+                } = c.events;
+                JsonRingResult {
+                    time: row(&c.cell, c.cell.peer.name(), per_cpu(c.cell.threads)),
+                    events: attempted,
+                    delivered,
+                    lost,
+                    delivered_fraction: c.delivered_fraction(),
+                    lost_fraction: c.lost_fraction(),
+                    ns_per_delivered_event: Some(c.per_delivered.median_ns)
+                        .filter(|ns| ns.is_finite()),
+                    delivered_ratio_to_ring: c.per_delivered.ratio,
+                }
+            })
+            .collect(),
+        goals: JsonRingGoals {
+            ns_per_event: JsonRingGoal {
+                goal: RING_GOAL_NS,
+                threads: RING_GOAL_NS_THREADS,
+                value: goals.ns,
+                met: goals.ns_met(),
+                value_per_delivered_event: goals.ns_delivered.filter(|ns| ns.is_finite()),
+            },
+            ratio: JsonRingGoal {
+                goal: RING_GOAL_RATIO,
+                threads: RING_GOAL_RATIO_THREADS,
+                value: goals.ratio,
+                met: goals.ratio_met(),
+                value_per_delivered_event: goals.ratio_delivered,
+            },
+        },
     }
 }
 
@@ -587,6 +904,7 @@ fn to_json<'a>(report: &'a Report, files: &Files, quick: bool) -> Json<'a> {
                 .collect(),
             goal: goal_json(report),
         },
+        ring: ring_json(report, per_cpu),
         chart: JsonChart {
             png: shown(&files.png),
             svg: shown(&files.svg),
