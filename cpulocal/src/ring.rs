@@ -90,7 +90,10 @@
 //!
 //! A reservation that is held and never committed (its writer hangs or was
 //! leaked with `mem::forget`) keeps its sub-buffer, and the records after
-//! it, from the consumer: they are never skipped. Once the consumer has seen
+//! it, from the consumer: they are never skipped. The consumer looks at a
+//! sub-buffer only once it is closed (`head` past its end: filled by later
+//! records, or padded by [`PerCpuRing::flush`]), so as not to pull in the
+//! lines producers are writing. Once the consumer has seen
 //! the same record uncommitted for longer than
 //! [`RingConfig::stuck_after`], each `consume` reports it in
 //! [`ReadSummary::stuck`]. The clock starts when a `consume` first finds it
@@ -384,14 +387,16 @@ impl Default for RingConfig {
     }
 }
 
-/// One CPU's control words and fence in one padded line; the data out of
-/// line.
+/// One CPU's control words: the producers' (fence, head, counts) in one
+/// padded line, the consumer's `consumed` in another, so that releasing a
+/// sub-buffer does not steal the line every reservation writes; the data out
+/// of line.
 struct Slot {
     fence: Fence,
     /// Absolute offset of the next reservation.
     head: AtomicUsize,
     /// Absolute offset released so far (sub-buffer aligned).
-    consumed: AtomicUsize,
+    consumed: CachePadded<AtomicUsize>,
     /// Records refused or dropped.
     lost: AtomicUsize,
     /// Records overwritten unread (overwrite mode).
@@ -578,7 +583,7 @@ impl PerCpuRing {
                 CachePadded::new(Slot {
                     fence: Fence::new(i),
                     head: AtomicUsize::new(0),
-                    consumed: AtomicUsize::new(0),
+                    consumed: CachePadded::new(AtomicUsize::new(0)),
                     lost: AtomicUsize::new(0),
                     overwritten: AtomicUsize::new(0),
                     data: (0..capacity / 8).map(|_| UnsafeCell::new(0)).collect(),
@@ -1029,6 +1034,11 @@ impl PerCpuRing {
             while taken < per_call {
                 let pos = slot.consumed.load(Ordering::Acquire);
                 let head = slot.head.load(Ordering::Acquire);
+                if head.wrapping_sub(pos) < self.sub {
+                    // Not closed yet: nothing to take, and walking its headers
+                    // would pull in the lines the producers are writing.
+                    break;
+                }
                 match self.walk_and_take(slot, cpu, pos, head, &mut state.scratch) {
                     Walk::Moved => continue, // overwritten meanwhile
                     Walk::Complete(_) => {
