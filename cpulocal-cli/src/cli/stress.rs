@@ -543,6 +543,12 @@ fn drive(
     while finished.load(SeqCst) < cfg.threads as u64 {
         std::thread::sleep(Duration::from_micros(200));
     }
+    // Short runs can end before the signal thread's first signal: give it
+    // the waiting workers (still valid targets) for up to two seconds.
+    let grace = Instant::now() + Duration::from_secs(2);
+    while cfg.signals && signals_sent.load(SeqCst) == 0 && Instant::now() < grace {
+        std::thread::sleep(Duration::from_micros(200));
+    }
     stop.store(true, SeqCst);
     if let Some(s) = signaller {
         s.join().expect("the signal thread panicked");
