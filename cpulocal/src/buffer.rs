@@ -58,7 +58,7 @@ use crate::domain::Order;
 use crate::fence::{self, Fence};
 use crate::shape::{self, Shape};
 use crate::stats::{PathStats, Stats};
-use crate::{engine, Error, Index};
+use crate::{Error, Index};
 
 /// One CPU's count and fence in one padded line; the entries out of line.
 struct Slot {
@@ -168,18 +168,13 @@ impl<T> PerCpuBuffer<T> {
             capacity > 0,
             "PerCpuBuffer: the capacity per CPU must be at least 1"
         );
-        engine::process();
-        let by = by.effective();
+        let (by, slots) = by.padded_slots(|i| Slot {
+            fence: Fence::new(i),
+            count: AtomicUsize::new(0),
+            items: (0..capacity).map(|_| AtomicUsize::new(0)).collect(),
+        });
         PerCpuBuffer {
-            slots: (0..by.slots())
-                .map(|i| {
-                    CachePadded::new(Slot {
-                        fence: Fence::new(i),
-                        count: AtomicUsize::new(0),
-                        items: (0..capacity).map(|_| AtomicUsize::new(0)).collect(),
-                    })
-                })
-                .collect(),
+            slots,
             capacity,
             by,
             stats: Default::default(),

@@ -9,7 +9,7 @@ use crossbeam_utils::CachePadded;
 use crate::fence::Fence;
 use crate::shape::{self, Shape};
 use crate::stats::{PathStats, Stats};
-use crate::{engine, Index};
+use crate::Index;
 
 /// Whether an operation's final store publishes the stores before it.
 ///
@@ -106,13 +106,10 @@ impl Domain {
     /// A domain numbered `by` CPU or concurrency id (see [`Index`] for what
     /// `MmCid` falls back to), with one fence per slot.
     pub fn new(by: Index) -> Domain {
-        engine::process();
-        let by = by.effective();
+        let (by, fences) = by.padded_slots(Fence::new);
         Domain {
             by,
-            fences: (0..by.slots())
-                .map(|i| CachePadded::new(Fence::new(i)))
-                .collect(),
+            fences,
             stats: Default::default(),
         }
     }

@@ -3,6 +3,8 @@
 
 use core::mem::offset_of;
 
+use crossbeam_utils::CachePadded;
+
 use crate::abi::{self, Rseq};
 use crate::{engine, sys};
 
@@ -68,8 +70,22 @@ impl Index {
         }
     }
 
+    /// What every constructor starts with: makes the process-wide engine
+    /// decision (so operations, which may run in signal handlers, never
+    /// have to), resolves `self` to the indexing this process gives, and
+    /// builds one cache-padded slot per index with `make(index)`.
+    pub(crate) fn padded_slots<S>(
+        self,
+        make: impl FnMut(usize) -> S,
+    ) -> (Index, Box<[CachePadded<S>]>) {
+        engine::process();
+        let by = self.effective();
+        let slots = (0..by.slots()).map(make).map(CachePadded::new).collect();
+        (by, slots)
+    }
+
     /// How many slots a structure indexed this way has.
-    pub(crate) fn slots(self) -> usize {
+    fn slots(self) -> usize {
         match self {
             Index::Cpu => sys::possible_cpus(),
             Index::MmCid => sys::possible_cpus().min(sys::allowed_cpus()),

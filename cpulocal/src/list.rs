@@ -24,7 +24,7 @@ use crate::domain::Order;
 use crate::fence::{self, Fence};
 use crate::shape::{self, Shape};
 use crate::stats::{PathStats, Stats};
-use crate::{engine, Error, Index};
+use crate::{Error, Index};
 
 /// A list node: the link first, so the pop shape reads it at offset 0.
 #[repr(C)]
@@ -93,17 +93,12 @@ impl<T> PerCpuList<T> {
     /// An empty list whose slots are numbered `by` CPU or concurrency id (see
     /// [`Index`]).
     pub fn with_index(by: Index) -> Self {
-        engine::process();
-        let by = by.effective();
+        let (by, heads) = by.padded_slots(|i| Head {
+            fence: Fence::new(i),
+            first: AtomicUsize::new(0),
+        });
         PerCpuList {
-            heads: (0..by.slots())
-                .map(|i| {
-                    CachePadded::new(Head {
-                        fence: Fence::new(i),
-                        first: AtomicUsize::new(0),
-                    })
-                })
-                .collect(),
+            heads,
             by,
             stats: Default::default(),
             _owns: PhantomData,

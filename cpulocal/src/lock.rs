@@ -50,7 +50,7 @@ use crate::domain::Order;
 use crate::fence::{self, Fence};
 use crate::shape::{self, Shape};
 use crate::stats::{PathStats, Stats};
-use crate::{engine, Error, Index};
+use crate::{Error, Index};
 
 /// Times a waiter re-reads a held lock word, with a spin-loop hint between
 /// reads, before it starts yielding its CPU (`sched_yield`) between reads.
@@ -150,18 +150,13 @@ impl<T> PerCpuLock<T> {
     /// assert_eq!(l.into_vec().iter().sum::<u32>(), 1);
     /// ```
     pub fn with_index(by: Index, mut init: impl FnMut(usize) -> T) -> Self {
-        engine::process();
-        let by = by.effective();
+        let (by, slots) = by.padded_slots(|i| Slot {
+            fence: Fence::new(i),
+            word: AtomicUsize::new(FREE),
+            value: UnsafeCell::new(init(i)),
+        });
         PerCpuLock {
-            slots: (0..by.slots())
-                .map(|i| {
-                    CachePadded::new(Slot {
-                        fence: Fence::new(i),
-                        word: AtomicUsize::new(FREE),
-                        value: UnsafeCell::new(init(i)),
-                    })
-                })
-                .collect(),
+            slots,
             by,
             stats: Default::default(),
         }

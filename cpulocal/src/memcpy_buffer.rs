@@ -44,7 +44,7 @@ use crate::domain::Order;
 use crate::fence::{self, Fence};
 use crate::shape::{self, Shape};
 use crate::stats::{PathStats, Stats};
-use crate::{engine, Error, Index};
+use crate::{Error, Index};
 
 /// One CPU's count and fence in one padded line; the entries out of line.
 struct Slot<T> {
@@ -171,20 +171,15 @@ impl<T: Copy> PerCpuMemcpyBuffer<T> {
             capacity > 0,
             "PerCpuMemcpyBuffer: the capacity per CPU must be at least 1"
         );
-        engine::process();
-        let by = by.effective();
-        PerCpuMemcpyBuffer {
-            slots: (0..by.slots())
-                .map(|i| {
-                    CachePadded::new(Slot {
-                        fence: Fence::new(i),
-                        count: AtomicUsize::new(0),
-                        data: (0..capacity)
-                            .map(|_| UnsafeCell::new(MaybeUninit::uninit()))
-                            .collect(),
-                    })
-                })
+        let (by, slots) = by.padded_slots(|i| Slot {
+            fence: Fence::new(i),
+            count: AtomicUsize::new(0),
+            data: (0..capacity)
+                .map(|_| UnsafeCell::new(MaybeUninit::uninit()))
                 .collect(),
+        });
+        PerCpuMemcpyBuffer {
+            slots,
             capacity,
             by,
             stats: Default::default(),

@@ -18,7 +18,7 @@ use core::ops::{Deref, DerefMut};
 use crossbeam_utils::CachePadded;
 
 use crate::fence::Fence;
-use crate::{engine, fence, Error, Index};
+use crate::{fence, Error, Index};
 
 /// One CPU's slot: the fence word, then the value, in one padded line.
 #[repr(C)]
@@ -133,16 +133,10 @@ impl<T> PerCpu<T> {
     /// assert_eq!(slots.iter().map(|s| *s).sum::<u32>(), 1);
     /// ```
     pub fn with_index(by: Index, mut init: impl FnMut(usize) -> T) -> Self {
-        engine::process();
-        let by = by.effective();
-        let slots = (0..by.slots())
-            .map(|cpu| {
-                CachePadded::new(Slot {
-                    fence: Fence::new(cpu),
-                    value: UnsafeCell::new(init(cpu)),
-                })
-            })
-            .collect();
+        let (by, slots) = by.padded_slots(|cpu| Slot {
+            fence: Fence::new(cpu),
+            value: UnsafeCell::new(init(cpu)),
+        });
         PerCpu { slots, by }
     }
 

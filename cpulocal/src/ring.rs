@@ -145,7 +145,7 @@ use crate::domain::Order;
 use crate::fence::{self, Fence};
 use crate::shape::{self, Shape};
 use crate::stats::{PathStats, Stats};
-use crate::{engine, Error, Index};
+use crate::{Error, Index};
 
 /// Header flag: the record is complete (or dropped, or padding).
 const COMMITTED: usize = 1 << (usize::BITS - 1);
@@ -574,22 +574,16 @@ impl PerCpuRing {
     /// ```
     pub fn with_config(config: RingConfig) -> Result<Self, RingError> {
         config.check()?;
-        engine::process();
-        let by = config.index.effective();
         let sub = config.sub_buffer_size;
         let capacity = sub * config.sub_buffers;
-        let slots: Box<[CachePadded<Slot>]> = (0..by.slots())
-            .map(|i| {
-                CachePadded::new(Slot {
-                    fence: Fence::new(i),
-                    head: AtomicUsize::new(0),
-                    consumed: CachePadded::new(AtomicUsize::new(0)),
-                    lost: AtomicUsize::new(0),
-                    overwritten: AtomicUsize::new(0),
-                    data: (0..capacity / 8).map(|_| UnsafeCell::new(0)).collect(),
-                })
-            })
-            .collect();
+        let (by, slots) = config.index.padded_slots(|i| Slot {
+            fence: Fence::new(i),
+            head: AtomicUsize::new(0),
+            consumed: CachePadded::new(AtomicUsize::new(0)),
+            lost: AtomicUsize::new(0),
+            overwritten: AtomicUsize::new(0),
+            data: (0..capacity / 8).map(|_| UnsafeCell::new(0)).collect(),
+        });
         let cpus = slots.len();
         Ok(PerCpuRing {
             slots,
@@ -1041,11 +1035,12 @@ impl PerCpuRing {
                 }
                 match self.walk_and_take(slot, cpu, pos, head, &mut state.scratch) {
                     Walk::Moved => continue, // overwritten meanwhile
-                    Walk::Complete(_) => {
+                    Walk::Complete(records) => {
                         state.waiting[cpu] = None;
                         taken += 1;
                         summary.sub_buffers += 1;
-                        summary.records += deliver(&state.scratch, cpu, pos, &slot.lost, &mut f);
+                        summary.records += records;
+                        deliver(&state.scratch, records, cpu, pos, &slot.lost, &mut f);
                     }
                     Walk::Uncommitted(offset, len) => {
                         if slot.consumed.load(Ordering::Acquire) != pos {
@@ -1142,17 +1137,18 @@ impl PerCpuRing {
     }
 }
 
-/// Calls `f` with each data record of a copied sub-buffer; how many. If `f`
-/// panics, the records it did not get (the one it was given included) are
-/// added to `lost`, so the accounting stays exact: the sub-buffer is already
-/// released.
+/// Calls `f` with each of the `records` data records of a copied
+/// sub-buffer (the count its walk found). If `f` panics, the records it did
+/// not get (the one it was given included) are added to `lost`, so the
+/// accounting stays exact: the sub-buffer is already released.
 fn deliver(
     sub: &[u8],
+    records: usize,
     cpu: usize,
     pos: usize,
     lost: &AtomicUsize,
     f: &mut impl FnMut(Record<'_>),
-) -> usize {
+) {
     /// Counts the records not yet handed over when dropped.
     struct Undelivered<'a> {
         left: usize,
@@ -1165,23 +1161,11 @@ fn deliver(
             }
         }
     }
-    let records = records_in(sub);
-    let n = records.len();
-    let mut guard = Undelivered { left: n, lost };
-    for (at, len) in records {
-        f(Record {
-            cpu,
-            offset: pos.wrapping_add(at) as u64,
-            payload: &sub[at + HEADER..at + HEADER + len],
-        });
-        guard.left -= 1;
-    }
-    n
-}
-
-/// `(offset, payload length)` of each data record of a copied sub-buffer.
-fn records_in(sub: &[u8]) -> Vec<(usize, usize)> {
-    let (mut at, mut out) = (0, Vec::new());
+    let mut guard = Undelivered {
+        left: records,
+        lost,
+    };
+    let mut at = 0;
     while at + HEADER <= sub.len() {
         let mut word = [0u8; core::mem::size_of::<usize>()];
         let w = word.len();
@@ -1189,11 +1173,16 @@ fn records_in(sub: &[u8]) -> Vec<(usize, usize)> {
         let h = usize::from_ne_bytes(word);
         let len = header_len(h);
         if h & (PADDING | DROPPED) == 0 {
-            out.push((at, len));
+            f(Record {
+                cpu,
+                offset: pos.wrapping_add(at) as u64,
+                payload: &sub[at + HEADER..at + HEADER + len],
+            });
+            guard.left -= 1;
         }
         at += record_size(len);
     }
-    out
+    debug_assert_eq!(guard.left, 0, "the walk and the copy disagree");
 }
 
 impl fmt::Debug for PerCpuRing {

@@ -169,16 +169,8 @@ unsafe fn disarm(area: *mut Rseq) {
     unsafe { core::ptr::write_volatile(core::ptr::addr_of_mut!((*area).rseq_cs), 0) };
 }
 
-/// What the abort label returns: [`Outcome::Fenced`] if the slot's fence is
-/// held, else [`Outcome::Aborted`].
-#[inline(always)]
-fn aborted_or_fenced(slot: *const CounterSlot) -> Outcome {
-    // SAFETY: `slot` is the live slot the section ran on (its caller's
-    // promise); its fence opens it.
-    fenced_or_aborted(unsafe { &(*slot).fence })
-}
-
-/// [`aborted_or_fenced`] for a fence given on its own.
+/// What an abort label returns: [`Outcome::Fenced`] if the fence the section
+/// checked is held, else [`Outcome::Aborted`].
 #[inline(always)]
 fn fenced_or_aborted(fence: *const Fence) -> Outcome {
     // SAFETY: `fence` is the live fence the section checked (its caller's
@@ -229,7 +221,9 @@ pub(crate) unsafe fn add(
             abort = label {
                 // SAFETY: the area this section armed.
                 unsafe { disarm(area) };
-                return aborted_or_fenced(slot);
+                // SAFETY: `slot` is the live slot the section ran on (this
+                // function's contract); its fence opens it.
+                return fenced_or_aborted(unsafe { &(*slot).fence });
             },
             options(nostack),
         );
