@@ -63,11 +63,13 @@
 //!   ([`RingError::Full`]) and counted in the CPU's `lost`, exactly (an add
 //!   shape on `c`'s slot).
 //! - [`RingMode::Overwrite`]: a reservation that does not fit takes `c`'s
-//!   fence and, if every record of the oldest sub-buffer is committed, counts
-//!   them in `overwritten` and releases that sub-buffer (advances `consumed`),
-//!   then retries. If a record there is still uncommitted (a writer is inside
-//!   it, or a reservation is stuck) it is not overwritten: the new record is
-//!   refused ([`RingError::OldestBusy`]) and counted in `lost` instead.
+//!   *release lock* (a lock word beside `consumed`, see *Safety*) and, if
+//!   every record of the oldest sub-buffer is committed, counts them in
+//!   `overwritten` and releases that sub-buffer (advances `consumed`), then
+//!   retries. If a record there is still uncommitted (a writer is inside it,
+//!   or a reservation is stuck) it is not overwritten: the new record is
+//!   refused ([`RingError::OldestBusy`]) and counted in `lost` instead. No
+//!   system call: one lock, a walk of the headers, two stores.
 //!
 //! So in discard mode `delivered + lost` equals the records reserved or
 //! refused, and in overwrite mode `delivered + overwritten + lost` does.
@@ -80,9 +82,9 @@
 //! each commit are visible). It copies the sub-buffer out, releases it
 //! (`consumed += sub_buffer_size`, store-release), and hands the records to a
 //! callback in offset order. In overwrite mode the copy and the release run
-//! under `c`'s fence, re-checking `consumed`, so an overwriting producer and
-//! the consumer never both take a sub-buffer; in discard mode only the
-//! consumer moves `consumed`, and it needs no fence. A record is therefore
+//! under `c`'s release lock, re-checking `consumed`, so an overwriting
+//! producer and the consumer never both take a sub-buffer; in discard mode
+//! only the consumer moves `consumed`, and it needs no lock. A record is therefore
 //! never returned before its commit, and never twice. A partly filled
 //! sub-buffer is read once it fills, or after [`PerCpuRing::flush`] pads it.
 //!
@@ -105,8 +107,11 @@
 //! # Signals
 //!
 //! `reserve`, `write`, `commit` and dropping a reservation are
-//! async-signal-safe: no allocation, and the only lock they may take is a
-//! fence, with all signals blocked. (As everywhere in cpulocal, a thread's
+//! async-signal-safe: no allocation, and the only locks they may take are a
+//! fence, with all signals blocked, and (overwrite mode, full buffer) a
+//! release lock, which a handler that finds its own thread holding it does
+//! not wait for: the handler's record is refused ([`RingError::OldestBusy`],
+//! counted lost). (As everywhere in cpulocal, a thread's
 //! very first operation may register rseq and allocate; call
 //! [`current_cpu()`](crate::current_cpu) once in threads whose handlers
 //! write records.) A handler may write records while its thread holds a
@@ -128,8 +133,17 @@
 //! with acquire before writing), and no record in it has a live writer. In
 //! overwrite mode a producer may release the oldest sub-buffer and write the
 //! next lap there, so the consumer walks the headers and copies only under
-//! the fence, after re-checking `consumed`. If the consumer's callback
-//! panics, the records it did not get are counted in `lost`.
+//! the release lock, after re-checking `consumed`. If the consumer's
+//! callback panics, the records it did not get are counted in `lost`.
+//!
+//! The release lock needs no membarrier, unlike a fence: critical sections
+//! (reserve, pad, lost count) write only `head`, `lost` and the header at
+//! `head`, which lies outside the closed oldest sub-buffer, and never
+//! `consumed` or `overwritten`, which only release-lock holders (and, in
+//! discard mode, the one consumer) write. So a section in flight can neither
+//! change what the holder reads nor lose what it writes. The holder loads
+//! `head` with acquire, which makes the headers written before it visible
+//! (the reserve shape commits `head` with a store-release).
 #![allow(unsafe_code)]
 
 use core::cell::UnsafeCell;
@@ -217,8 +231,9 @@ pub enum RingError {
         cpu: usize,
     },
     /// Overwrite mode: the buffer is full and its oldest sub-buffer holds an
-    /// uncommitted record, so it cannot be overwritten; the record was counted
-    /// in that CPU's `lost`.
+    /// uncommitted record, so it cannot be overwritten (or a signal handler
+    /// interrupted its own thread while that thread was releasing it); the
+    /// record was counted in that CPU's `lost`.
     #[error(
         "CPU {cpu}'s oldest sub-buffer holds an uncommitted record; the record was counted as lost"
     )]
@@ -388,21 +403,34 @@ impl Default for RingConfig {
 }
 
 /// One CPU's control words: the producers' (fence, head, counts) in one
-/// padded line, the consumer's `consumed` in another, so that releasing a
+/// padded line, `consumed` and its lock in another, so that releasing a
 /// sub-buffer does not steal the line every reservation writes; the data out
 /// of line.
 struct Slot {
     fence: Fence,
     /// Absolute offset of the next reservation.
     head: AtomicUsize,
-    /// Absolute offset released so far (sub-buffer aligned).
-    consumed: CachePadded<AtomicUsize>,
+    /// `consumed` and the lock of whoever releases sub-buffers.
+    tail: CachePadded<Tail>,
     /// Records refused or dropped.
     lost: AtomicUsize,
     /// Records overwritten unread (overwrite mode).
     overwritten: AtomicUsize,
     /// `capacity` bytes, 8-aligned.
     data: Box<[UnsafeCell<u64>]>,
+}
+
+/// The words of the side that releases sub-buffers.
+struct Tail {
+    /// Absolute offset released so far (sub-buffer aligned).
+    consumed: AtomicUsize,
+    /// Overwrite mode: held by the overwriting producer or the consumer that
+    /// releases the oldest sub-buffer, while it walks (and the consumer
+    /// copies) it. A lock word like a fence's (holder id, polite waiting),
+    /// but no membarrier and no signal blocking: critical sections never
+    /// write `consumed`, `overwritten` or the headers of a closed sub-buffer,
+    /// so its holder needs them stopped no more than they need it stopped.
+    lock: Fence,
 }
 
 impl Slot {
@@ -539,7 +567,8 @@ enum Walk {
     Partial,
     /// A header that is not this lap's: the sub-buffer was released under us.
     Stale,
-    /// (Overwrite mode) `consumed` moved before the fenced walk began.
+    /// (Overwrite mode) `consumed` moved before the locked walk began, or
+    /// this thread holds the lock already (a signal handler).
     Moved,
 }
 
@@ -579,7 +608,10 @@ impl PerCpuRing {
         let (by, slots) = config.index.padded_slots(|i| Slot {
             fence: Fence::new(i),
             head: AtomicUsize::new(0),
-            consumed: CachePadded::new(AtomicUsize::new(0)),
+            tail: CachePadded::new(Tail {
+                consumed: AtomicUsize::new(0),
+                lock: Fence::new(i),
+            }),
             lost: AtomicUsize::new(0),
             overwritten: AtomicUsize::new(0),
             data: (0..capacity / 8).map(|_| UnsafeCell::new(0)).collect(),
@@ -810,7 +842,37 @@ impl PerCpuRing {
     /// assert_eq!(ring.reserve(0).err(), Some(RingError::Empty));
     /// assert!(matches!(ring.reserve(1 << 20), Err(RingError::TooLarge { .. })));
     /// ```
+    #[inline(always)]
     pub fn reserve(&self, len: usize) -> Result<Reservation<'_>, RingError> {
+        // The common case inline: a length in range, room in the current
+        // sub-buffer and in the buffer, and the head unchanged (the shape's
+        // first critical section is inline too; aborts and other CPUs go
+        // out of line in `shape::perform`). Errors, padding, a full buffer
+        // or a lost race go to `reserve_slow`, which starts over.
+        if len.wrapping_sub(1) < self.max_record_len() {
+            let size = record_size(len);
+            let cpu = self.by.current(self.cpus());
+            let slot = &self.slots[cpu];
+            // `consumed` first: then `consumed <= old` (both only grow).
+            let consumed = slot.tail.consumed.load(Ordering::Acquire);
+            let old = slot.head.load(Ordering::Relaxed);
+            let used = old & (self.sub - 1);
+            let fits = used == 0 || used + size <= self.sub;
+            if fits && old.wrapping_add(size).wrapping_sub(consumed) <= self.capacity {
+                // SAFETY: as in `reserve_slow`.
+                if unsafe { self.try_reserve(cpu, old, len) } {
+                    return Ok(self.reservation(cpu, old, len));
+                }
+            }
+        }
+        self.reserve_slow(len)
+    }
+
+    /// [`reserve`](Self::reserve) from the start, every case: errors,
+    /// padding, full buffers, lost races and the fenced path.
+    #[cold]
+    #[inline(never)]
+    fn reserve_slow(&self, len: usize) -> Result<Reservation<'_>, RingError> {
         if len == 0 {
             return Err(RingError::Empty);
         }
@@ -825,7 +887,7 @@ impl PerCpuRing {
             let cpu = self.by.current(self.cpus());
             let slot = &self.slots[cpu];
             // `consumed` first: then `consumed <= old` (both only grow).
-            let consumed = slot.consumed.load(Ordering::Acquire);
+            let consumed = slot.tail.consumed.load(Ordering::Acquire);
             let old = slot.head.load(Ordering::Relaxed);
             let used = old & (self.sub - 1);
             if used != 0 && used + size > self.sub {
@@ -844,62 +906,98 @@ impl PerCpuRing {
                     },
                 }
             }
-            let shape = Shape::CbneStoreStore {
-                v: slot.head.as_ptr(),
-                expect: old,
-                v2: slot.header(old, self.capacity).as_ptr(),
-                newv2: header(old, len, 0),
-                newv: old.wrapping_add(size),
-            };
-            // SAFETY: buffer `cpu`'s head and the header word at `old`, free
-            // space while the head is `old`, within the capacity (checked
-            // against a `consumed` no newer than now). Release: a consumer
-            // that acquires the head sees the header.
-            if unsafe { self.perform(cpu, shape, Order::Release) } {
-                return Ok(Reservation {
-                    ring: self,
-                    cpu,
-                    offset: old,
-                    len,
-                });
+            // SAFETY: `old` was read after `consumed` and leaves room for
+            // the record below `consumed + capacity`, inside one sub-buffer.
+            if unsafe { self.try_reserve(cpu, old, len) } {
+                return Ok(self.reservation(cpu, old, len));
             }
             // Another reservation on that buffer came first: read it again.
         }
     }
 
-    /// Overwrite mode, buffer `cpu` full with `consumed` as read: under the
-    /// fence, releases the oldest sub-buffer if all its records are
-    /// committed (counting them as overwritten), else counts one lost.
+    /// One reservation of `len` payload bytes at `old` on buffer `cpu`, if
+    /// its head is still `old`: the store-store shape writing the record's
+    /// header (not committed) then `head += size`; false if the head moved.
+    ///
+    /// # Safety
+    ///
+    /// `old` was read from `cpu`'s head after its `consumed`, is not on a
+    /// position where the record would straddle a sub-buffer end, and
+    /// `old + size - consumed <= capacity`.
+    #[inline(always)]
+    unsafe fn try_reserve(
+        &self,
+        cpu: usize,
+        old: usize,
+        len: usize,
+    ) -> bool {
+        let slot = &self.slots[cpu];
+        let shape = Shape::CbneStoreStore {
+            v: slot.head.as_ptr(),
+            expect: old,
+            v2: slot.header(old, self.capacity).as_ptr(),
+            newv2: header(old, len, 0),
+            newv: old.wrapping_add(record_size(len)),
+        };
+        // SAFETY: buffer `cpu`'s head and the header word at `old`, free
+        // space while the head is `old`, within the capacity (checked against
+        // a `consumed` no newer than now, caller). Release: a consumer that
+        // acquires the head sees the header.
+        unsafe { self.perform(cpu, shape, Order::Release) }
+    }
+
+    /// The reservation [`try_reserve`](Self::try_reserve) made.
+    #[inline(always)]
+    fn reservation(&self, cpu: usize, offset: usize, len: usize) -> Reservation<'_> {
+        Reservation {
+            ring: self,
+            cpu,
+            offset,
+            len,
+            at: self.slots[cpu].byte(offset, self.capacity),
+        }
+    }
+
+    /// Overwrite mode, buffer `cpu` full with `consumed` as read: with the
+    /// buffer's release lock, releases the oldest sub-buffer if all its
+    /// records are committed (counting them as overwritten), else counts the
+    /// new record lost. No fence: see [`Tail::lock`].
     fn overwrite_oldest(&self, cpu: usize, seen: usize) -> Overwrite {
         let slot = &self.slots[cpu];
-        fence::with_signals_blocked(&slot.fence, cpu, self.by, || {
-            let consumed = slot.consumed.load(Ordering::Relaxed);
-            let head = slot.head.load(Ordering::Relaxed);
-            if consumed != seen || head.wrapping_sub(consumed) < self.sub {
-                return Overwrite::Retry; // released meanwhile: room now
-            }
-            match self.walk(slot, consumed, head) {
-                Walk::Complete(records) => {
-                    slot.overwritten.fetch_add(records, Ordering::Relaxed);
-                    slot.consumed
-                        .store(consumed.wrapping_add(self.sub), Ordering::Release);
-                    Overwrite::Retry
+        let outcome = match TailLock::take(slot, cpu) {
+            // This thread holds it: a signal handler interrupted its own
+            // thread's release of this buffer, and cannot wait for it.
+            None => Walk::Moved,
+            Some(_held) => {
+                let consumed = slot.tail.consumed.load(Ordering::Relaxed);
+                // Acquire: the headers written before the head moved on.
+                let head = slot.head.load(Ordering::Acquire);
+                if consumed != seen || head.wrapping_sub(consumed) < self.sub {
+                    return Overwrite::Retry; // released meanwhile: room now
                 }
-                Walk::Uncommitted(..) => {
-                    // Under the fence: no section on this slot can commit.
-                    slot.lost.fetch_add(1, Ordering::Relaxed);
-                    Overwrite::Busy
-                }
-                // Cannot happen: under the fence, with the head past the
-                // sub-buffer, every header there is this lap's and visible.
-                // Were it to, refusing (counted) beats retrying forever.
-                Walk::Partial | Walk::Stale | Walk::Moved => {
-                    debug_assert!(false, "oldest sub-buffer inconsistent under the fence");
-                    slot.lost.fetch_add(1, Ordering::Relaxed);
-                    Overwrite::Busy
+                match self.walk(slot, consumed, head) {
+                    Walk::Complete(records) => {
+                        // Only lock holders write these two.
+                        slot.overwritten.fetch_add(records, Ordering::Relaxed);
+                        slot.tail
+                            .consumed
+                            .store(consumed.wrapping_add(self.sub), Ordering::Release);
+                        return Overwrite::Retry;
+                    }
+                    w => w,
                 }
             }
-        })
+        };
+        // An uncommitted record, or the lock was this thread's: refuse the
+        // record, counted. `Partial` and `Stale` cannot happen: with the head
+        // (acquired) past the sub-buffer, every header there is this lap's
+        // and visible; were they to, refusing beats retrying forever.
+        debug_assert!(
+            matches!(outcome, Walk::Uncommitted(..) | Walk::Moved),
+            "oldest sub-buffer inconsistent under its lock"
+        );
+        self.count_lost(cpu);
+        Overwrite::Busy
     }
 
     /// Reserves, copies `payload` in and commits: a record in one call.
@@ -917,6 +1015,7 @@ impl PerCpuRing {
     /// ring.flush();
     /// assert_eq!(ring.consume(|r| assert_eq!(r.payload(), b"event")).records, 1);
     /// ```
+    #[inline]
     pub fn write(&self, payload: &[u8]) -> Result<(), RingError> {
         let mut r = self.reserve(payload.len())?;
         r.copy_from_slice(payload);
@@ -1026,7 +1125,7 @@ impl PerCpuRing {
             // At most one buffer's worth per CPU and call: a consumer is
             // never held by producers that keep filling a buffer.
             while taken < per_call {
-                let pos = slot.consumed.load(Ordering::Acquire);
+                let pos = slot.tail.consumed.load(Ordering::Acquire);
                 let head = slot.head.load(Ordering::Acquire);
                 if head.wrapping_sub(pos) < self.sub {
                     // Not closed yet: nothing to take, and walking its headers
@@ -1043,7 +1142,7 @@ impl PerCpuRing {
                         deliver(&state.scratch, records, cpu, pos, &slot.lost, &mut f);
                     }
                     Walk::Uncommitted(offset, len) => {
-                        if slot.consumed.load(Ordering::Acquire) != pos {
+                        if slot.tail.consumed.load(Ordering::Acquire) != pos {
                             continue; // overwritten meanwhile: look again
                         }
                         let now = Instant::now();
@@ -1068,7 +1167,7 @@ impl PerCpuRing {
                         break;
                     }
                     Walk::Stale => {
-                        if slot.consumed.load(Ordering::Acquire) != pos {
+                        if slot.tail.consumed.load(Ordering::Acquire) != pos {
                             continue;
                         }
                         break; // a header not visible yet: next time
@@ -1084,13 +1183,12 @@ impl PerCpuRing {
     /// Walks the sub-buffer at `pos` of `cpu`'s buffer and, if it is
     /// complete, copies it into `scratch` and releases it.
     ///
-    /// In overwrite mode both run under the CPU's fence, after checking that
-    /// `consumed` is still `pos` ([`Walk::Moved`] if not): a producer may
-    /// release the oldest sub-buffer and write the next lap there, so even
-    /// reading its headers outside the fence could race with a writer's
-    /// payload bytes. A sub-buffer that `head` has not filled yet
-    /// ([`Walk::Partial`] when all its records are committed) is judged
-    /// without the fence only if nothing in it is reserved.
+    /// In overwrite mode both run under the buffer's release lock, after
+    /// checking that `consumed` is still `pos` ([`Walk::Moved`] if not): a
+    /// producer may release the oldest sub-buffer and write the next lap
+    /// there, so even reading its headers without the lock could race with a
+    /// writer's payload bytes. A sub-buffer with nothing reserved is judged
+    /// [`Walk::Partial`] without the lock.
     fn walk_and_take(
         &self,
         slot: &Slot,
@@ -1114,7 +1212,7 @@ impl PerCpuRing {
                         self.sub,
                     );
                 }
-                slot.consumed
+                slot.tail.consumed
                     .store(pos.wrapping_add(self.sub), Ordering::Release);
             }
             w
@@ -1126,14 +1224,39 @@ impl PerCpuRing {
                 if head == pos {
                     return Walk::Partial; // nothing reserved: no header to read
                 }
-                fence::with_signals_blocked(&slot.fence, cpu, self.by, || {
-                    if slot.consumed.load(Ordering::Relaxed) != pos {
-                        return Walk::Moved;
-                    }
-                    take(scratch)
-                })
+                // None: a signal handler calling `consume` (not allowed)
+                // interrupted this thread's own release; take nothing.
+                let Some(_held) = TailLock::take(slot, cpu) else {
+                    return Walk::Partial;
+                };
+                if slot.tail.consumed.load(Ordering::Relaxed) != pos {
+                    return Walk::Moved;
+                }
+                take(scratch)
             }
         }
+    }
+}
+
+/// A held [`Tail::lock`], released when dropped.
+struct TailLock<'a> {
+    lock: &'a Fence,
+    index: usize,
+}
+
+impl<'a> TailLock<'a> {
+    /// Takes buffer `index`'s release lock, waiting for another holder;
+    /// None if the calling thread holds it already.
+    fn take(slot: &'a Slot, index: usize) -> Option<Self> {
+        let lock = &slot.tail.lock;
+        lock.acquire(index, fence::holder_id()).ok()?;
+        Some(TailLock { lock, index })
+    }
+}
+
+impl Drop for TailLock<'_> {
+    fn drop(&mut self) {
+        self.lock.release(self.index);
     }
 }
 
@@ -1227,7 +1350,15 @@ pub struct Reservation<'a> {
     cpu: usize,
     offset: usize,
     len: usize,
+    /// The record's first byte (its header) in buffer `cpu`'s data.
+    at: *mut u8,
 }
+
+// SAFETY: the record's header is accessed with atomics and its payload is
+// the reservation's alone (module docs), whichever thread holds it.
+unsafe impl Send for Reservation<'_> {}
+// SAFETY: `&Reservation` only reads the payload, as a `&[u8]` would.
+unsafe impl Sync for Reservation<'_> {}
 
 impl Reservation<'_> {
     /// The buffer (CPU or concurrency id) the record was reserved on.
@@ -1256,8 +1387,11 @@ impl Reservation<'_> {
         self.offset as u64
     }
 
+    #[inline]
     fn header(&self) -> &AtomicUsize {
-        self.ring.slots[self.cpu].header(self.offset, self.ring.capacity)
+        // SAFETY: `at` is the record's header word: 8-aligned, in the data,
+        // accessed with atomics while others may read it (module docs).
+        unsafe { AtomicUsize::from_ptr(self.at.cast()) }
     }
 
     /// Publishes the record: one store-release of its header, into the
@@ -1276,6 +1410,7 @@ impl Reservation<'_> {
     /// ring.flush();
     /// assert_eq!(ring.consume(|rec| assert_eq!(rec.payload(), [1, 2])).records, 1);
     /// ```
+    #[inline]
     pub fn commit(self) {
         self.header()
             .store(header(self.offset, self.len, COMMITTED), Ordering::Release);
@@ -1285,30 +1420,20 @@ impl Reservation<'_> {
 
 impl Deref for Reservation<'_> {
     type Target = [u8];
+    #[inline]
     fn deref(&self) -> &[u8] {
-        let slot = &self.ring.slots[self.cpu];
         // SAFETY: the payload bytes of a reserved, uncommitted record are the
         // reservation's alone (module docs), inside the data (a record never
         // crosses a sub-buffer end).
-        unsafe {
-            core::slice::from_raw_parts(
-                slot.byte(self.offset.wrapping_add(HEADER), self.ring.capacity),
-                self.len,
-            )
-        }
+        unsafe { core::slice::from_raw_parts(self.at.add(HEADER), self.len) }
     }
 }
 
 impl DerefMut for Reservation<'_> {
+    #[inline]
     fn deref_mut(&mut self) -> &mut [u8] {
-        let slot = &self.ring.slots[self.cpu];
         // SAFETY: as in `deref`; `&mut self` makes this the only borrow.
-        unsafe {
-            core::slice::from_raw_parts_mut(
-                slot.byte(self.offset.wrapping_add(HEADER), self.ring.capacity),
-                self.len,
-            )
-        }
+        unsafe { core::slice::from_raw_parts_mut(self.at.add(HEADER), self.len) }
     }
 }
 
@@ -1415,4 +1540,41 @@ pub struct ReadSummary {
     pub lost: u64,
     /// [`PerCpuRing::overwritten`] after this read.
     pub overwritten: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A signal handler that interrupts its own thread while that thread
+    /// releases the oldest sub-buffer (overwrite mode, buffer full) cannot
+    /// wait for the release lock: its record is refused and counted, and the
+    /// buffer overwrites again once the lock is back.
+    #[test]
+    fn overwrite_refuses_when_this_thread_holds_the_release_lock() {
+        std::thread::spawn(|| {
+            assert!(crate::shape_tests::pin_to_current_cpu());
+            let config = RingConfig::new()
+                .sub_buffer_size(64)
+                .sub_buffers(2)
+                .mode(RingMode::Overwrite);
+            let ring = PerCpuRing::with_config(config).unwrap();
+            // 8-byte payloads take 16 bytes: 4 per sub-buffer, 8 fill it.
+            let first = ring.reserve(8).unwrap();
+            let cpu = first.cpu();
+            first.commit();
+            for _ in 1..8 {
+                ring.write(&[0; 8]).unwrap();
+            }
+            let held = TailLock::take(&ring.slots[cpu], cpu).expect("free");
+            assert!(TailLock::take(&ring.slots[cpu], cpu).is_none());
+            assert_eq!(ring.write(&[1; 8]), Err(RingError::OldestBusy { cpu }));
+            assert_eq!(ring.counts_on(cpu).unwrap(), (1, 0));
+            drop(held);
+            ring.write(&[2; 8]).unwrap();
+            assert_eq!(ring.counts_on(cpu).unwrap(), (1, 4));
+        })
+        .join()
+        .unwrap();
+    }
 }

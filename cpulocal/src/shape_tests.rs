@@ -620,7 +620,7 @@ fn on_pinned_thread<S>(
 }
 
 /// Restricts the calling thread to the CPU it runs on; false if refused.
-fn pin_to_current_cpu() -> bool {
+pub(crate) fn pin_to_current_cpu() -> bool {
     // SAFETY: no preconditions.
     let Ok(cpu) = usize::try_from(unsafe { libc::sched_getcpu() }) else {
         return false;
