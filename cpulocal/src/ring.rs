@@ -788,9 +788,14 @@ impl PerCpuRing {
 
     /// Counts one record lost on `cpu` (exact, from any CPU).
     fn count_lost(&self, cpu: usize) {
+        self.count_lost_n(cpu, 1);
+    }
+
+    /// Counts `n` records lost on `cpu` (exact, from any CPU).
+    fn count_lost_n(&self, cpu: usize, n: usize) {
         let shape = Shape::AddStore {
             v: self.slots[cpu].lost.as_ptr(),
-            count: 1,
+            count: n,
         };
         // SAFETY: `lost` is buffer `cpu`'s word, written only by this shape
         // and under the fence.
@@ -1139,7 +1144,7 @@ impl PerCpuRing {
                         taken += 1;
                         summary.sub_buffers += 1;
                         summary.records += records;
-                        deliver(&state.scratch, records, cpu, pos, &slot.lost, &mut f);
+                        self.deliver(&state.scratch, records, cpu, pos, &mut f);
                     }
                     Walk::Uncommitted(offset, len) => {
                         if slot.tail.consumed.load(Ordering::Acquire) != pos {
@@ -1236,6 +1241,57 @@ impl PerCpuRing {
             }
         }
     }
+
+    /// Calls `f` with each of the `records` data records of a copied
+    /// sub-buffer (the count its walk found). If `f` panics, the records it
+    /// did not get (the one it was given included) are counted in `lost`, so
+    /// the accounting stays exact: the sub-buffer is already released.
+    fn deliver(
+        &self,
+        sub: &[u8],
+        records: usize,
+        cpu: usize,
+        pos: usize,
+        f: &mut impl FnMut(Record<'_>),
+    ) {
+        /// Counts the records not yet handed over when dropped (with the add
+        /// shape: sections on `cpu` write `lost` too).
+        struct Undelivered<'a> {
+            ring: &'a PerCpuRing,
+            cpu: usize,
+            left: usize,
+        }
+        impl Drop for Undelivered<'_> {
+            fn drop(&mut self) {
+                if self.left > 0 {
+                    self.ring.count_lost_n(self.cpu, self.left);
+                }
+            }
+        }
+        let mut guard = Undelivered {
+            ring: self,
+            cpu,
+            left: records,
+        };
+        let mut at = 0;
+        while at + HEADER <= sub.len() {
+            let mut word = [0u8; core::mem::size_of::<usize>()];
+            let w = word.len();
+            word.copy_from_slice(&sub[at..at + w]);
+            let h = usize::from_ne_bytes(word);
+            let len = header_len(h);
+            if h & (PADDING | DROPPED) == 0 {
+                f(Record {
+                    cpu,
+                    offset: pos.wrapping_add(at) as u64,
+                    payload: &sub[at + HEADER..at + HEADER + len],
+                });
+                guard.left -= 1;
+            }
+            at += record_size(len);
+        }
+        debug_assert_eq!(guard.left, 0, "the walk and the copy disagree");
+    }
 }
 
 /// A held [`Tail::lock`], released when dropped.
@@ -1258,54 +1314,6 @@ impl Drop for TailLock<'_> {
     fn drop(&mut self) {
         self.lock.release(self.index);
     }
-}
-
-/// Calls `f` with each of the `records` data records of a copied
-/// sub-buffer (the count its walk found). If `f` panics, the records it did
-/// not get (the one it was given included) are added to `lost`, so the
-/// accounting stays exact: the sub-buffer is already released.
-fn deliver(
-    sub: &[u8],
-    records: usize,
-    cpu: usize,
-    pos: usize,
-    lost: &AtomicUsize,
-    f: &mut impl FnMut(Record<'_>),
-) {
-    /// Counts the records not yet handed over when dropped.
-    struct Undelivered<'a> {
-        left: usize,
-        lost: &'a AtomicUsize,
-    }
-    impl Drop for Undelivered<'_> {
-        fn drop(&mut self) {
-            if self.left > 0 {
-                self.lost.fetch_add(self.left, Ordering::Relaxed);
-            }
-        }
-    }
-    let mut guard = Undelivered {
-        left: records,
-        lost,
-    };
-    let mut at = 0;
-    while at + HEADER <= sub.len() {
-        let mut word = [0u8; core::mem::size_of::<usize>()];
-        let w = word.len();
-        word.copy_from_slice(&sub[at..at + w]);
-        let h = usize::from_ne_bytes(word);
-        let len = header_len(h);
-        if h & (PADDING | DROPPED) == 0 {
-            f(Record {
-                cpu,
-                offset: pos.wrapping_add(at) as u64,
-                payload: &sub[at + HEADER..at + HEADER + len],
-            });
-            guard.left -= 1;
-        }
-        at += record_size(len);
-    }
-    debug_assert_eq!(guard.left, 0, "the walk and the copy disagree");
 }
 
 impl fmt::Debug for PerCpuRing {
