@@ -213,7 +213,8 @@ pub(crate) unsafe fn perform(
         None
     };
     // SAFETY: the caller's contract.
-    unsafe { perform_slow(shape, order, index, fence, by, stats, first) }
+    // By value: the shape is built in memory only on this cold path.
+    unsafe { perform_slow(*shape, order, index, fence, by, stats, first) }
 }
 
 /// [`perform`] after its first attempt ended with `first` (None: no section
@@ -225,7 +226,7 @@ pub(crate) unsafe fn perform(
 #[cold]
 #[inline(never)]
 unsafe fn perform_slow(
-    shape: &Shape,
+    shape: Shape,
     order: Order,
     index: usize,
     fence: &Fence,
@@ -245,7 +246,7 @@ unsafe fn perform_slow(
             break; // another slot's CPU, or no rseq on this thread
         }
         // SAFETY: as in `perform`.
-        match unsafe { arch::section(area, offset, fence, shape) } {
+        match unsafe { arch::section(area, offset, fence, &shape) } {
             Outcome::Committed => {
                 stats.retried(aborts);
                 return Ok(());
