@@ -159,7 +159,7 @@ use crate::domain::Order;
 use crate::fence::{self, Fence};
 use crate::shape::{self, Shape};
 use crate::stats::{PathStats, Stats};
-use crate::{Error, Index};
+use crate::{engine, Error, Index};
 
 /// Header flag: the record is complete (or dropped, or padding).
 const COMMITTED: usize = 1 << (usize::BITS - 1);
@@ -869,9 +869,11 @@ impl PerCpuRing {
         // first critical section is inline too; aborts and other CPUs go
         // out of line in `shape::perform`). Errors, padding, a full buffer
         // or a lost race go to `reserve_slow`, which starts over.
-        if len.wrapping_sub(1) < self.max_record_len() {
+        let area = engine::area();
+        // A CPU (or concurrency id) only where sections run on this thread.
+        let cpu = engine::index_in(area, self.by.field_offset()) as usize;
+        if len.wrapping_sub(1) < self.max_record_len() && cpu < self.cpus() {
             let size = record_size(len);
-            let cpu = self.by.current(self.cpus());
             let slot = &self.slots[cpu];
             // `consumed` first: then `consumed <= old` (both only grow).
             let consumed = slot.tail.consumed.load(Ordering::Acquire);
@@ -879,8 +881,21 @@ impl PerCpuRing {
             let used = old & (self.sub - 1);
             let fits = used == 0 || used + size <= self.sub;
             if fits && old.wrapping_add(size).wrapping_sub(consumed) <= self.capacity {
-                // SAFETY: as in `reserve_slow`.
-                if unsafe { self.try_reserve(cpu, old, len) } {
+                let shape = self.reserve_shape(cpu, old, len);
+                // SAFETY: as in `try_reserve`, whose first attempt this is,
+                // with the area and index just read.
+                let done = unsafe {
+                    shape::perform_here(
+                        area,
+                        &shape,
+                        Order::Release,
+                        cpu,
+                        &slot.fence,
+                        self.by,
+                        &self.stats,
+                    )
+                };
+                if done.is_ok() {
                     return Ok(self.reservation(cpu, old, len));
                 }
             }
@@ -951,19 +966,26 @@ impl PerCpuRing {
         old: usize,
         len: usize,
     ) -> bool {
+        // SAFETY: buffer `cpu`'s head and the header word at `old`, free
+        // space while the head is `old`, within the capacity (checked against
+        // a `consumed` no newer than now, caller). Release: a consumer that
+        // acquires the head sees the header.
+        unsafe { self.perform(cpu, self.reserve_shape(cpu, old, len), Order::Release) }
+    }
+
+    /// The shape of a reservation of `len` payload bytes at `old` on buffer
+    /// `cpu`: if the head is still `old`, write the record's header (not
+    /// committed), then commit `head += size`.
+    #[inline(always)]
+    fn reserve_shape(&self, cpu: usize, old: usize, len: usize) -> Shape {
         let slot = &self.slots[cpu];
-        let shape = Shape::CbneStoreStore {
+        Shape::CbneStoreStore {
             v: slot.head.as_ptr(),
             expect: old,
             v2: slot.header(old, self.capacity).as_ptr(),
             newv2: header(old, len, 0),
             newv: old.wrapping_add(record_size(len)),
-        };
-        // SAFETY: buffer `cpu`'s head and the header word at `old`, free
-        // space while the head is `old`, within the capacity (checked against
-        // a `consumed` no newer than now, caller). Release: a consumer that
-        // acquires the head sees the header.
-        unsafe { self.perform(cpu, shape, Order::Release) }
+        }
     }
 
     /// The reservation [`try_reserve`](Self::try_reserve) made.

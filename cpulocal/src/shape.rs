@@ -217,6 +217,34 @@ pub(crate) unsafe fn perform(
     unsafe { perform_slow(*shape, order, index, fence, by, stats, first) }
 }
 
+/// [`perform`] for a caller that has just read `index` from `area`, the
+/// calling thread's area ([`engine::area`], [`engine::index_in`] with `by`'s
+/// field): runs the first section without reading them again (the section
+/// checks the index itself, so a migration since is an abort, not an error).
+///
+/// # Safety
+///
+/// As [`perform`]; `area` and `index` as said.
+#[inline(always)]
+pub(crate) unsafe fn perform_here(
+    area: *mut crate::abi::Rseq,
+    shape: &Shape,
+    order: Order,
+    index: usize,
+    fence: &Fence,
+    by: Index,
+    stats: &Stats,
+) -> Result<(), CompareFailed> {
+    // SAFETY: the caller's area, index and shape (as in `perform`).
+    let first = match unsafe { arch::section(area, by.field_offset(), fence, shape) } {
+        Outcome::Committed => return Ok(()),
+        Outcome::CompareFailed => return Err(CompareFailed),
+        other => other,
+    };
+    // SAFETY: the caller's contract.
+    unsafe { perform_slow(*shape, order, index, fence, by, stats, Some(first)) }
+}
+
 /// [`perform`] after its first attempt ended with `first` (None: no section
 /// ran, the thread being elsewhere or without rseq).
 ///
