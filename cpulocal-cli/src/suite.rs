@@ -27,15 +27,18 @@
 //!
 //! The ring section runs the same way at [`Config::ring_threads`], one
 //! operation being an event: `reserve(64)`, write, `commit()` on a
-//! [`PerCpuRing`](cpulocal::PerCpuRing) against a `push` of the same 64 bytes
-//! on a crossbeam `ArrayQueue` ([`RingPeer`]), with one consumer thread
-//! draining each batch as it runs (see [`ring_bench`]). A cell's time is per
-//! event *attempted*; [`RingCell`] adds the fractions delivered and lost
-//! over the timed rounds and the time per event *delivered* (so that a ring
-//! that is fast because it discards shows as such), and
-//! [`Report::ring_goals`] judges the ring against [`RING_GOAL_NS`] and
-//! [`RING_GOAL_RATIO`]. A batch whose events do not add up is an
-//! [`Error::Ring`].
+//! [`PerCpuRing`](cpulocal::PerCpuRing) against the same 64 bytes on a
+//! crossbeam `ArrayQueue` ([`RingPeer`]), in two scenarios, each timed on its
+//! own with its ring as the reference (see [`ring_bench`]): a flight
+//! recorder (producers only; overwrite mode, `force_push`) and streaming (a
+//! consumer thread draining as the producers run; discard mode, `push`). A
+//! cell's time is per event *attempted*; [`RingCell`] adds the fractions
+//! kept and lost over the timed rounds and the time per event *kept*
+//! (delivered or overwritten, not refused: so that a ring that is fast
+//! because it refuses events shows as such), and [`Report::ring_goals`]
+//! judges the recorder's ring against [`RING_GOAL_NS`] and
+//! [`RING_GOAL_RATIO`], per event kept. A batch whose events do not add up
+//! is an [`Error::Ring`].
 //!
 //! ```no_run
 //! use cpulocal_cli::suite::{self, Config};
@@ -52,7 +55,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::peers::{FencedAddOn, Peer, Target, Workload};
-use crate::ring_bench::{self, Outcome, RingPeer};
+use crate::ring_bench::{self, Outcome, RingPeer, Scenario};
 use crate::runner::{allowed_cpus, Placement, Runner};
 use crate::structures::{self, Structure};
 
@@ -261,59 +264,70 @@ impl<P> Cell<P> {
 }
 
 /// The ring or its peer at one producer count: its time per event attempted
-/// (`cell`, the ratio being the peer's time / the ring's), what became of
-/// the events of the timed rounds, and the time per event delivered.
+/// (`cell`, the ratio being the peer's time / the ring's of its scenario),
+/// what became of the events of the timed rounds, and the time per event
+/// kept.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RingCell {
     /// Times per event attempted and the ratio, as for the other sections.
     pub cell: Cell<RingPeer>,
-    /// Events attempted, delivered and lost over the timed rounds.
+    /// Events attempted, delivered, overwritten and lost over the timed
+    /// rounds.
     pub events: Outcome,
-    /// Times per event *delivered* (each round's wall time / the events the
-    /// consumer received in that batch, its untimed tail included;
-    /// infinite for a round that delivered none) and their ratio, the
-    /// peer's / the ring's in the same round.
-    pub per_delivered: Cell<RingPeer>,
+    /// Times per event *kept* (each round's wall time / the events of that
+    /// batch delivered, the untimed reading included, or overwritten;
+    /// infinite for a round that kept none) and their ratio, the peer's /
+    /// the ring's in the same round.
+    pub per_kept: Cell<RingPeer>,
 }
 
 impl RingCell {
-    /// The fraction of the events attempted that the consumer received.
+    /// The fraction of the events attempted that were read.
     pub fn delivered_fraction(&self) -> f64 {
         self.events.delivered as f64 / self.events.attempted.max(1) as f64
     }
 
-    /// The fraction of the events attempted that were refused as full.
+    /// The fraction of the events attempted that were kept (read or
+    /// overwritten).
+    pub fn kept_fraction(&self) -> f64 {
+        self.events.kept() as f64 / self.events.attempted.max(1) as f64
+    }
+
+    /// The fraction of the events attempted that were refused.
     pub fn lost_fraction(&self) -> f64 {
         self.events.lost as f64 / self.events.attempted.max(1) as f64
     }
 }
 
-/// The ring section's two goals as measured: the ring's ns per event at
-/// [`RING_GOAL_NS_THREADS`] producer and the `ArrayQueue`'s ratio at
-/// [`RING_GOAL_RATIO_THREADS`], per event attempted (what the goals are
-/// judged on) and per event delivered (beside them); None where not run.
+/// The ring section's two goals as measured in a [`Scenario`]: the ring's
+/// ns per event at [`RING_GOAL_NS_THREADS`] producer and the `ArrayQueue`'s
+/// ratio at [`RING_GOAL_RATIO_THREADS`], per event kept (what the goals are
+/// judged on: a refused event is no throughput) and per event attempted
+/// (beside them); None where not run.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RingGoals {
-    /// The ring's median ns per event attempted at [`RING_GOAL_NS_THREADS`].
+    /// The scenario measured.
+    pub scenario: Scenario,
+    /// The ring's median ns per event kept at [`RING_GOAL_NS_THREADS`].
     pub ns: Option<f64>,
-    /// The `ArrayQueue`'s time / the ring's per event attempted at
+    /// The `ArrayQueue`'s time / the ring's per event kept at
     /// [`RING_GOAL_RATIO_THREADS`] (median of the rounds' ratios).
     pub ratio: Option<f64>,
-    /// The ring's median ns per event delivered at [`RING_GOAL_NS_THREADS`].
-    pub ns_delivered: Option<f64>,
-    /// The ratio per event delivered at [`RING_GOAL_RATIO_THREADS`].
-    pub ratio_delivered: Option<f64>,
+    /// The ring's median ns per event attempted at [`RING_GOAL_NS_THREADS`].
+    pub ns_attempted: Option<f64>,
+    /// The ratio per event attempted at [`RING_GOAL_RATIO_THREADS`].
+    pub ratio_attempted: Option<f64>,
 }
 
 impl RingGoals {
-    /// Whether the ring is at most [`RING_GOAL_NS`] ns per event (None: not
-    /// run).
+    /// Whether the ring is at most [`RING_GOAL_NS`] ns per event kept (None:
+    /// not run).
     pub fn ns_met(&self) -> Option<bool> {
         self.ns.map(|ns| ns <= RING_GOAL_NS)
     }
 
     /// Whether the `ArrayQueue` is at least [`RING_GOAL_RATIO`] times slower
-    /// (None: not run).
+    /// per event kept (None: not run).
     pub fn ratio_met(&self) -> Option<bool> {
         self.ratio.map(|r| r >= RING_GOAL_RATIO)
     }
@@ -386,15 +400,21 @@ impl Report {
             .find(|c| c.cell.peer == peer && c.cell.threads == threads)
     }
 
-    /// The ring section's goals as measured.
-    pub fn ring_goals(&self) -> RingGoals {
-        let ring = self.ring_cell(RingPeer::Ring, RING_GOAL_NS_THREADS);
-        let peer = self.ring_cell(RingPeer::ArrayQueue, RING_GOAL_RATIO_THREADS);
+    /// The ring section's goals as measured in `scenario` (they are judged
+    /// in [`Scenario::Recorder`]; the other is shown beside).
+    pub fn ring_goals(&self, scenario: Scenario) -> RingGoals {
+        let ring = self.ring_cell(scenario.ring(), RING_GOAL_NS_THREADS);
+        let queue = match scenario {
+            Scenario::Recorder => RingPeer::RecorderArrayQueue,
+            Scenario::Streaming => RingPeer::ArrayQueue,
+        };
+        let peer = self.ring_cell(queue, RING_GOAL_RATIO_THREADS);
         RingGoals {
-            ns: ring.map(|c| c.cell.median_ns),
-            ratio: peer.and_then(|c| c.cell.ratio),
-            ns_delivered: ring.map(|c| c.per_delivered.median_ns),
-            ratio_delivered: peer.and_then(|c| c.per_delivered.ratio),
+            scenario,
+            ns: ring.map(|c| c.per_kept.median_ns),
+            ratio: peer.and_then(|c| c.per_kept.ratio),
+            ns_attempted: ring.map(|c| c.cell.median_ns),
+            ratio_attempted: peer.and_then(|c| c.cell.ratio),
         }
     }
 
@@ -579,7 +599,15 @@ pub fn run(config: &Config, progress: &mut dyn FnMut(Progress)) -> Result<Report
         if !max_per_cpu.iter().any(|&(t, _)| t == threads) {
             max_per_cpu.push((threads, runner.max_per_cpu()));
         }
-        ring.extend(ring_at(config, &runner, ring_consumer_cpu, progress)?);
+        for scenario in Scenario::ALL {
+            let peers: Vec<RingPeer> = config
+                .ring_peers
+                .iter()
+                .copied()
+                .filter(|p| p.scenario() == scenario)
+                .collect();
+            ring.extend(ring_at(config, &runner, &peers, ring_consumer_cpu, progress)?);
+        }
     }
     max_per_cpu.sort_unstable_by_key(|&(t, _)| t);
     Ok(Report {
@@ -811,12 +839,13 @@ fn structures_at(
     Ok(cells(entries, threads, reference))
 }
 
-/// The ring and its peer at one producer count, the peer compared with the
-/// ring of the same round; the events of the timed rounds (each workload's
-/// last `rounds` batches) counted per cell.
+/// The ring and its peer of one scenario (`peers`) at one producer count,
+/// the peer compared with the ring of the same round; the events of the
+/// timed rounds (each workload's last `rounds` batches) counted per cell.
 fn ring_at(
     config: &Config,
     runner: &Runner,
+    peers: &[RingPeer],
     consumer_cpu: Option<usize>,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Vec<RingCell>, Error> {
@@ -824,7 +853,7 @@ fn ring_at(
     let rounds = config.ring_rounds;
     let mut workloads = Vec::new();
     let mut entries = Vec::new();
-    for &peer in &config.ring_peers {
+    for &peer in peers {
         let w = Arc::new(ring_bench::Workload::new(peer, consumer_cpu));
         let job = w.clone();
         entries.push(Entry::new(
@@ -861,30 +890,24 @@ fn ring_at(
         })?;
         let outcomes = w.outcomes();
         let last = outcomes[outcomes.len() - rounds..].to_vec();
-        let per_delivered: Vec<f64> = e
+        let per_kept: Vec<f64> = e
             .rounds_ns
             .iter()
             .zip(&last)
-            .map(|(ns, o)| ns * o.attempted as f64 / o.delivered as f64)
+            .map(|(ns, o)| ns * o.attempted as f64 / o.kept() as f64)
             .collect();
-        timed.push((ring_bench::total(&last), per_delivered));
+        timed.push((ring_bench::total(&last), per_kept));
     }
-    let ring = entries.iter().position(|e| e.peer == RingPeer::Ring);
+    let ring = entries.iter().position(|e| e.peer.is_ring());
     let reference = ring.map(|i| entries[i].rounds_ns.clone());
-    let delivered_reference = ring.map(|i| timed[i].1.clone());
+    let kept_reference = ring.map(|i| timed[i].1.clone());
     let ops: Vec<u64> = entries.iter().map(|e| e.ops_per_thread).collect();
     Ok(cells(entries, threads, reference.as_deref())
         .into_iter()
         .zip(timed)
         .zip(ops)
-        .map(|((c, (events, per_delivered)), ops)| RingCell {
-            per_delivered: cell(
-                c.peer,
-                threads,
-                ops,
-                per_delivered,
-                delivered_reference.as_deref(),
-            ),
+        .map(|((c, (events, per_kept)), ops)| RingCell {
+            per_kept: cell(c.peer, threads, ops, per_kept, kept_reference.as_deref()),
             cell: c,
             events,
         })
@@ -997,24 +1020,28 @@ mod tests {
             assert!(c.cell.median_ns > 0.0 && c.cell.ops_per_thread > 0);
             let ratio = c.cell.ratio.expect("the ring ran");
             assert!(ratio > 0.0);
-            if c.cell.peer == RingPeer::Ring {
+            if c.cell.peer.is_ring() {
                 assert_eq!(ratio, 1.0);
             }
-            // The timed rounds' events, every one delivered or lost.
+            // The timed rounds' events, every one kept or lost.
             let e = c.events;
             assert_eq!(
                 e.attempted,
                 2 * c.cell.ops_per_thread * c.cell.threads as u64
             );
-            assert_eq!(e.delivered + e.lost, e.attempted, "{c:?}");
-            let (d, l) = (c.delivered_fraction(), c.lost_fraction());
+            assert_eq!(e.kept() + e.lost, e.attempted, "{c:?}");
+            if c.cell.peer.scenario() == Scenario::Streaming {
+                assert_eq!(e.overwritten, 0, "{c:?}");
+            }
+            let (k, l) = (c.kept_fraction(), c.lost_fraction());
             assert!(
-                (0.0..=1.0).contains(&d) && (0.0..=1.0).contains(&l),
+                (0.0..=1.0).contains(&k) && (0.0..=1.0).contains(&l),
                 "{c:?}"
             );
-            assert!((d + l - 1.0).abs() < 1e-9, "{c:?}");
-            // Per event delivered: no faster than per event attempted.
-            let per = &c.per_delivered;
+            assert!((k + l - 1.0).abs() < 1e-9, "{c:?}");
+            assert!(c.delivered_fraction() <= k, "{c:?}");
+            // Per event kept: no faster than per event attempted.
+            let per = &c.per_kept;
             assert_eq!(per.rounds_ns.len(), 2);
             for (a, d) in c.cell.rounds_ns.iter().zip(&per.rounds_ns) {
                 assert!(d >= a, "{c:?}");
@@ -1022,7 +1049,7 @@ mod tests {
             assert!(per.ratio.is_some_and(|r| r > 0.0), "{c:?}");
         }
         // Judged at 1 producer (run), not at 8 (not run).
-        let goals = report.ring_goals();
+        let goals = report.ring_goals(Scenario::Recorder);
         assert!(goals.ns.is_some_and(|ns| ns > 0.0) && goals.ns_met().is_some());
         assert_eq!((goals.ratio, goals.ratio_met()), (None, None));
         let last = allowed_cpus().unwrap().last().copied();

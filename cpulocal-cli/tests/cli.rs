@@ -302,11 +302,31 @@ const STRUCTURE_NAMES: [&str; 6] = [
     "mutex_vec",
 ];
 
-/// The ring section's labels: the ring, then its peer.
-const RING_LABELS: [&str; 2] = ["cpulocal PerCpuRing", "crossbeam ArrayQueue<[u8; 64]>"];
+/// The ring section's scenarios: the line that opens each block, its rows'
+/// labels (the ring, then its peer), and how its goal lines start.
+const RING_SCENARIOS: [(&str, [&str; 2], &str); 2] = [
+    (
+        "flight recorder: the producers alone",
+        [
+            "cpulocal PerCpuRing, overwrite",
+            "crossbeam ArrayQueue, force_push",
+        ],
+        "goal, ",
+    ),
+    (
+        "streaming: one consumer thread, ",
+        ["cpulocal PerCpuRing, discard", "crossbeam ArrayQueue, push"],
+        "streaming, not a goal, ",
+    ),
+];
 
-/// The ring section's names in `--json`.
-const RING_NAMES: [&str; 2] = ["cpulocal_ring", "crossbeam_array_queue"];
+/// The ring section's names in `--json`, with their scenarios.
+const RING_NAMES: [(&str, &str); 4] = [
+    ("cpulocal_ring_overwrite", "recorder"),
+    ("crossbeam_array_queue_force_push", "recorder"),
+    ("cpulocal_ring", "streaming"),
+    ("crossbeam_array_queue", "streaming"),
+];
 
 /// The numbers at the end of a table row ("1,234" counts as 1234).
 fn row_numbers(row: &str) -> Vec<f64> {
@@ -422,10 +442,10 @@ fn check_structures_text(out: &str) {
     );
 }
 
-/// The ring section: a positive time per event attempted and per event
-/// delivered for the ring and its peer at every thread count, the delivered
-/// percentages (0 to 100), the peer's positive ratios, and the verdicts on
-/// the two goals.
+/// The ring section, in each scenario: a positive time per event attempted
+/// and per event kept for the ring and its peer at every thread count, the
+/// kept percentages (0 to 100), the peer's positive ratios, and the lines on
+/// the two goals (verdicts in the recorder).
 #[track_caller]
 fn check_ring_text(out: &str) {
     let find = |from: usize, what: &str| {
@@ -438,79 +458,73 @@ fn check_ring_text(out: &str) {
         0,
         "ring: every producer loops reserve(64), write 64 B, commit()",
     );
-    assert!(out[section..].contains("one consumer thread, "), "{out}");
-    let times = find(section, "ns per event attempted (");
-    let delivered = find(times, "delivered, % of the events attempted");
-    let per_delivered = find(delivered, "ns per event delivered (");
-    let ratios = find(per_delivered, "ratio to the ring (");
-    let columns = row_numbers(out[times..].lines().nth(1).unwrap()).len();
-    assert!(columns >= 1, "{out}");
-    let rows = |from: usize| -> Vec<&str> {
-        out[from..]
-            .lines()
-            .skip(2)
-            .take_while(|l| l.starts_with("  ") && !l.contains(':'))
-            .collect()
-    };
-    let labelled = |rows: &[&str], labels: &[&str]| {
-        assert_eq!(rows.len(), labels.len(), "{out}");
-        for (row, label) in rows.iter().zip(labels) {
+    let mut from = section;
+    for (opening, labels, goal_head) in RING_SCENARIOS {
+        let block = find(from, opening);
+        let times = find(block, "ns per event attempted (");
+        let kept = find(times, "kept, % of the events attempted");
+        let per_kept = find(kept, "ns per event kept (");
+        let ratios = find(per_kept, "ratio to the ring (");
+        let columns = row_numbers(out[times..].lines().nth(1).unwrap()).len();
+        assert!(columns >= 1, "{out}");
+        let rows = |from: usize| -> Vec<&str> {
+            out[from..]
+                .lines()
+                .skip(2)
+                .take_while(|l| l.starts_with("  ") && !l.contains(':'))
+                .collect()
+        };
+        let labelled = |rows: &[&str], labels: &[&str]| {
+            assert_eq!(rows.len(), labels.len(), "{out}");
+            for (row, label) in rows.iter().zip(labels) {
+                assert!(
+                    row.trim_start().starts_with(label),
+                    "{row:?} is not {label:?}"
+                );
+                assert_eq!(row_numbers(row).len(), columns, "{row:?}");
+            }
+        };
+        let (time_rows, kept_rows, per_kept_rows, ratio_rows) =
+            (rows(times), rows(kept), rows(per_kept), rows(ratios));
+        labelled(&time_rows, &labels);
+        labelled(&kept_rows, &labels);
+        labelled(&per_kept_rows, &labels);
+        labelled(
+            &ratio_rows,
+            &["ArrayQueue, per event attempted", "ArrayQueue, per event kept"],
+        );
+        for row in time_rows.iter().chain(&per_kept_rows).chain(&ratio_rows) {
+            assert!(row_numbers(row).iter().all(|&v| v > 0.0), "{row:?}");
+        }
+        for row in &kept_rows {
             assert!(
-                row.trim_start().starts_with(label),
-                "{row:?} is not {label:?}"
+                row_numbers(row).iter().all(|&v| (0.0..=100.0).contains(&v)),
+                "{row:?}"
             );
-            assert_eq!(row_numbers(row).len(), columns, "{row:?}");
         }
-    };
-    let (time_rows, delivered_rows, per_delivered_rows, ratio_rows) = (
-        rows(times),
-        rows(delivered),
-        rows(per_delivered),
-        rows(ratios),
-    );
-    labelled(&time_rows, &RING_LABELS);
-    labelled(&delivered_rows, &RING_LABELS);
-    labelled(&per_delivered_rows, &RING_LABELS);
-    labelled(
-        &ratio_rows,
-        &[
-            "ArrayQueue, per event attempted",
-            "ArrayQueue, per event delivered",
-        ],
-    );
-    for row in time_rows
-        .iter()
-        .chain(&per_delivered_rows)
-        .chain(&ratio_rows)
-    {
-        assert!(row_numbers(row).iter().all(|&v| v > 0.0), "{row:?}");
-    }
-    for row in &delivered_rows {
-        assert!(
-            row_numbers(row).iter().all(|&v| (0.0..=100.0).contains(&v)),
-            "{row:?}"
-        );
-    }
-    // Per event delivered never beats per event attempted.
-    for (attempted, delivered) in time_rows.iter().zip(&per_delivered_rows) {
-        for (a, d) in row_numbers(attempted).iter().zip(row_numbers(delivered)) {
-            assert!(d >= *a, "{attempted:?} vs {delivered:?}");
+        // Per event kept never beats per event attempted.
+        for (attempted, kept) in time_rows.iter().zip(&per_kept_rows) {
+            for (a, k) in row_numbers(attempted).iter().zip(row_numbers(kept)) {
+                assert!(k >= *a, "{attempted:?} vs {kept:?}");
+            }
         }
-    }
-    for goal in [
-        "goal, ring at most 15.0 ns/event with 1 producer: ",
-        "goal, ring at least 5.00x ArrayQueue's throughput with 8 producers: ",
-    ] {
-        let verdict = out[ratios..]
-            .lines()
-            .find(|l| l.starts_with(goal))
-            .unwrap_or_else(|| panic!("no {goal:?} in:\n{out}"));
-        assert!(
-            [": met (", ": NOT met (", ": not decided ("]
-                .iter()
-                .any(|v| verdict.contains(v)),
-            "{verdict}"
-        );
+        let words: &[&str] = if goal_head == "goal, " {
+            &[": met (", ": NOT met (", ": not decided ("]
+        } else {
+            &[": reached (", ": not reached (", ": not decided ("]
+        };
+        for goal in [
+            "ring at most 15.0 ns/event with 1 producer: ",
+            "ring at least 5.00x ArrayQueue's throughput with 8 producers: ",
+        ] {
+            let line = format!("{goal_head}{goal}");
+            let verdict = out[ratios..]
+                .lines()
+                .find(|l| l.starts_with(&line))
+                .unwrap_or_else(|| panic!("no {line:?} in:\n{out}"));
+            assert!(words.iter().any(|v| verdict.contains(v)), "{verdict}");
+        }
+        from = ratios;
     }
 }
 
@@ -809,10 +823,27 @@ fn check_ring_json(ring: &Value, threads: &[u64], rounds: u64, cpus: usize) {
     assert_eq!(ring["payload_bytes"], 64);
     assert_eq!(ring["threads"], serde_json::json!(threads));
     assert_eq!(ring["rounds"], rounds);
-    assert_eq!(ring["reference"], "cpulocal_ring");
     assert!(ring["consumer_cpu"].as_u64().is_some(), "pinned: {ring}");
+    let scenarios = ring["scenarios"].as_array().expect("ring.scenarios");
+    let references: Vec<(&str, &str)> = scenarios
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s["reference"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        references,
+        [
+            ("recorder", "cpulocal_ring_overwrite"),
+            ("streaming", "cpulocal_ring")
+        ],
+        "{ring}"
+    );
+    // The goals are the recorder's.
+    assert_eq!(ring["goals"], scenarios[0]["goals"], "{ring}");
     let peers = ring["peers"].as_array().expect("ring.peers");
-    let names: Vec<&str> = peers.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    let names: Vec<(&str, &str)> = peers
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap(), p["scenario"].as_str().unwrap()))
+        .collect();
     assert_eq!(names, RING_NAMES, "{ring}");
     let capacity = peers[0]["capacity_events"].as_u64().unwrap();
     for p in peers {
@@ -826,7 +857,9 @@ fn check_ring_json(ring: &Value, threads: &[u64], rounds: u64, cpus: usize) {
     assert_eq!(results.len(), threads.len() * RING_NAMES.len(), "{ring}");
     for r in results {
         let name = r["peer"].as_str().unwrap();
-        assert!(RING_NAMES.contains(&name), "{r}");
+        let scenario = r["scenario"].as_str().unwrap();
+        assert!(RING_NAMES.contains(&(name, scenario)), "{r}");
+        let is_ring = name.starts_with("cpulocal_ring");
         let t = r["threads"].as_u64().unwrap();
         assert!(threads.contains(&t), "{r}");
         let ns = r["ns_per_op"].as_f64().unwrap();
@@ -838,63 +871,74 @@ fn check_ring_json(ring: &Value, threads: &[u64], rounds: u64, cpus: usize) {
         assert!(r["mops_per_s"].as_f64().unwrap() > 0.0, "{r}");
         let ratio = r["ratio_to_cpulocal"].as_f64().expect("a ratio");
         assert!(ratio > 0.0, "{r}");
-        if name == "cpulocal_ring" {
+        if is_ring {
             assert_eq!(ratio, 1.0, "{r}");
         }
         let ops = r["ops_per_thread"].as_u64().unwrap();
         assert!(ops > 0, "{r}");
         let per_cpu = r["max_threads_per_cpu"].as_u64().expect("pinned");
         assert_eq!(per_cpu as usize, (t as usize).div_ceil(cpus), "{r}");
-        // The timed rounds' events: each delivered or lost.
+        // The timed rounds' events: each kept (delivered or overwritten) or
+        // lost.
         let events = r["events"].as_u64().unwrap();
         assert_eq!(events, rounds * ops * t, "{r}");
-        let (delivered, lost) = (
-            r["delivered"].as_u64().unwrap(),
-            r["lost"].as_u64().unwrap(),
+        let count = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("{k} in {r}"));
+        let (delivered, overwritten, lost, kept) = (
+            count("delivered"),
+            count("overwritten"),
+            count("lost"),
+            count("kept"),
         );
-        assert_eq!(delivered + lost, events, "{r}");
-        let d = r["delivered_fraction"].as_f64().unwrap();
+        assert_eq!(kept, delivered + overwritten, "{r}");
+        assert_eq!(kept + lost, events, "{r}");
+        if scenario == "streaming" {
+            assert_eq!(overwritten, 0, "{r}");
+        }
+        if name == "crossbeam_array_queue_force_push" {
+            assert_eq!(lost, 0, "force_push never refuses: {r}");
+        }
+        let k = r["kept_fraction"].as_f64().unwrap();
         let l = r["lost_fraction"].as_f64().unwrap();
-        assert!((0.0..=1.0).contains(&d) && (0.0..=1.0).contains(&l), "{r}");
-        assert!((d + l - 1.0).abs() < 1e-9, "{r}");
-        assert!((d - delivered as f64 / events as f64).abs() < 1e-9, "{r}");
-        let per_delivered = r["ns_per_delivered_event"]
-            .as_f64()
-            .expect("events delivered");
-        assert!(per_delivered >= ns, "{r}");
-        let ratio_delivered = r["delivered_ratio_to_ring"].as_f64().expect("a ratio");
-        assert!(ratio_delivered > 0.0, "{r}");
-        if name == "cpulocal_ring" {
-            assert_eq!(ratio_delivered, 1.0, "{r}");
+        assert!((0.0..=1.0).contains(&k) && (0.0..=1.0).contains(&l), "{r}");
+        assert!((k + l - 1.0).abs() < 1e-9, "{r}");
+        assert!((k - kept as f64 / events as f64).abs() < 1e-9, "{r}");
+        let per_kept = r["ns_per_kept_event"].as_f64().expect("events kept");
+        assert!(per_kept >= ns, "{r}");
+        let ratio_kept = r["kept_ratio_to_ring"].as_f64().expect("a ratio");
+        assert!(ratio_kept > 0.0, "{r}");
+        if is_ring {
+            assert_eq!(ratio_kept, 1.0, "{r}");
         }
     }
-    let goals = &ring["goals"];
-    let ns = &goals["ns_per_event"];
-    assert_eq!(
-        (ns["goal"].as_f64(), ns["threads"].as_u64()),
-        (Some(15.0), Some(1))
-    );
-    if threads.contains(&1) {
-        let value = ns["value"].as_f64().unwrap();
-        assert!(value > 0.0, "{goals}");
+    for s in scenarios {
+        let goals = &s["goals"];
+        let ns = &goals["ns_per_event"];
+        assert_eq!(
+            (ns["goal"].as_f64(), ns["threads"].as_u64()),
+            (Some(15.0), Some(1))
+        );
+        if threads.contains(&1) {
+            let value = ns["value"].as_f64().unwrap();
+            assert!(value > 0.0, "{goals}");
+            assert!(
+                ns["value_per_attempted_event"].as_f64().unwrap() <= value,
+                "{goals}"
+            );
+            assert_eq!(ns["met"].as_bool(), Some(value <= 15.0), "{goals}");
+        }
+        let ratio = &goals["ratio"];
+        assert_eq!(
+            (ratio["goal"].as_f64(), ratio["threads"].as_u64()),
+            (Some(5.0), Some(8))
+        );
+        // 8 producers not run: nothing decided.
         assert!(
-            ns["value_per_delivered_event"].as_f64().unwrap() >= value,
+            ratio["value"].is_null()
+                && ratio["met"].is_null()
+                && ratio["value_per_attempted_event"].is_null(),
             "{goals}"
         );
-        assert_eq!(ns["met"].as_bool(), Some(value <= 15.0), "{goals}");
     }
-    let ratio = &goals["ratio"];
-    assert_eq!(
-        (ratio["goal"].as_f64(), ratio["threads"].as_u64()),
-        (Some(5.0), Some(8))
-    );
-    // 8 producers not run: nothing decided.
-    assert!(
-        ratio["value"].is_null()
-            && ratio["met"].is_null()
-            && ratio["value_per_delivered_event"].is_null(),
-        "{goals}"
-    );
 }
 
 #[test]

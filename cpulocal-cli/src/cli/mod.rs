@@ -77,20 +77,23 @@ pub enum Command {
     /// it is met.
     ///
     /// Then the ring: every producer thread loops reserve(64), write 64 B,
-    /// commit() on one PerCpuRing (discard mode, 8 x 4 KiB per CPU: 448
-    /// events per CPU), or pushes the same [u8; 64] on one crossbeam
-    /// ArrayQueue with as many slots as the ring holds events on all CPUs (a
-    /// full queue's refusal counted lost, as the ring's discard is); one
-    /// consumer thread (pinned to the last allowed CPU, spinning 1 us after
-    /// a poll that finds nothing) drains each batch while it runs. At 1, 2
-    /// and 8 producers, in interleaved rounds (3 with --quick): ns per event
-    /// attempted, the percentage delivered (the rest lost), ns per event
-    /// delivered, the ArrayQueue's time / the ring's per event attempted and
-    /// per event delivered, and lines saying whether the goals are met
-    /// (judged per event attempted, with the numbers per event delivered
-    /// beside them): at most 15 ns/event with 1 producer, at least 5x
-    /// ArrayQueue's throughput with 8. --threads and --rounds apply to every
-    /// section.
+    /// commit() on one PerCpuRing (8 x 4 KiB per CPU: 448 events per CPU),
+    /// or puts the same [u8; 64] on one crossbeam ArrayQueue with as many
+    /// slots as the ring holds events on all CPUs, in two scenarios. Flight
+    /// recorder: the producers alone, the ring in overwrite mode, the queue
+    /// with force_push (both displace their oldest events), what is left read
+    /// after each batch. Streaming: one consumer thread (pinned to the last
+    /// allowed CPU, spinning 1 us after a poll that finds nothing) drains
+    /// each batch while it runs, the ring in discard mode, the queue with
+    /// push (a full queue's refusal counted lost, as the ring's discard is).
+    /// At 1, 2 and 8 producers, in interleaved rounds (3 with --quick), per
+    /// scenario: ns per event attempted, the percentage kept (delivered or
+    /// overwritten; the rest refused, counted lost), ns per event kept, the
+    /// ArrayQueue's time / the ring's per event attempted and per event
+    /// kept, and lines on the goals, judged in the recorder per event kept
+    /// (the streaming numbers are shown against them, not judged): at most
+    /// 15 ns/event with 1 producer, at least 5x ArrayQueue's throughput with
+    /// 8. --threads and --rounds apply to every section.
     ///
     /// Prints tables of ns per operation (per push+pop pair for the
     /// structures) and of ratios to cpulocal, and writes a chart of the
@@ -114,15 +117,18 @@ pub enum Command {
     /// (3.0), threads ([2, 8]), met (bool; null when a thread count was not
     /// run), at (list of {threads, fastest_peer, ratio}; null when not
     /// run)})}), ring ({operation, payload_bytes (64), threads (list), rounds,
-    /// reference ("cpulocal_ring"), consumer_cpu (null when floating), peers
-    /// (list of {name, label, operation, capacity_events}), results (list
+    /// consumer_cpu (the streaming consumer's; null when floating), scenarios
+    /// (list of {name ("recorder" or "streaming"), reference (its ring's
+    /// name), goals (as below, measured in that scenario)}), peers (list of
+    /// {name, label, scenario, operation, capacity_events}), results (list
     /// like the counters' results, one operation being one event attempted
-    /// and ratio_to_cpulocal the time / the ring's in the same round, plus
-    /// events, delivered, lost, delivered_fraction, lost_fraction over the
-    /// timed rounds, ns_per_delivered_event and delivered_ratio_to_ring),
-    /// goals ({ns_per_event, ratio}: each {goal (15.0; 5.0), threads (1; 8),
-    /// value (the ring's ns per event attempted; the ArrayQueue's ratio per
-    /// event attempted), met, value_per_delivered_event}; null when not
+    /// and ratio_to_cpulocal the time / the ring's of its scenario in the
+    /// same round, plus scenario, events, delivered, overwritten, lost, kept
+    /// (delivered + overwritten), kept_fraction, lost_fraction over the
+    /// timed rounds, ns_per_kept_event and kept_ratio_to_ring), goals (the
+    /// recorder's: {ns_per_event, ratio}: each {goal (15.0; 5.0), threads
+    /// (1; 8), value (the ring's ns per event kept; the ArrayQueue's ratio
+    /// per event kept), met, value_per_attempted_event}; null when not
     /// run)}), chart ({png, svg}: paths), elapsed_s.
     Bench(BenchArgs),
     /// Show why the fallback exists: single-step a child through N adds.
