@@ -1095,15 +1095,20 @@ impl PerCpuRing {
     /// Walks the sub-buffer at `pos` (= `consumed`) of `slot`, whose head
     /// was read as `head` (with acquire, after `pos`).
     fn walk(&self, slot: &Slot, pos: usize, head: usize) -> Walk {
-        let reserved = head.wrapping_sub(pos).min(self.sub);
+        let sub = self.sub;
+        let reserved = head.wrapping_sub(pos).min(sub);
+        // The sub-buffer's bytes from `pos` are contiguous in the data.
+        let base = slot.byte(pos, self.capacity);
         // The walk is a chain of dependent loads (each header gives the next
-        // one's offset): have the lines on their way first. The sub-buffer's
-        // bytes from `pos` are contiguous in the data.
-        prefetch(slot.byte(pos, self.capacity), reserved);
+        // one's offset): have the lines on their way first.
+        prefetch(base, reserved);
         let (mut at, mut records) = (0, 0);
         while at < reserved {
+            // SAFETY: `at` is 8-aligned and below `sub`: a header word of
+            // this sub-buffer, accessed atomically (see `Slot::header`).
+            let h = unsafe { AtomicUsize::from_ptr(base.wrapping_add(at).cast()) }
+                .load(Ordering::Relaxed);
             let offset = pos.wrapping_add(at);
-            let h = slot.header(offset, self.capacity).load(Ordering::Acquire);
             if !tag_matches(h, offset) {
                 return Walk::Stale;
             }
@@ -1112,7 +1117,7 @@ impl PerCpuRing {
                 return Walk::Uncommitted(offset, len);
             }
             let size = record_size(len);
-            if at + size > self.sub {
+            if at + size > sub {
                 return Walk::Stale;
             }
             if h & (PADDING | DROPPED) == 0 {
@@ -1120,7 +1125,11 @@ impl PerCpuRing {
             }
             at += size;
         }
-        if reserved < self.sub {
+        // Each committed header was loaded relaxed; this fence makes the
+        // payload written before its commit (a store-release) visible, as
+        // acquire loads would, with one barrier for the walk.
+        core::sync::atomic::fence(Ordering::Acquire);
+        if reserved < sub {
             Walk::Partial
         } else {
             Walk::Complete(records)
