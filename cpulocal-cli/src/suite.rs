@@ -606,7 +606,13 @@ pub fn run(config: &Config, progress: &mut dyn FnMut(Progress)) -> Result<Report
                 .copied()
                 .filter(|p| p.scenario() == scenario)
                 .collect();
-            ring.extend(ring_at(config, &runner, &peers, ring_consumer_cpu, progress)?);
+            ring.extend(ring_at(
+                config,
+                &runner,
+                &peers,
+                ring_consumer_cpu,
+                progress,
+            )?);
         }
     }
     max_per_cpu.sort_unstable_by_key(|&(t, _)| t);

@@ -491,7 +491,10 @@ fn check_ring_text(out: &str) {
         labelled(&per_kept_rows, &labels);
         labelled(
             &ratio_rows,
-            &["ArrayQueue, per event attempted", "ArrayQueue, per event kept"],
+            &[
+                "ArrayQueue, per event attempted",
+                "ArrayQueue, per event kept",
+            ],
         );
         for row in time_rows.iter().chain(&per_kept_rows).chain(&ratio_rows) {
             assert!(row_numbers(row).iter().all(|&v| v > 0.0), "{row:?}");
@@ -827,7 +830,12 @@ fn check_ring_json(ring: &Value, threads: &[u64], rounds: u64, cpus: usize) {
     let scenarios = ring["scenarios"].as_array().expect("ring.scenarios");
     let references: Vec<(&str, &str)> = scenarios
         .iter()
-        .map(|s| (s["name"].as_str().unwrap(), s["reference"].as_str().unwrap()))
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap(),
+                s["reference"].as_str().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
         references,

@@ -960,12 +960,7 @@ impl PerCpuRing {
     /// position where the record would straddle a sub-buffer end, and
     /// `old + size - consumed <= capacity`.
     #[inline(always)]
-    unsafe fn try_reserve(
-        &self,
-        cpu: usize,
-        old: usize,
-        len: usize,
-    ) -> bool {
+    unsafe fn try_reserve(&self, cpu: usize, old: usize, len: usize) -> bool {
         // SAFETY: buffer `cpu`'s head and the header word at `old`, free
         // space while the head is `old`, within the capacity (checked against
         // a `consumed` no newer than now, caller). Release: a consumer that
@@ -1267,7 +1262,8 @@ impl PerCpuRing {
                         self.sub,
                     );
                 }
-                slot.tail.consumed
+                slot.tail
+                    .consumed
                     .store(pos.wrapping_add(self.sub), Ordering::Release);
             }
             w

@@ -10,6 +10,11 @@
 //! 2. the general stress harness of `tests/common` (the one `stress.rs` and
 //!    `degraded.rs` run) runs in small rounds until a sum comes out wrong.
 //!
+//! And the ring (`ring_detects_skipped_membarrier`): with the membarrier
+//! skipped, writers' reservations on each CPU race other CPUs' fenced pads
+//! (`flush`) until a record is lost, doubled or torn, or the counts do not
+//! add up.
+//!
 //! Each is bounded by [`DETECTION_BUDGET`]; the test FAILS if the broken
 //! protocol still gives exact sums for that long. Both loads are also run with
 //! the protocol intact before and after (they must then be exact), and the
@@ -309,4 +314,173 @@ fn stress_detects_skipped_membarrier() {
 #[test]
 fn stress_detects_skipped_fence_check() {
     demonstrate(Break::SkipFenceCheck);
+}
+
+/// Records written per writer and ring round.
+const RING_RECORDS_PER_WRITER: u64 = 200_000;
+
+/// A ring record: the writer's id and sequence number, then a checksum of
+/// both, so that a torn or misplaced record shows.
+fn ring_record(id: u64, seq: u64) -> [u8; 24] {
+    let mut r = [0u8; 24];
+    r[..8].copy_from_slice(&id.to_le_bytes());
+    r[8..16].copy_from_slice(&seq.to_le_bytes());
+    let check = (id ^ seq.rotate_left(17)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    r[16..].copy_from_slice(&check.to_le_bytes());
+    r
+}
+
+/// The records delivered so far, by (writer, sequence number), and the first
+/// wrong one.
+#[derive(Default)]
+struct Delivered {
+    seen: std::collections::HashSet<(u64, u64)>,
+    wrong: Option<String>,
+}
+
+impl Delivered {
+    /// Takes one delivered record: whole, and not seen before.
+    fn take(&mut self, rec: cpulocal::Record<'_>) {
+        let p = rec.payload();
+        let word = |i: usize| u64::from_le_bytes(p[8 * i..8 * i + 8].try_into().unwrap());
+        if p.len() != 24 || ring_record(word(0), word(1))[..] != p[..] {
+            let torn = format!("a torn record on CPU {}: {p:?}", rec.cpu());
+            self.wrong.get_or_insert(torn);
+        } else if !self.seen.insert((word(0), word(1))) {
+            let twice = format!("record {:?} delivered twice", (word(0), word(1)));
+            self.wrong.get_or_insert(twice);
+        }
+    }
+
+    /// Reads everything `ring` will give, stopping after a few reads in a
+    /// row that deliver nothing (a broken buffer may never give up its
+    /// records).
+    fn drain(&mut self, ring: &cpulocal::PerCpuRing) {
+        let mut idle = 0;
+        while idle < 20 {
+            ring.flush();
+            let got = ring.consume(|rec| self.take(rec));
+            idle = if got.records == 0 { idle + 1 } else { 0 };
+        }
+    }
+}
+
+/// One ring round: on every CPU a pinned writer logs records (reserve
+/// sections on that CPU's buffer) while a thread pinned on the next CPU
+/// flushes that buffer over and over (fenced pads at the same head), and a
+/// consumer drains. Err when the records or the counts do not add up:
+/// every record written is delivered once, whole, or refused and counted
+/// lost (refused) or overwritten.
+fn ring_round(cpus: &[usize]) -> Result<(), String> {
+    use cpulocal::{PerCpuRing, RingConfig, RingMode};
+    use std::sync::atomic::AtomicBool;
+    // Small sub-buffers: fills and pads come often. Overwrite mode: the
+    // writers always reserve (a full buffer drops its oldest records,
+    // counted), so they keep racing the pads.
+    let config = RingConfig::new()
+        .sub_buffer_size(256)
+        .sub_buffers(8)
+        .mode(RingMode::Overwrite);
+    let ring = PerCpuRing::with_config(config).expect("a valid configuration");
+    let writers_left = AtomicUsize::new(cpus.len());
+    let flushing = AtomicBool::new(true);
+    let mut delivered = Delivered::default();
+    let (written, refused) = thread::scope(|s| {
+        let writers: Vec<_> = cpus
+            .iter()
+            .enumerate()
+            .map(|(id, &c)| {
+                let (ring, left) = (&ring, &writers_left);
+                s.spawn(move || {
+                    common::pin_current(c);
+                    let mut refused = 0u64;
+                    for seq in 0..RING_RECORDS_PER_WRITER {
+                        if ring.write(&ring_record(id as u64, seq)).is_err() {
+                            refused += 1;
+                        }
+                    }
+                    left.fetch_sub(1, SeqCst);
+                    refused
+                })
+            })
+            .collect();
+        for i in 0..cpus.len() {
+            let (ring, flushing) = (&ring, &flushing);
+            let on = cpus[(i + 1) % cpus.len()];
+            s.spawn(move || {
+                common::pin_current(on);
+                while flushing.load(SeqCst) {
+                    ring.flush();
+                }
+            });
+        }
+        while writers_left.load(SeqCst) > 0 {
+            ring.consume(|rec| delivered.take(rec));
+        }
+        flushing.store(false, SeqCst);
+        let refused: u64 = writers
+            .into_iter()
+            .map(|w| w.join().expect("a writer panicked"))
+            .sum();
+        (RING_RECORDS_PER_WRITER * cpus.len() as u64, refused)
+    });
+    delivered.drain(&ring);
+    if let Some(wrong) = delivered.wrong {
+        return Err(wrong);
+    }
+    let (delivered, overwritten) = (delivered.seen.len() as u64, ring.overwritten());
+    if ring.lost() != refused {
+        return Err(format!(
+            "{refused} records refused but the ring counted {} lost",
+            ring.lost()
+        ));
+    }
+    let accounted = delivered + overwritten + refused;
+    if accounted != written {
+        return Err(format!(
+            "{written} records written: {delivered} delivered, {overwritten} overwritten and \
+             {refused} refused ({} unaccounted for)",
+            written as i64 - accounted as i64
+        ));
+    }
+    Ok(())
+}
+
+/// The ring's fenced operations (here `flush`'s pads on other CPUs' buffers)
+/// are safe only with the membarrier: with it skipped, a pad and a
+/// reservation in flight on the same head both land, and records are lost,
+/// doubled or torn.
+#[test]
+fn ring_detects_skipped_membarrier() {
+    let _only_us = lock_switch();
+    let Some(cpus) = can_demonstrate() else {
+        return;
+    };
+    ring_round(&cpus).unwrap_or_else(|e| panic!("control ring round, protocol intact: {e}"));
+    {
+        let _broken = Broken::new(Break::SkipMembarrier);
+        let started = Instant::now();
+        let mut rounds = 0u64;
+        let found = loop {
+            rounds += 1;
+            if let Err(what) = ring_round(&cpus) {
+                break Some(what);
+            }
+            if started.elapsed() > DETECTION_BUDGET {
+                break None;
+            }
+        };
+        let Some(found) = found else {
+            panic!(
+                "with the membarrier skipped the ring still added up for {rounds} rounds \
+                 ({:.1?}): its checks cannot detect this broken protocol",
+                started.elapsed()
+            );
+        };
+        eprintln!(
+            "SkipMembarrier: the ring round detected it in round {rounds} after {:.2?}: {found}",
+            started.elapsed()
+        );
+    }
+    ring_round(&cpus).unwrap_or_else(|e| panic!("ring round after restoring the protocol: {e}"));
 }

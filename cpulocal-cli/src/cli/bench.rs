@@ -524,11 +524,16 @@ fn write_ring_scenario(
         .collect();
     let ratio_rows: Vec<((RingPeer, bool), &str)> =
         labels.iter().map(|(k, l)| (*k, l.as_str())).collect();
-    write_table(out, &config.ring_threads, &ratio_rows, |(p, per_kept), t| {
-        let c = report.ring_cell(p, t)?;
-        let cell = if per_kept { &c.per_kept } else { &c.cell };
-        cell.ratio.map(num)
-    })?;
+    write_table(
+        out,
+        &config.ring_threads,
+        &ratio_rows,
+        |(p, per_kept), t| {
+            let c = report.ring_cell(p, t)?;
+            let cell = if per_kept { &c.per_kept } else { &c.cell };
+            cell.ratio.map(num)
+        },
+    )?;
     for line in ring_verdicts(report, scenario) {
         writeln!(out, "{line}")?;
     }
