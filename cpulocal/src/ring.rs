@@ -1097,10 +1097,10 @@ impl PerCpuRing {
         // The walk is a chain of dependent loads (each header gives the next
         // one's offset): have the lines on their way first.
         prefetch(base, reserved);
-        // SAFETY: callers pass an `at` below `reserved`, 8-aligned (records
-        // are): a header word of this sub-buffer, accessed atomically (see
-        // `Slot::header`).
+        // The header word at `at`; callers pass an `at` below `reserved`.
         let header_at = |at: usize| {
+            // SAFETY: 8-aligned (records are) and inside this sub-buffer: a
+            // header word, accessed atomically (see `Slot::header`).
             unsafe { AtomicUsize::from_ptr(base.wrapping_add(at).cast()) }.load(Ordering::Relaxed)
         };
         let (mut at, mut records) = (0, 0);
