@@ -14,6 +14,8 @@
 //! - `consumed`: the absolute offset up to which sub-buffers were released
 //!   (read by the consumer, or overwritten); a multiple of the sub-buffer
 //!   size, never past `head`. Invariant: `head - consumed <= capacity`.
+//!   On its own cache line, with the *release lock* (overwrite mode: held by
+//!   whoever releases the oldest sub-buffer, see *Modes*).
 //! - `lost`, `overwritten`: exact counts of records lost and overwritten.
 //!
 //! # Record format
