@@ -124,6 +124,15 @@ pub const RING_GOAL_RATIO: f64 = 5.0;
 pub const RING_GOAL_RATIO_THREADS: usize = 8;
 
 impl Config {
+    /// The ring peers of `scenario`, in [`Config::ring_peers`] order.
+    pub fn ring_peers_in(&self, scenario: Scenario) -> Vec<RingPeer> {
+        self.ring_peers
+            .iter()
+            .copied()
+            .filter(|p| p.scenario() == scenario)
+            .collect()
+    }
+
     /// The full suite: 15 rounds of 25 ms batches per thread count, 50,000
     /// fenced calls per target, the structures and the ring likewise; about
     /// 25 s on 2 CPUs.
@@ -600,12 +609,7 @@ pub fn run(config: &Config, progress: &mut dyn FnMut(Progress)) -> Result<Report
             max_per_cpu.push((threads, runner.max_per_cpu()));
         }
         for scenario in Scenario::ALL {
-            let peers: Vec<RingPeer> = config
-                .ring_peers
-                .iter()
-                .copied()
-                .filter(|p| p.scenario() == scenario)
-                .collect();
+            let peers = config.ring_peers_in(scenario);
             ring.extend(ring_at(
                 config,
                 &runner,

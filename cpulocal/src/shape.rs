@@ -198,23 +198,15 @@ pub(crate) unsafe fn perform(
     by: Index,
     stats: &Stats,
 ) -> Result<(), CompareFailed> {
-    let offset = by.field_offset();
     let area = engine::area();
-    let first = if engine::index_in(area, offset) as usize == index {
-        // SAFETY: `area` is this thread's live area, `offset` one of its
-        // index fields, `fence` the slot's; the shape's pointers are valid
-        // (caller).
-        match unsafe { arch::section(area, offset, fence, shape) } {
-            Outcome::Committed => return Ok(()),
-            Outcome::CompareFailed => return Err(CompareFailed),
-            other => Some(other),
-        }
-    } else {
-        None
-    };
-    // SAFETY: the caller's contract.
-    // By value: the shape is built in memory only on this cold path.
-    unsafe { perform_slow(*shape, order, index, fence, by, stats, first) }
+    if engine::index_in(area, by.field_offset()) as usize == index {
+        // SAFETY: `area` is this thread's live area and `index` was just read
+        // from it; the rest is the caller's contract.
+        return unsafe { perform_here(area, shape, order, index, fence, by, stats) };
+    }
+    // SAFETY: the caller's contract. By value: the shape is built in memory
+    // only on this cold path.
+    unsafe { perform_slow(*shape, order, index, fence, by, stats, None) }
 }
 
 /// [`perform`] for a caller that has just read `index` from `area`, the

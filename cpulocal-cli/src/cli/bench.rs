@@ -450,12 +450,7 @@ fn write_ring_scenario(
     scenario: Scenario,
 ) -> std::io::Result<()> {
     let config = &report.config;
-    let peers: Vec<RingPeer> = config
-        .ring_peers
-        .iter()
-        .copied()
-        .filter(|p| p.scenario() == scenario)
-        .collect();
+    let peers = config.ring_peers_in(scenario);
     if peers.is_empty() {
         return Ok(());
     }
