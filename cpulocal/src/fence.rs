@@ -229,6 +229,14 @@ impl Fence {
         }
     }
 
+    /// Takes the fence of slot `index` for the calling thread, waiting for
+    /// another holder, as a guard that releases it when dropped (also when
+    /// unwinding).
+    pub(crate) fn hold(&self, index: usize) -> Result<Held<'_>, HeldByCaller> {
+        self.acquire(index, holder_id())?;
+        Ok(Held { fence: self, index })
+    }
+
     /// Releases the fence of slot `index` (store-release), waking one sleeper
     /// if any.
     pub(crate) fn release(&self, index: usize) {
@@ -280,10 +288,9 @@ pub(crate) fn with_signals_blocked<R>(
     op: impl FnOnce() -> R,
 ) -> R {
     let _blocked = sys::SignalsBlocked::new();
-    fence
-        .acquire(index, holder_id())
+    let _held = fence
+        .hold(index)
         .expect("a fence cannot be held by a thread whose signals are blocked while it holds it");
-    let _held = Held { fence, index };
     barrier(index, by);
     #[cfg(feature = "inject")]
     crate::inject::point(4);
@@ -293,10 +300,19 @@ pub(crate) fn with_signals_blocked<R>(
     r
 }
 
-/// Releases a fence when dropped, also when unwinding.
-struct Held<'a> {
+/// A fence held by this thread ([`Fence::hold`]); releases it when dropped,
+/// also when unwinding.
+#[derive(Debug)]
+pub(crate) struct Held<'a> {
     fence: &'a Fence,
     index: usize,
+}
+
+impl Held<'_> {
+    /// The slot index the fence belongs to.
+    pub(crate) fn index(&self) -> usize {
+        self.index
+    }
 }
 
 impl Drop for Held<'_> {

@@ -38,7 +38,7 @@ use core::sync::atomic::{fence, AtomicU16, AtomicU32, AtomicU64, AtomicU8, Order
 
 use bytemuck::Pod;
 
-use crate::fence::{self as fenced, Fence};
+use crate::fence as fenced;
 use crate::sys::SignalsBlocked;
 use crate::{Domain, PerCpu};
 
@@ -526,13 +526,10 @@ impl<T: Pod> PerCpu<T> {
         // Signals first, as `with_signals_blocked` does: a handler then never
         // runs while this thread holds the fence.
         let _blocked = SignalsBlocked::new();
-        slot.fence
-            .acquire(cpu, fenced::holder_id())
+        let _held = slot
+            .fence
+            .hold(cpu)
             .map_err(|_| OpError::HeldByThisThread { cpu })?;
-        let _held = Held {
-            fence: &slot.fence,
-            index: cpu,
-        };
         // No membarrier: critical sections run only on the slots of this
         // crate's own structures (such as a counter's `PerCpu<AtomicI64>`,
         // neither `Pod` nor reachable by users), never on a `PerCpu<T: Pod>`
@@ -547,18 +544,6 @@ impl<T: Pod> PerCpu<T> {
         // the value's bytes are ours alone, and `T: Pod` makes them
         // initialised before and a valid `T` after.
         unsafe { execute(raw) }
-    }
-}
-
-/// Releases a fence when dropped, also when unwinding.
-struct Held<'a> {
-    fence: &'a Fence,
-    index: usize,
-}
-
-impl Drop for Held<'_> {
-    fn drop(&mut self) {
-        self.fence.release(self.index);
     }
 }
 

@@ -192,14 +192,15 @@ impl<T> PerCpu<T> {
             cpu,
             slots: self.len(),
         })?;
-        slot.fence
-            .acquire(cpu, fence::holder_id())
+        let held = slot
+            .fence
+            .hold(cpu)
             .map_err(|_| Error::HeldByThisThread { cpu })?;
         // No membarrier: no critical section touches a PerCpu<T>'s values;
         // structures whose sections do use the fenced engine instead.
         Ok(SlotGuard {
             slot,
-            cpu,
+            held,
             _not_send: PhantomData,
         })
     }
@@ -317,14 +318,15 @@ impl<T> fmt::Debug for PerCpu<T> {
 #[must_use = "the slot is unlocked as soon as the guard is dropped"]
 pub struct SlotGuard<'a, T> {
     slot: &'a Slot<T>,
-    cpu: usize,
+    /// The slot's fence, released when the guard is dropped.
+    held: fence::Held<'a>,
     _not_send: PhantomData<*const ()>,
 }
 
 impl<T> SlotGuard<'_, T> {
     /// The CPU whose slot this guard holds.
     pub fn cpu(&self) -> usize {
-        self.cpu
+        self.held.index()
     }
 }
 
@@ -344,16 +346,10 @@ impl<T> DerefMut for SlotGuard<'_, T> {
     }
 }
 
-impl<T> Drop for SlotGuard<'_, T> {
-    fn drop(&mut self) {
-        self.slot.fence.release(self.cpu);
-    }
-}
-
 impl<T: fmt::Debug> fmt::Debug for SlotGuard<'_, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SlotGuard")
-            .field("cpu", &self.cpu)
+            .field("cpu", &self.cpu())
             .field("value", &**self)
             .finish()
     }

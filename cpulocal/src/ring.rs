@@ -158,7 +158,7 @@ use std::time::{Duration, Instant};
 use crossbeam_utils::CachePadded;
 
 use crate::domain::Order;
-use crate::fence::{self, Fence};
+use crate::fence::Fence;
 use crate::shape::{self, Shape};
 use crate::stats::{PathStats, Stats};
 use crate::{engine, Error, Index};
@@ -1003,11 +1003,11 @@ impl PerCpuRing {
     /// new record lost. No fence: see [`Tail::lock`].
     fn overwrite_oldest(&self, cpu: usize, seen: usize) -> Overwrite {
         let slot = &self.slots[cpu];
-        let outcome = match TailLock::take(slot, cpu) {
+        let outcome = match slot.tail.lock.hold(cpu) {
             // This thread holds it: a signal handler interrupted its own
             // thread's release of this buffer, and cannot wait for it.
-            None => Walk::Moved,
-            Some(_held) => {
+            Err(_) => Walk::Moved,
+            Ok(_held) => {
                 let consumed = slot.tail.consumed.load(Ordering::Relaxed);
                 // Acquire: the headers written before the head moved on.
                 let head = slot.head.load(Ordering::Acquire);
@@ -1303,9 +1303,9 @@ impl PerCpuRing {
                 if head == pos {
                     return Walk::Partial; // nothing reserved: no header to read
                 }
-                // None: a signal handler calling `consume` (not allowed)
+                // Err: a signal handler calling `consume` (not allowed)
                 // interrupted this thread's own release; take nothing.
-                let Some(_held) = TailLock::take(slot, cpu) else {
+                let Ok(_held) = slot.tail.lock.hold(cpu) else {
                     return Walk::Partial;
                 };
                 if slot.tail.consumed.load(Ordering::Relaxed) != pos {
@@ -1365,28 +1365,6 @@ impl PerCpuRing {
             at += record_size(len);
         }
         debug_assert_eq!(guard.left, 0, "the walk and the copy disagree");
-    }
-}
-
-/// A held [`Tail::lock`], released when dropped.
-struct TailLock<'a> {
-    lock: &'a Fence,
-    index: usize,
-}
-
-impl<'a> TailLock<'a> {
-    /// Takes buffer `index`'s release lock, waiting for another holder;
-    /// None if the calling thread holds it already.
-    fn take(slot: &'a Slot, index: usize) -> Option<Self> {
-        let lock = &slot.tail.lock;
-        lock.acquire(index, fence::holder_id()).ok()?;
-        Some(TailLock { lock, index })
-    }
-}
-
-impl Drop for TailLock<'_> {
-    fn drop(&mut self) {
-        self.lock.release(self.index);
     }
 }
 
@@ -1648,8 +1626,8 @@ mod tests {
             for _ in 1..8 {
                 ring.write(&[0; 8]).unwrap();
             }
-            let held = TailLock::take(&ring.slots[cpu], cpu).expect("free");
-            assert!(TailLock::take(&ring.slots[cpu], cpu).is_none());
+            let held = ring.slots[cpu].tail.lock.hold(cpu).expect("free");
+            assert!(ring.slots[cpu].tail.lock.hold(cpu).is_err());
             assert_eq!(ring.write(&[1; 8]), Err(RingError::OldestBusy { cpu }));
             assert_eq!(ring.counts_on(cpu).unwrap(), (1, 0));
             drop(held);
