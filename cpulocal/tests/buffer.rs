@@ -9,6 +9,8 @@
 
 mod common;
 
+use common::{pinned, tally, Tracked};
+
 use std::fmt::Debug;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
@@ -17,22 +19,6 @@ use std::thread;
 use cpulocal::{Error, Index, PathStats, PerCpuBuffer, PerCpuMemcpyBuffer};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-
-/// An item that counts its drops in a shared tally.
-struct Tracked {
-    id: u64,
-    drops: Arc<Vec<AtomicU64>>,
-}
-
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        self.drops[self.id as usize].fetch_add(1, SeqCst);
-    }
-}
-
-fn tally(n: usize) -> Arc<Vec<AtomicU64>> {
-    Arc::new((0..n).map(|_| AtomicU64::new(0)).collect())
-}
 
 /// A `Copy` item whose every word is derived from `(id, generation)`, with a
 /// checksum over them: a pop that copied part of one value and part of
@@ -354,19 +340,6 @@ fn memcpy_largest_items_are_never_torn() {
     let n = ITEMS_PER_ROOM * 8 * buffer.cpus();
     let items = (0..n as u64).map(|id| Sealed::new(id, 0)).collect();
     conserved(buffer, items, 50_000);
-}
-
-/// Runs `f` on a thread pinned to the first allowed CPU.
-fn pinned<R: Send>(f: impl FnOnce(usize) -> R + Send) -> R {
-    let cpu = common::allowed_cpus()[0];
-    thread::scope(|s| {
-        s.spawn(|| {
-            common::pin_current(cpu);
-            f(cpu)
-        })
-        .join()
-        .unwrap()
-    })
 }
 
 #[test]

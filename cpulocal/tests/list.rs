@@ -6,7 +6,9 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use common::{tally, Tracked};
+
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
@@ -14,23 +16,11 @@ use cpulocal::{Index, PerCpuList};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-/// An item that counts its drops in a shared tally.
-struct Tracked {
-    id: u64,
-    drops: Arc<Vec<AtomicU64>>,
-}
-
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        self.drops[self.id as usize].fetch_add(1, SeqCst);
-    }
-}
-
 fn conserved(by: Index) {
     const ITEMS: u64 = 2_000;
     const ROUNDS: u64 = 200_000;
     let list = Arc::new(PerCpuList::with_index(by));
-    let drops = Arc::new((0..ITEMS).map(|_| AtomicU64::new(0)).collect::<Vec<_>>());
+    let drops = tally(ITEMS as usize);
     for id in 0..ITEMS {
         list.push(Tracked {
             id,
@@ -133,7 +123,7 @@ fn items_conserved_mm_cid() {
 /// Items left on every CPU's list are dropped exactly once with the list.
 #[test]
 fn drop_frees_items_on_every_cpu() {
-    let drops = Arc::new((0..1000).map(|_| AtomicU64::new(0)).collect::<Vec<_>>());
+    let drops = tally(1000);
     let list = Arc::new(PerCpuList::new());
     let cpus = common::allowed_cpus();
     let per = 1000 / cpus.len() as u64;

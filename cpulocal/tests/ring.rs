@@ -9,6 +9,8 @@
 
 mod common;
 
+use common::pinned;
+
 use std::collections::HashSet;
 use std::ptr;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
@@ -20,19 +22,6 @@ use std::time::{Duration, Instant};
 use cpulocal::{PerCpuRing, RingConfig, RingError, RingMode};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-
-/// Runs `f` on a thread pinned to the first allowed CPU.
-fn pinned<R: Send>(f: impl FnOnce(usize) -> R + Send) -> R {
-    let cpu = common::allowed_cpus()[0];
-    thread::scope(|s| {
-        s.spawn(|| {
-            common::pin_current(cpu);
-            f(cpu)
-        })
-        .join()
-        .unwrap()
-    })
-}
 
 fn ring(sub: usize, subs: usize, mode: RingMode) -> PerCpuRing {
     PerCpuRing::with_config(

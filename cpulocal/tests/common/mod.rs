@@ -404,6 +404,36 @@ pub fn pin_current(cpu: usize) {
     set_affinity(0, &[cpu]).unwrap_or_else(|e| panic!("pinning to CPU {cpu}: {e}"));
 }
 
+/// Runs `f` on a thread pinned to the first allowed CPU, given that CPU.
+pub fn pinned<R: Send>(f: impl FnOnce(usize) -> R + Send) -> R {
+    let cpu = allowed_cpus()[0];
+    thread::scope(|s| {
+        s.spawn(|| {
+            pin_current(cpu);
+            f(cpu)
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+/// An item that counts its drops in a shared tally: `drops[id]`.
+pub struct Tracked {
+    pub id: u64,
+    pub drops: Arc<Vec<AtomicU64>>,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.drops[self.id as usize].fetch_add(1, SeqCst);
+    }
+}
+
+/// A tally of `n` drop counts, all zero.
+pub fn tally(n: usize) -> Arc<Vec<AtomicU64>> {
+    Arc::new((0..n).map(|_| AtomicU64::new(0)).collect())
+}
+
 /// The kernel thread id of the caller.
 pub fn gettid() -> libc::pid_t {
     // SAFETY: gettid has no arguments and cannot fail.
