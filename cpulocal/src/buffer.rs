@@ -56,6 +56,7 @@ use crossbeam_utils::CachePadded;
 
 use crate::domain::Order;
 use crate::fence::{self, Fence};
+use crate::index::At;
 use crate::shape::{self, Shape};
 use crate::stats::{PathStats, Stats};
 use crate::{Error, Index};
@@ -231,16 +232,16 @@ impl<T> PerCpuBuffer<T> {
         self.stats.snapshot()
     }
 
-    /// Runs a shape on buffer `cpu`'s words.
+    /// Runs a shape on buffer `at`'s words.
     ///
     /// # Safety
     ///
-    /// `shape` names buffer `cpu`'s count and entries as the module docs say.
+    /// `shape` names buffer `at`'s count and entries as the module docs say.
     #[inline]
-    unsafe fn perform(&self, cpu: usize, shape: Shape, order: Order) -> bool {
-        let slot = &self.slots[cpu];
+    unsafe fn perform(&self, at: At, shape: Shape, order: Order) -> bool {
+        let slot = &self.slots[at.index];
         // SAFETY: the caller's shape; the fence is that of the slot it names.
-        unsafe { shape::perform(&shape, order, cpu, &slot.fence, self.by, &self.stats) }.is_ok()
+        unsafe { shape::perform_at(&shape, order, at, &slot.fence, self.by, &self.stats) }.is_ok()
     }
 
     /// Pushes `value` on the current CPU's buffer, or gives it back if that
@@ -266,8 +267,8 @@ impl<T> PerCpuBuffer<T> {
     pub fn push(&self, value: T) -> Result<(), T> {
         let boxed = Box::into_raw(Box::new(value));
         loop {
-            let cpu = self.by.current(self.cpus());
-            let slot = &self.slots[cpu];
+            let at = self.by.here(self.cpus());
+            let slot = &self.slots[at.index];
             let c = slot.count.load(Ordering::Relaxed);
             if c >= self.capacity {
                 // SAFETY: never published (module docs: an aborted push's
@@ -281,9 +282,9 @@ impl<T> PerCpuBuffer<T> {
                 newv2: boxed as usize,
                 newv: c + 1,
             };
-            // SAFETY: buffer `cpu`'s count and entry `c < capacity`; release
+            // SAFETY: buffer `at`'s count and entry `c < capacity`; release
             // publishes the box's contents with the count.
-            if unsafe { self.perform(cpu, shape, Order::Release) } {
+            if unsafe { self.perform(at, shape, Order::Release) } {
                 return Ok(());
             }
             // Another push or pop on that buffer came first: read it again.
@@ -306,8 +307,7 @@ impl<T> PerCpuBuffer<T> {
     /// ```
     pub fn pop(&self) -> Option<T> {
         loop {
-            let cpu = self.by.current(self.cpus());
-            match self.try_pop(cpu) {
+            match self.try_pop(self.by.here(self.cpus())) {
                 Attempt::Done(v) => return v,
                 Attempt::Raced => {}
             }
@@ -338,15 +338,15 @@ impl<T> PerCpuBuffer<T> {
             });
         }
         loop {
-            if let Attempt::Done(v) = self.try_pop(cpu) {
+            if let Attempt::Done(v) = self.try_pop(At::slot(cpu)) {
                 return Ok(v);
             }
         }
     }
 
-    /// One pop attempt on buffer `cpu`.
-    fn try_pop(&self, cpu: usize) -> Attempt<T> {
-        let slot = &self.slots[cpu];
+    /// One pop attempt on buffer `at`.
+    fn try_pop(&self, at: At) -> Attempt<T> {
+        let slot = &self.slots[at.index];
         let c = slot.count.load(Ordering::Acquire);
         if c == 0 {
             return Attempt::Done(None);
@@ -359,9 +359,9 @@ impl<T> PerCpuBuffer<T> {
             expect2: top,
             newv: c - 1,
         };
-        // SAFETY: buffer `cpu`'s count and entry `c - 1 < capacity`. Relaxed:
+        // SAFETY: buffer `at`'s count and entry `c - 1 < capacity`. Relaxed:
         // the store only unlinks an entry and publishes nothing.
-        if !unsafe { self.perform(cpu, shape, Order::Relaxed) } {
+        if !unsafe { self.perform(at, shape, Order::Relaxed) } {
             return Attempt::Raced;
         }
         // SAFETY: the pop committed with entry `c - 1` live and holding

@@ -98,15 +98,47 @@ impl Index {
     /// `slots` (any slot is correct under its fence).
     #[inline]
     pub(crate) fn current(self, slots: usize) -> usize {
-        if engine::cpu_id(engine::area()) == abi::CPU_ID_UNINITIALIZED {
+        self.here(slots).index
+    }
+
+    /// [`current`](Self::current), with the area it was read from when that
+    /// is where it came from: for operations that go on to run a shape there
+    /// ([`shape::perform_at`](crate::shape::perform_at)), which then need not
+    /// read the area and index again.
+    #[inline]
+    pub(crate) fn here(self, slots: usize) -> At {
+        let mut area = engine::area();
+        if engine::cpu_id(area) == abi::CPU_ID_UNINITIALIZED {
             engine::ensure_thread();
+            area = engine::area();
         }
-        let i = engine::index_in(engine::area(), self.field_offset()) as usize;
+        let i = engine::index_in(area, self.field_offset()) as usize;
         if i < slots {
-            i
+            At {
+                index: i,
+                area: Some(area),
+            }
         } else {
-            engine::current_cpu() % slots
+            At::slot(engine::current_cpu() % slots)
         }
+    }
+}
+
+/// The slot an operation runs on, and the calling thread's area when the
+/// slot's index was just read from it ([`Index::here`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct At {
+    /// The slot's index.
+    pub(crate) index: usize,
+    /// The area `index` was read from; None when the caller named the slot.
+    pub(crate) area: Option<*mut Rseq>,
+}
+
+impl At {
+    /// Slot `index` as the caller names it (another CPU's, perhaps): whether
+    /// the thread runs there is read when the operation runs.
+    pub(crate) fn slot(index: usize) -> At {
+        At { index, area: None }
     }
 }
 

@@ -22,6 +22,7 @@ use crossbeam_utils::CachePadded;
 
 use crate::domain::Order;
 use crate::fence::{self, Fence};
+use crate::index::At;
 use crate::shape::{self, Shape};
 use crate::stats::{PathStats, Stats};
 use crate::{Error, Index};
@@ -120,16 +121,16 @@ impl<T> PerCpuList<T> {
         self.stats.snapshot()
     }
 
-    /// Runs a shape on list `cpu`'s head.
+    /// Runs a shape on list `at`'s head.
     ///
     /// # Safety
     ///
-    /// `shape` names `cpu`'s head word and nodes owned as the module docs say.
+    /// `shape` names `at`'s head word and nodes owned as the module docs say.
     #[inline]
-    unsafe fn perform(&self, cpu: usize, shape: Shape, order: Order) -> bool {
-        let head = &self.heads[cpu];
+    unsafe fn perform(&self, at: At, shape: Shape, order: Order) -> bool {
+        let head = &self.heads[at.index];
         // SAFETY: the caller's shape; the fence is that of the head it names.
-        unsafe { shape::perform(&shape, order, cpu, &head.fence, self.by, &self.stats) }.is_ok()
+        unsafe { shape::perform_at(&shape, order, at, &head.fence, self.by, &self.stats) }.is_ok()
     }
 
     /// Pushes `value` on the current CPU's list.
@@ -143,8 +144,8 @@ impl<T> PerCpuList<T> {
     /// ```
     pub fn push(&self, value: T) {
         let node = Box::into_raw(Box::new(Node { next: 0, value }));
-        let cpu = self.by.current(self.cpus());
-        let head = &self.heads[cpu];
+        let at = self.by.here(self.cpus());
+        let head = &self.heads[at.index];
         loop {
             let first = head.first.load(Ordering::Relaxed);
             // SAFETY: the node is still ours alone.
@@ -156,7 +157,7 @@ impl<T> PerCpuList<T> {
             };
             // SAFETY: `head.first` is list `cpu`'s head; release publishes
             // the node's contents with it.
-            if unsafe { self.perform(cpu, shape, Order::Release) } {
+            if unsafe { self.perform(at, shape, Order::Release) } {
                 return;
             }
             // Another push or pop on that list came first: read it again.
@@ -167,7 +168,7 @@ impl<T> PerCpuList<T> {
     /// on other CPUs' lists are not looked at: see [`pop_on`](Self::pop_on)
     /// and [`drain`](Self::drain).
     pub fn pop(&self) -> Option<T> {
-        self.pop_at(self.by.current(self.cpus()))
+        self.pop_at(self.by.here(self.cpus()))
     }
 
     /// Pops the value last pushed on `cpu`'s list, from any CPU (a critical
@@ -193,11 +194,11 @@ impl<T> PerCpuList<T> {
                 slots: self.cpus(),
             });
         }
-        Ok(self.pop_at(cpu))
+        Ok(self.pop_at(At::slot(cpu)))
     }
 
-    fn pop_at(&self, cpu: usize) -> Option<T> {
-        let head = &self.heads[cpu];
+    fn pop_at(&self, at: At) -> Option<T> {
+        let head = &self.heads[at.index];
         let mut popped = 0usize;
         let shape = Shape::CbeqStoreAddLoadStore {
             v: head.first.as_ptr(),
@@ -205,9 +206,9 @@ impl<T> PerCpuList<T> {
             offset: NEXT,
             load: &mut popped,
         };
-        // SAFETY: list `cpu`'s head; linked nodes stay allocated until popped
+        // SAFETY: list `at`'s head; linked nodes stay allocated until popped
         // (module docs); `popped` is a live local.
-        if !unsafe { self.perform(cpu, shape, Order::Relaxed) } {
+        if !unsafe { self.perform(at, shape, Order::Relaxed) } {
             return None;
         }
         // SAFETY: the pop committed: the node is unlinked and ours; it came

@@ -48,6 +48,7 @@ use crossbeam_utils::CachePadded;
 
 use crate::domain::Order;
 use crate::fence::{self, Fence};
+use crate::index::At;
 use crate::shape::{self, Shape};
 use crate::stats::{PathStats, Stats};
 use crate::{Error, Index};
@@ -242,8 +243,7 @@ impl<T> PerCpuLock<T> {
         let me = fence::holder_id() as usize;
         let mut waited = 0;
         loop {
-            let cpu = self.by.current(self.cpus());
-            match self.attempt(cpu, me) {
+            match self.attempt(self.by.here(self.cpus()), me) {
                 Ok(Some(guard)) => return guard,
                 Ok(None) => wait(&mut waited),
                 Err(e) => panic!("PerCpuLock::lock: {e}"),
@@ -273,7 +273,7 @@ impl<T> PerCpuLock<T> {
     /// # Ok::<(), Error>(())
     /// ```
     pub fn try_lock(&self) -> Result<Option<PerCpuLockGuard<'_, T>>, Error> {
-        self.attempt(self.by.current(self.cpus()), fence::holder_id() as usize)
+        self.attempt(self.by.here(self.cpus()), fence::holder_id() as usize)
     }
 
     /// Locks `cpu`'s slot, from any thread on any CPU, waiting while another
@@ -304,7 +304,7 @@ impl<T> PerCpuLock<T> {
         let me = fence::holder_id() as usize;
         let mut waited = 0;
         loop {
-            match self.attempt(cpu, me)? {
+            match self.attempt(At::slot(cpu), me)? {
                 Some(guard) => return Ok(guard),
                 None => wait(&mut waited),
             }
@@ -336,7 +336,7 @@ impl<T> PerCpuLock<T> {
     /// ```
     pub fn try_lock_on(&self, cpu: usize) -> Result<Option<PerCpuLockGuard<'_, T>>, Error> {
         self.in_range(cpu)?;
-        self.attempt(cpu, fence::holder_id() as usize)
+        self.attempt(At::slot(cpu), fence::holder_id() as usize)
     }
 
     /// Every value, exclusively (no locking: `&mut self` excludes others).
@@ -381,10 +381,11 @@ impl<T> PerCpuLock<T> {
         }
     }
 
-    /// One attempt to lock slot `cpu` (in range) for the thread with holder
+    /// One attempt to lock slot `at` (in range) for the thread with holder
     /// id `me`: `Ok(None)` if another thread holds it.
     #[inline]
-    fn attempt(&self, cpu: usize, me: usize) -> Result<Option<PerCpuLockGuard<'_, T>>, Error> {
+    fn attempt(&self, at: At, me: usize) -> Result<Option<PerCpuLockGuard<'_, T>>, Error> {
+        let cpu = at.index;
         let slot = &self.slots[cpu];
         // Only this thread writes `me` into the word, and only it clears it,
         // so a relaxed load tells whether this thread holds the slot.
@@ -402,10 +403,10 @@ impl<T> PerCpuLock<T> {
         // is borrowed and written only as the module docs say; `slot.fence`
         // is that slot's fence. Relaxed: the commit publishes nothing.
         let locked = unsafe {
-            shape::perform(
+            shape::perform_at(
                 &shape,
                 Order::Relaxed,
-                cpu,
+                at,
                 &slot.fence,
                 self.by,
                 &self.stats,

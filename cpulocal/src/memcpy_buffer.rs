@@ -42,6 +42,7 @@ use crossbeam_utils::CachePadded;
 
 use crate::domain::Order;
 use crate::fence::{self, Fence};
+use crate::index::At;
 use crate::shape::{self, Shape};
 use crate::stats::{PathStats, Stats};
 use crate::{Error, Index};
@@ -235,24 +236,17 @@ impl<T: Copy> PerCpuMemcpyBuffer<T> {
         self.stats.snapshot()
     }
 
-    /// Runs a memcpy-store on buffer `cpu`: if its count is `expect`, copies
+    /// Runs a memcpy-store on buffer `at`: if its count is `expect`, copies
     /// one `T` from `src` to `dst` and stores `newv` in the count.
     ///
     /// # Safety
     ///
-    /// One of `src`, `dst` is an entry of buffer `cpu` as the module docs
+    /// One of `src`, `dst` is an entry of buffer `at` as the module docs
     /// allow (the free entry `expect` for a push, the live entry `expect - 1`
     /// for a pop); the other is the caller's, valid for one `T`.
     #[inline]
-    unsafe fn copy(
-        &self,
-        cpu: usize,
-        expect: usize,
-        dst: *mut T,
-        src: *const T,
-        newv: usize,
-    ) -> bool {
-        let slot = &self.slots[cpu];
+    unsafe fn copy(&self, at: At, expect: usize, dst: *mut T, src: *const T, newv: usize) -> bool {
+        let slot = &self.slots[at.index];
         let shape = Shape::CbneMemcpyStore {
             v: slot.count.as_ptr(),
             expect,
@@ -265,10 +259,10 @@ impl<T: Copy> PerCpuMemcpyBuffer<T> {
         // Release for both directions: a push publishes the copied bytes; a
         // pop's copy out is ordered before the store that frees the entry.
         unsafe {
-            shape::perform(
+            shape::perform_at(
                 &shape,
                 Order::Release,
-                cpu,
+                at,
                 &slot.fence,
                 self.by,
                 &self.stats,
@@ -298,15 +292,15 @@ impl<T: Copy> PerCpuMemcpyBuffer<T> {
     /// ```
     pub fn push(&self, value: T) -> Result<(), T> {
         loop {
-            let cpu = self.by.current(self.cpus());
-            let slot = &self.slots[cpu];
+            let at = self.by.here(self.cpus());
+            let slot = &self.slots[at.index];
             let c = slot.count.load(Ordering::Relaxed);
             if c >= self.capacity {
                 return Err(value);
             }
-            // SAFETY: entry `c < capacity` of buffer `cpu`, free when the
+            // SAFETY: entry `c < capacity` of buffer `at`, free when the
             // compare holds; `value` is a live local.
-            if unsafe { self.copy(cpu, c, slot.data[c].get().cast(), &value, c + 1) } {
+            if unsafe { self.copy(at, c, slot.data[c].get().cast(), &value, c + 1) } {
                 return Ok(());
             }
             // Another push or pop on that buffer came first: read it again.
@@ -329,8 +323,7 @@ impl<T: Copy> PerCpuMemcpyBuffer<T> {
     /// ```
     pub fn pop(&self) -> Option<T> {
         loop {
-            let cpu = self.by.current(self.cpus());
-            if let Some(v) = self.try_pop(cpu) {
+            if let Some(v) = self.try_pop(self.by.here(self.cpus())) {
                 return v;
             }
         }
@@ -360,25 +353,25 @@ impl<T: Copy> PerCpuMemcpyBuffer<T> {
             });
         }
         loop {
-            if let Some(v) = self.try_pop(cpu) {
+            if let Some(v) = self.try_pop(At::slot(cpu)) {
                 return Ok(v);
             }
         }
     }
 
-    /// One pop attempt on buffer `cpu`: `Some(result)` when it is over, None
+    /// One pop attempt on buffer `at`: `Some(result)` when it is over, None
     /// when the count changed under it.
-    fn try_pop(&self, cpu: usize) -> Option<Option<T>> {
-        let slot = &self.slots[cpu];
+    fn try_pop(&self, at: At) -> Option<Option<T>> {
+        let slot = &self.slots[at.index];
         let c = slot.count.load(Ordering::Relaxed);
         if c == 0 {
             return Some(None);
         }
         let mut out = MaybeUninit::<T>::uninit();
         let top = slot.data[c - 1].get().cast::<T>();
-        // SAFETY: entry `c - 1 < capacity` of buffer `cpu`, live when the
+        // SAFETY: entry `c - 1 < capacity` of buffer `at`, live when the
         // compare holds; `out` is a live local with room for one `T`.
-        if !unsafe { self.copy(cpu, c, out.as_mut_ptr(), top, c - 1) } {
+        if !unsafe { self.copy(at, c, out.as_mut_ptr(), top, c - 1) } {
             return None;
         }
         // SAFETY: the pop committed: the copy, made in the same step as the

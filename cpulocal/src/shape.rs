@@ -23,6 +23,7 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 use crate::arch::{self, Outcome};
 use crate::domain::{CompareFailed, Order};
 use crate::fence::{self, Fence};
+use crate::index::At;
 use crate::stats::Stats;
 use crate::{engine, Index, RSEQ_ATTEMPTS};
 
@@ -235,6 +236,34 @@ pub(crate) unsafe fn perform_here(
     };
     // SAFETY: the caller's contract.
     unsafe { perform_slow(*shape, order, index, fence, by, stats, Some(first)) }
+}
+
+/// [`perform`] on `at`: where `at` carries the area its index was read from,
+/// the first section runs inline with them ([`perform_here`]); otherwise
+/// (a slot the caller named, or no section possible where the thread runs)
+/// everything runs out of line, so that the caller inlines one section, not
+/// two.
+///
+/// # Safety
+///
+/// As [`perform`], for slot `at.index`; `at` from [`Index::here`] or
+/// [`At::slot`].
+#[inline(always)]
+pub(crate) unsafe fn perform_at(
+    shape: &Shape,
+    order: Order,
+    at: At,
+    fence: &Fence,
+    by: Index,
+    stats: &Stats,
+) -> Result<(), CompareFailed> {
+    match at.area {
+        // SAFETY: the caller's contract; `Index::here` read `at.index` from
+        // `area`, the calling thread's.
+        Some(area) => unsafe { perform_here(area, shape, order, at.index, fence, by, stats) },
+        // SAFETY: the caller's contract.
+        None => unsafe { perform_slow(*shape, order, at.index, fence, by, stats, None) },
+    }
 }
 
 /// [`perform`] after its first attempt ended with `first` (None: no section
