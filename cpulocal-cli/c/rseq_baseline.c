@@ -12,8 +12,9 @@
  * to.
  *
  * The loops:
- *   - the per-CPU increment (cl_c_rseq_add_loop, cl_c_rseq_add_fence_loop,
- *     cl_c_counter_loop), the baseline of PerCpuCounter::add;
+ *   - the per-CPU increment PerCpuCounter::add is measured against, indexed
+ *     by cpu_id (cl_c_rseq_add_loop), and the same with cpulocal's fence
+ *     check in the section (cl_c_rseq_add_fence_loop);
  * and the five loops of librseq's param_test benchmark, mirrored:
  *   - counter          slot[idx].count += 1            (cl_c_counter_loop)
  *   - spinlock         per-slot lock, count++ under it (cl_c_spinlock_loop)
@@ -21,7 +22,7 @@
  *   - pointer buffer   pop + push of node pointers     (cl_c_ptrbuf_loop)
  *   - memcpy buffer    pop + push of 16-byte items     (cl_c_membuf_loop)
  *
- * Every loop but the first two takes an index mode (enum cl_index_mode):
+ * The five take an index mode (enum cl_index_mode):
  *   CL_CPU_ID  index = the area's cpu_id_start, read before the section; the
  *              section compares the area's cpu_id with it;
  *   CL_MM_CID  index = the area's mm_cid, read before the section; the section
@@ -56,7 +57,8 @@
 extern const ptrdiff_t __rseq_offset __attribute__((weak));
 extern const unsigned int __rseq_size __attribute__((weak));
 
-/* The signature glibc registers on x86_64. */
+/* The signature glibc registers on x86_64 (the `.long` after `ud1` in every
+ * section's abort handler). */
 #define CL_RSEQ_SIG 0x53053053
 
 /* getauxval key of the kernel's rseq feature size (Linux 6.3+), and the size

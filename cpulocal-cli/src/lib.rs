@@ -14,7 +14,9 @@
 //! - [`suite`]: the comparison `cpulocal bench` runs: every peer at 1 to 16
 //!   threads in interleaved rounds, ratios to cpulocal, the fenced path.
 //! - `baseline` (Linux x86_64 with glibc only): safe wrappers for the C code
-//!   in `c/rseq_baseline.c`.
+//!   in `c/rseq_baseline.c`: the per-CPU increment, and the five loops of
+//!   librseq's `param_test` benchmark (counter, spinlock, list, pointer
+//!   buffer, memcpy buffer) indexed by `cpu_id` or by `mm_cid`.
 //!
 //! Both `benches/counter.rs` (criterion) and the `cpulocal bench` subcommand
 //! build on these: [`ns_per_op`] is the one-call form.
