@@ -456,8 +456,8 @@ mod tests {
     /// threads x 200,000 iterations) takes about a millisecond here, far
     /// too short for the kernel to preempt a worker inside a section more
     /// than a few times; the disturbers preempt the workers a few times per
-    /// millisecond per CPU, so a quarter of a second gives each loop
-    /// hundreds of aborts at every point of its sections.
+    /// millisecond per CPU, so a quarter of a second gives each loop some
+    /// hundreds of aborts, spread over its sections.
     const BUDGET: std::time::Duration = std::time::Duration::from_millis(250);
 
     /// The modes this thread can run, with a note for each skipped one.
@@ -499,12 +499,12 @@ mod tests {
             unsafe { libc::CPU_SET(c, &mut set) };
         }
         // SAFETY: `set` is a valid cpu_set_t of the size passed; `tid` is 0
-        // or a thread of this process that is still alive (see `round`).
+        // or a thread of this process that is still alive (see `rounds`).
         unsafe { libc::sched_setaffinity(tid, core::mem::size_of_val(&set), &set) };
     }
 
-    /// Sleeps `us` microseconds (the calling thread's timer slack is set to
-    /// 1 ns first, so the sleep is that short).
+    /// Sleeps `us` microseconds (the callers set their timer slack to 1 ns,
+    /// so that the sleep is about that short, not 50 us more).
     fn nap(us: i64) {
         let ts = libc::timespec {
             tv_sec: 0,
