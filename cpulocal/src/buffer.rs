@@ -1,15 +1,17 @@
-//! [`PerCpuBuffer<T>`]: a bounded per-CPU stack of owned values, built on
-//! the store-store and double-compare shapes.
+//! [`PerCpuBuffer<W>`]: a bounded per-CPU stack of words ([`Word`]: owned
+//! or shared pointers, raw pointers, integers), built on the store-store and
+//! double-compare shapes.
 //!
 //! # Safety
 //!
 //! Each slot is a fence, a count and `capacity` entries. Entries `0..count`
-//! are *live*: each holds a pointer from `Box::into_raw` that the buffer owns.
-//! Entries at `count` and above hold nothing the buffer owns (possibly stale
-//! or speculative pointers, never dereferenced or freed).
+//! are *live*: each holds a word from [`Word::into_word`] that the buffer
+//! owns (whatever that word owns: a box, a reference count). Entries at
+//! `count` and above hold nothing the buffer owns (possibly stale or
+//! speculative words, never turned back into values).
 //!
 //! A slot's count and entries are written only through that slot's fence:
-//! by [`shape::perform`] (a critical section on the slot's CPU, or the shape
+//! by [`Slots::perform`] (a critical section on the slot's CPU, or the shape
 //! run as ordinary code under the fence after the membarrier), by `drain`
 //! (under the fence), and by `Drop` (with `&mut self`). So every write to a
 //! slot, and every commit, happens in one step that no other write to that
@@ -27,7 +29,7 @@
 //!   `items[c - 1] == p`, both compared in the same step as the store. Then
 //!   entry `c - 1` was live and held `p`, and the step makes it not live: that
 //!   entry's box, and no other, passes to the popper. Each entry leaves the
-//!   live range once, by one commit, so a committed pop owns its box exactly
+//!   live range once, by one commit, so a committed pop owns its word exactly
 //!   once.
 //!
 //! The pair compare is what makes the pointer chosen before the step the one
@@ -37,12 +39,12 @@
 //! thread owns, and lose `q`. With the pair, that pop fails and reloads. No
 //! ABA remains: if the pair compare succeeds after any number of interleaved
 //! pushes and pops, entry `c - 1` holds `p` *now* and is live *now*, which is
-//! all the pop relies on; it dereferences nothing before its commit. This
-//! holds even when two boxes have the same address (a box freed and its
-//! address reused, or a zero-sized `T`, whose boxes all share one dangling
-//! address): ownership goes by entry, not by address.
+//! all the pop relies on; it turns nothing into a value before its commit.
+//! This holds even when two live entries hold the same word (a box freed and
+//! its address reused, a zero-sized `T`, whose boxes all share one dangling
+//! address, or equal integers): ownership goes by entry, not by word.
 //!
-//! A box's contents are written before the push commits with a
+//! What a word points to is written before the push commits with a
 //! store-release, and read after the pop commits: on one CPU, program order
 //! (a context switch orders the rest); across CPUs, the fence's acquire and
 //! release and the membarrier.
@@ -50,30 +52,157 @@
 
 use core::fmt;
 use core::marker::PhantomData;
+use core::ptr::NonNull;
 use core::sync::atomic::{AtomicUsize, Ordering};
-
-use crossbeam_utils::CachePadded;
+use std::sync::Arc;
 
 use crate::domain::Order;
-use crate::fence::{self, Fence};
-use crate::index::At;
-use crate::shape::{self, Shape};
-use crate::stats::{PathStats, Stats};
-use crate::{Error, Index};
+use crate::shape::Shape;
+use crate::slots::{drop_all, zeroed_slice, At, Follow, Slot, Slots};
+use crate::stats::PathStats;
+use crate::{Error, Index, PushError};
 
-/// One CPU's count and fence in one padded line; the entries out of line.
-struct Slot {
-    fence: Fence,
+/// A value that is one machine word, which [`PerCpuBuffer`] stores as it is:
+/// owning or shared pointers ([`Box<T>`], [`Arc<T>`]), pointers without
+/// ownership ([`NonNull<T>`], `&'static T`) and plain [`usize`]s.
+///
+/// # Safety
+///
+/// An implementation promises that
+///
+/// - `from_word(into_word(x))` is `x` again: the same value, owning what it
+///   owned (the buffer calls `from_word` exactly once for each word it took
+///   with `into_word`, and never for a word it did not);
+/// - the value may be turned back on another thread: the buffer is `Sync` for
+///   every `Word` and hands words between threads, so implement it only for
+///   types that are `Send`, or whose use on another thread needs `unsafe`
+///   anyway (raw pointers).
+///
+/// # Examples
+///
+/// A handle of your own, an index into a table:
+///
+/// ```
+/// use cpulocal::{PerCpuBuffer, Word};
+///
+/// #[derive(Debug, PartialEq)]
+/// struct Handle(u32);
+///
+/// // SAFETY: a plain integer; `from_word` rebuilds exactly what `into_word`
+/// // took apart, and `Handle` is `Send`.
+/// unsafe impl Word for Handle {
+///     fn into_word(self) -> usize {
+///         self.0 as usize
+///     }
+///     unsafe fn from_word(word: usize) -> Self {
+///         Handle(word as u32)
+///     }
+/// }
+///
+/// let free = PerCpuBuffer::new(8);
+/// free.push(Handle(3)).unwrap();
+/// assert_eq!(free.drain().collect::<Vec<_>>(), [Handle(3)]);
+/// ```
+pub unsafe trait Word: Sized {
+    /// The value as a word; ownership of what it owns passes to the word.
+    fn into_word(self) -> usize;
+
+    /// The value back from its word.
+    ///
+    /// # Safety
+    ///
+    /// `word` came from [`into_word`](Word::into_word), and is turned back
+    /// once only.
+    unsafe fn from_word(word: usize) -> Self;
+}
+
+// SAFETY: into_raw/from_raw round-trip a Box and its ownership; T: Send makes
+// the box Send.
+unsafe impl<T: Send> Word for Box<T> {
+    #[inline]
+    fn into_word(self) -> usize {
+        Box::into_raw(self) as usize
+    }
+    #[inline]
+    unsafe fn from_word(word: usize) -> Self {
+        // SAFETY: from `into_word`, turned back once (the caller).
+        unsafe { Box::from_raw(word as *mut T) }
+    }
+}
+
+// SAFETY: into_raw/from_raw round-trip an Arc and its reference; T: Send +
+// Sync makes the Arc Send.
+unsafe impl<T: Send + Sync> Word for Arc<T> {
+    #[inline]
+    fn into_word(self) -> usize {
+        Arc::into_raw(self) as usize
+    }
+    #[inline]
+    unsafe fn from_word(word: usize) -> Self {
+        // SAFETY: from `into_word`, turned back once (the caller).
+        unsafe { Arc::from_raw(word as *const T) }
+    }
+}
+
+// SAFETY: a raw pointer round-trips as its address; moving it between
+// threads is harmless, dereferencing it needs `unsafe` wherever it is.
+unsafe impl<T> Word for NonNull<T> {
+    #[inline]
+    fn into_word(self) -> usize {
+        self.as_ptr() as usize
+    }
+    #[inline]
+    unsafe fn from_word(word: usize) -> Self {
+        // SAFETY: from `into_word` of a NonNull, so not null.
+        unsafe { NonNull::new_unchecked(word as *mut T) }
+    }
+}
+
+// SAFETY: a shared reference round-trips as its address; T: Sync makes it
+// Send.
+unsafe impl<T: Sync> Word for &'static T {
+    #[inline]
+    fn into_word(self) -> usize {
+        self as *const T as usize
+    }
+    #[inline]
+    unsafe fn from_word(word: usize) -> Self {
+        // SAFETY: from `into_word` of a `&'static T`.
+        unsafe { &*(word as *const T) }
+    }
+}
+
+// SAFETY: the identity.
+unsafe impl Word for usize {
+    #[inline]
+    fn into_word(self) -> usize {
+        self
+    }
+    #[inline]
+    unsafe fn from_word(word: usize) -> Self {
+        word
+    }
+}
+
+/// One CPU's count and entries (the entries out of line).
+struct Stack {
     /// Live entries: `0..count`.
     count: AtomicUsize,
-    /// `capacity` entries, each a `Box<T>` pointer when live.
+    /// `capacity` entries, each a word the buffer owns when live.
     items: Box<[AtomicUsize]>,
 }
 
-/// A bounded per-CPU stack of owned values: [`push`](Self::push) and
+/// A bounded per-CPU stack of words: [`push`](Self::push) and
 /// [`pop`](Self::pop) work on the current CPU's buffer with one restartable
-/// sequence each (no atomic instruction); [`pop_on`](Self::pop_on) and
-/// [`drain`](Self::drain) reach any CPU's buffer through its fence.
+/// sequence each (no atomic instruction, no allocation);
+/// [`push_on`](Self::push_on), [`pop_on`](Self::pop_on) and
+/// [`drain`](Self::drain) reach any CPU's buffer, through its fence when the
+/// caller runs elsewhere.
+///
+/// Items are [`Word`]s, stored as they are: a `Box<T>` or `Arc<T>` you
+/// already have moves in and out without another allocation, and so do
+/// `NonNull<T>`, `&'static T` and `usize`. For small `Copy` values stored
+/// inline see [`PerCpuMemcpyBuffer`](crate::PerCpuMemcpyBuffer).
 ///
 /// Order is last-in first-out per CPU; across CPUs there is none. A value
 /// pushed on one CPU is popped by a thread on that CPU, or by `pop_on` or
@@ -81,64 +210,65 @@ struct Slot {
 /// retrying; a thread that migrates mid-operation finishes on its new CPU's
 /// buffer, or on its old one through the fence.
 ///
-/// Capacity: fixed per CPU at construction, `capacity × cpus()` values in
-/// all. A push onto a full buffer gives the value back rather than look at
-/// other CPUs' buffers, so callers choose: keep it, drop it, or put it
-/// somewhere else (a global pool, say). Each value lives in its own heap box
-/// (one allocation per push, freed by the pop that takes it), so an entry is
-/// one word whatever `T` is; for small `Copy` values without the allocation
-/// see [`PerCpuMemcpyBuffer`](crate::PerCpuMemcpyBuffer). Values left in the
-/// buffers are dropped with it. Not for signal handlers: push allocates and
-/// pop frees.
+/// Capacity: fixed per CPU at construction ([`capacity`](Self::capacity)
+/// words per CPU, `capacity × cpus()` in all). A push onto a full buffer
+/// gives the value back rather than look at other CPUs' buffers, so callers
+/// choose: keep it, drop it, or put it somewhere else (a global pool, say).
+/// Values left in the buffers are dropped with it (all of them, even if one's
+/// `Drop` panics). Not for signal handlers: the fenced path may wait for
+/// another thread.
 ///
 /// # Examples
 ///
+/// A per-CPU cache of boxed objects, refilled from and spilled to a global
+/// pool:
+///
 /// ```
 /// use cpulocal::PerCpuBuffer;
+/// use std::sync::Mutex;
 ///
+/// let global: Mutex<Vec<Box<[u8; 256]>>> = Mutex::new(Vec::new());
 /// let cache = PerCpuBuffer::new(2);
-/// cache.push(String::from("a")).unwrap();
-/// cache.push(String::from("b")).unwrap();
-/// // Full if the thread stayed on one CPU: the value comes back.
-/// if let Err(c) = cache.push(String::from("c")) {
-///     assert_eq!(c, "c");
-/// }
-/// let mut all: Vec<String> = cache.drain().collect();
-/// all.sort();
-/// assert!(all.starts_with(&["a".to_string(), "b".to_string()]));
-/// ```
 ///
-/// Values cross threads, so sharing the buffer needs `T: Send`:
-///
-/// ```compile_fail
-/// fn shared<T: Sync>(_: &T) {}
-/// shared(&cpulocal::PerCpuBuffer::<std::rc::Rc<u8>>::new(1));
+/// let get = || cache.pop().or_else(|| global.lock().unwrap().pop()).unwrap_or_else(|| Box::new([0; 256]));
+/// let put = |obj| {
+///     if let Err(obj) = cache.push(obj) {
+///         global.lock().unwrap().push(obj); // this CPU's cache is full
+///     }
+/// };
+/// let a = get();
+/// let b = get();
+/// put(a);
+/// put(b);
+/// put(Box::new([1; 256]));
+/// assert_eq!(cache.len() + global.lock().unwrap().len(), 3);
 /// ```
-pub struct PerCpuBuffer<T> {
-    slots: Box<[CachePadded<Slot>]>,
+pub struct PerCpuBuffer<W: Word> {
+    slots: Slots<Stack>,
     capacity: usize,
-    by: Index,
-    stats: Box<CachePadded<Stats>>,
-    _owns: PhantomData<Box<T>>,
+    _owns: PhantomData<W>,
 }
 
-// SAFETY: the buffer owns its values (in boxes); moving it moves them.
-unsafe impl<T: Send> Send for PerCpuBuffer<T> {}
-// SAFETY: values move in and out whole, never shared: `&PerCpuBuffer` hands
-// out owned `T`s only, so `T: Send` suffices (as for a channel).
-unsafe impl<T: Send> Sync for PerCpuBuffer<T> {}
+// SAFETY: the buffer owns its words; every `Word` may move to another thread
+// (the trait's contract).
+unsafe impl<W: Word> Send for PerCpuBuffer<W> {}
+// SAFETY: words move in and out whole, never shared: `&PerCpuBuffer` hands
+// out owned words only, which may move between threads (the trait's
+// contract), as through a channel.
+unsafe impl<W: Word> Sync for PerCpuBuffer<W> {}
 
-impl<T> PerCpuBuffer<T> {
-    /// An empty buffer of `capacity` values per possible CPU.
+impl<W: Word> PerCpuBuffer<W> {
+    /// An empty buffer of `capacity` words per possible CPU.
     ///
     /// # Panics
     ///
-    /// If `capacity` is 0.
+    /// Where [`try_new`](Self::try_new) returns an error: `capacity` 0, or
+    /// more memory than can be allocated.
     ///
     /// # Examples
     ///
     /// ```
-    /// let b = cpulocal::PerCpuBuffer::<u64>::new(16);
+    /// let b = cpulocal::PerCpuBuffer::<Box<u64>>::new(16);
     /// assert_eq!(b.capacity(), 16);
     /// assert_eq!(b.cpus(), cpulocal::possible_cpus());
     /// ```
@@ -147,12 +277,12 @@ impl<T> PerCpuBuffer<T> {
         Self::with_index(Index::Cpu, capacity)
     }
 
-    /// An empty buffer of `capacity` values per slot, the slots numbered `by`
+    /// An empty buffer of `capacity` words per slot, the slots numbered `by`
     /// CPU or concurrency id (see [`Index`]).
     ///
     /// # Panics
     ///
-    /// If `capacity` is 0.
+    /// As [`new`](Self::new).
     ///
     /// # Examples
     ///
@@ -160,27 +290,68 @@ impl<T> PerCpuBuffer<T> {
     /// use cpulocal::{Index, PerCpuBuffer};
     ///
     /// let b = PerCpuBuffer::with_index(Index::MmCid, 8);
-    /// b.push(1u8).unwrap();
+    /// b.push(1usize).unwrap();
     /// assert_eq!(b.drain().collect::<Vec<_>>(), [1]);
     /// ```
     #[track_caller]
     pub fn with_index(by: Index, capacity: usize) -> Self {
-        assert!(
-            capacity > 0,
-            "PerCpuBuffer: the capacity per CPU must be at least 1"
-        );
-        let (by, slots) = by.padded_slots(|i| Slot {
-            fence: Fence::new(i),
-            count: AtomicUsize::new(0),
-            items: (0..capacity).map(|_| AtomicUsize::new(0)).collect(),
-        });
-        PerCpuBuffer {
+        Self::try_with_index(by, capacity).unwrap_or_else(|e| panic!("PerCpuBuffer: {e}"))
+    }
+
+    /// An empty buffer of `capacity` words per possible CPU, or an error.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] if `capacity` is 0; [`Error::Alloc`] if the
+    /// entries (`capacity × cpus()` words, zeroed lazily) cannot be
+    /// allocated.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cpulocal::{Error, PerCpuBuffer};
+    ///
+    /// assert!(PerCpuBuffer::<usize>::try_new(1024).is_ok());
+    /// assert!(matches!(PerCpuBuffer::<usize>::try_new(1 << 60), Err(Error::Alloc { .. })));
+    /// assert!(matches!(PerCpuBuffer::<usize>::try_new(0), Err(Error::InvalidArgument { .. })));
+    /// ```
+    pub fn try_new(capacity: usize) -> Result<Self, Error> {
+        Self::try_with_index(Index::Cpu, capacity)
+    }
+
+    /// As [`try_new`](Self::try_new), the slots numbered `by` CPU or
+    /// concurrency id.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_new`](Self::try_new).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cpulocal::{Index, PerCpuBuffer};
+    /// let b = PerCpuBuffer::<usize>::try_with_index(Index::MmCid, 4)?;
+    /// assert_eq!(b.capacity(), 4);
+    /// # Ok::<(), cpulocal::Error>(())
+    /// ```
+    pub fn try_with_index(by: Index, capacity: usize) -> Result<Self, Error> {
+        if capacity == 0 {
+            return Err(Error::InvalidArgument {
+                what: "the capacity per CPU must be at least 1",
+            });
+        }
+        let slots = Slots::try_new(by, |_| {
+            Ok::<_, Error>(Stack {
+                count: AtomicUsize::new(0),
+                // SAFETY: an all-zero AtomicUsize is 0.
+                items: unsafe { zeroed_slice(capacity) }?,
+            })
+        })?;
+        Ok(PerCpuBuffer {
             slots,
             capacity,
-            by,
-            stats: Default::default(),
             _owns: PhantomData,
-        }
+        })
     }
 
     /// The number of per-CPU buffers.
@@ -188,19 +359,19 @@ impl<T> PerCpuBuffer<T> {
     /// # Examples
     ///
     /// ```
-    /// let b = cpulocal::PerCpuBuffer::<()>::new(1);
+    /// let b = cpulocal::PerCpuBuffer::<usize>::new(1);
     /// assert!(b.cpus() >= 1);
     /// ```
     pub fn cpus(&self) -> usize {
         self.slots.len()
     }
 
-    /// How many values each CPU's buffer holds at most.
+    /// How many words each CPU's buffer holds at most.
     ///
     /// # Examples
     ///
     /// ```
-    /// assert_eq!(cpulocal::PerCpuBuffer::<()>::new(5).capacity(), 5);
+    /// assert_eq!(cpulocal::PerCpuBuffer::<usize>::new(5).capacity(), 5);
     /// ```
     pub fn capacity(&self) -> usize {
         self.capacity
@@ -212,10 +383,10 @@ impl<T> PerCpuBuffer<T> {
     ///
     /// ```
     /// use cpulocal::{Index, PerCpuBuffer};
-    /// assert_eq!(PerCpuBuffer::<()>::new(1).index(), Index::Cpu);
+    /// assert_eq!(PerCpuBuffer::<usize>::new(1).index(), Index::Cpu);
     /// ```
     pub fn index(&self) -> Index {
-        self.by
+        self.slots.index()
     }
 
     /// How many operations left the fast path so far.
@@ -224,97 +395,167 @@ impl<T> PerCpuBuffer<T> {
     ///
     /// ```
     /// let b = cpulocal::PerCpuBuffer::new(4);
-    /// b.push(1).unwrap();
+    /// b.push(1usize).unwrap();
     /// let s = b.stats();
     /// assert!(s.retried + s.fenced <= 1);
     /// ```
     pub fn stats(&self) -> PathStats {
-        self.stats.snapshot()
+        self.slots.stats()
     }
 
-    /// Runs a shape on buffer `at`'s words.
-    ///
-    /// # Safety
-    ///
-    /// `shape` names buffer `at`'s count and entries as the module docs say.
-    #[inline]
-    unsafe fn perform(&self, at: At, shape: Shape, order: Order) -> bool {
-        let slot = &self.slots[at.index];
-        // SAFETY: the caller's shape; the fence is that of the slot it names.
-        unsafe { shape::perform_at(&shape, order, at, &slot.fence, self.by, &self.stats) }.is_ok()
-    }
-
-    /// Pushes `value` on the current CPU's buffer, or gives it back if that
-    /// buffer is full (other CPUs' buffers are not looked at).
-    ///
-    /// # Errors
-    ///
-    /// `Err(value)`, untouched, when the current CPU's buffer holds
-    /// [`capacity`](Self::capacity) values.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let b = cpulocal::PerCpuBuffer::new(1);
-    /// let first = b.push("a");
-    /// assert!(first.is_ok());
-    /// // Refused if still on the same CPU, else stored on the new one.
-    /// match b.push("b") {
-    ///     Err(back) => assert_eq!(back, "b"),
-    ///     Ok(()) => assert_eq!(b.drain().count(), 2),
-    /// }
-    /// ```
-    pub fn push(&self, value: T) -> Result<(), T> {
-        let boxed = Box::into_raw(Box::new(value));
-        loop {
-            let at = self.by.here(self.cpus());
-            let slot = &self.slots[at.index];
-            let c = slot.count.load(Ordering::Relaxed);
-            if c >= self.capacity {
-                // SAFETY: never published (module docs: an aborted push's
-                // entry is not live), so still ours; from `Box::into_raw`.
-                return Err(*unsafe { Box::from_raw(boxed) });
-            }
-            let shape = Shape::CbneStoreStore {
-                v: slot.count.as_ptr(),
-                expect: c,
-                v2: slot.items[c].as_ptr(),
-                newv2: boxed as usize,
-                newv: c + 1,
-            };
-            // SAFETY: buffer `at`'s count and entry `c < capacity`; release
-            // publishes the box's contents with the count.
-            if unsafe { self.perform(at, shape, Order::Release) } {
-                return Ok(());
-            }
-            // Another push or pop on that buffer came first: read it again.
-        }
-    }
-
-    /// Pops the value last pushed on the current CPU's buffer, if any. Values
-    /// on other CPUs' buffers are not looked at: see
-    /// [`pop_on`](Self::pop_on) and [`drain`](Self::drain).
+    /// How many words the buffers hold: a snapshot, one load of each CPU's
+    /// count (pushes and pops elsewhere may change it meanwhile).
     ///
     /// # Examples
     ///
     /// ```
     /// let b = cpulocal::PerCpuBuffer::new(4);
-    /// assert_eq!(b.pop(), None::<u32>);
-    /// b.push(3).unwrap();
-    /// // Some(3) unless the thread migrated in between.
-    /// let got = b.pop().into_iter().chain(b.drain()).collect::<Vec<_>>();
-    /// assert_eq!(got, [3]);
+    /// b.push(7usize).unwrap();
+    /// assert_eq!(b.len(), 1);
     /// ```
-    pub fn pop(&self) -> Option<T> {
+    pub fn len(&self) -> usize {
+        self.slots
+            .iter()
+            .map(|slot| slot.data.count.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Whether every CPU's buffer was empty when looked at (a snapshot, as
+    /// [`len`](Self::len)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let b = cpulocal::PerCpuBuffer::<usize>::new(4);
+    /// assert!(b.is_empty());
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Pushes `value` on the current CPU's buffer, or gives it back if that
+    /// buffer is full (other CPUs' buffers are not looked at). One critical
+    /// section; no allocation.
+    ///
+    /// # Errors
+    ///
+    /// `Err(value)`, untouched, when the current CPU's buffer holds
+    /// [`capacity`](Self::capacity) words.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let b = cpulocal::PerCpuBuffer::new(1);
+    /// assert!(b.push(Box::new("a")).is_ok());
+    /// // Refused if still on the same CPU, else stored on the new one.
+    /// match b.push(Box::new("b")) {
+    ///     Err(back) => assert_eq!(*back, "b"),
+    ///     Ok(()) => assert_eq!(b.drain().count(), 2),
+    /// }
+    /// ```
+    #[inline]
+    pub fn push(&self, value: W) -> Result<(), W> {
+        let word = value.into_word();
         loop {
-            match self.try_pop(self.by.here(self.cpus())) {
-                Attempt::Done(v) => return v,
+            match self.try_push(self.slots.here(), word) {
+                Attempt::Done(true) => return Ok(()),
+                // SAFETY: never published (module docs: an aborted push's
+                // entry is not live), so still ours, from `into_word`.
+                Attempt::Done(false) => return Err(unsafe { W::from_word(word) }),
+                Attempt::Raced => {} // another push or pop came first
+            }
+        }
+    }
+
+    /// Pushes `value` on `cpu`'s buffer, from any CPU (a critical section if
+    /// the caller runs on `cpu`, the fenced path otherwise).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Full`] if that buffer is full, [`Error::CpuOutOfRange`] if
+    /// `cpu >= self.cpus()`; the value comes back in the [`PushError`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cpulocal::{Error, PerCpuBuffer};
+    ///
+    /// let b = PerCpuBuffer::new(1);
+    /// b.push_on(0, 1usize)?;
+    /// let full = b.push_on(0, 2).unwrap_err();
+    /// assert_eq!((full.value, full.error), (2, Error::Full { cpu: 0 }));
+    /// assert_eq!(b.pop_on(0)?, Some(1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn push_on(&self, cpu: usize, value: W) -> Result<(), PushError<W>> {
+        let at = match self.slots.on(cpu) {
+            Ok(at) => at,
+            Err(error) => return Err(PushError { value, error }),
+        };
+        let word = value.into_word();
+        loop {
+            match self.try_push(at, word) {
+                Attempt::Done(true) => return Ok(()),
+                Attempt::Done(false) => {
+                    return Err(PushError {
+                        // SAFETY: as in `push`.
+                        value: unsafe { W::from_word(word) },
+                        error: Error::Full { cpu },
+                    });
+                }
                 Attempt::Raced => {}
             }
         }
     }
 
-    /// Pops the value last pushed on `cpu`'s buffer, from any CPU (a critical
+    /// One push attempt of `word` on buffer `at`: `Done(false)` if full.
+    #[inline(always)]
+    fn try_push(&self, at: At<'_, Stack>, word: usize) -> Attempt<bool> {
+        let stack = &at.slot.data;
+        let c = stack.count.load(Ordering::Relaxed);
+        if c >= stack.items.len() {
+            return Attempt::Done(false);
+        }
+        let shape = move |slot: &Slot<Stack>| Shape::CbneStoreStore {
+            vo: Shape::offset(&slot.fence, slot.data.count.as_ptr()),
+            expect: c,
+            v2: entry(&slot.data, c),
+            newv2: word,
+            newv: c + 1,
+        };
+        // SAFETY: buffer `at`'s count and its entry `c < capacity`, not live
+        // while the count is `c` (module docs); release publishes what the
+        // word points to with the count.
+        match unsafe { self.slots.perform(at, Order::Release, Follow::Slot, shape) } {
+            Ok(()) => Attempt::Done(true),
+            Err(_) => Attempt::Raced,
+        }
+    }
+
+    /// Pops the word last pushed on the current CPU's buffer, if any. One
+    /// critical section; no free. Words on other CPUs' buffers are not
+    /// looked at: see [`pop_on`](Self::pop_on) and [`drain`](Self::drain).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let b = cpulocal::PerCpuBuffer::new(4);
+    /// assert_eq!(b.pop(), None::<Box<u32>>);
+    /// b.push(Box::new(3)).unwrap();
+    /// // Some(3) unless the thread migrated in between.
+    /// let got = b.pop().into_iter().chain(b.drain()).map(|b| *b).collect::<Vec<_>>();
+    /// assert_eq!(got, [3]);
+    /// ```
+    #[inline]
+    pub fn pop(&self) -> Option<W> {
+        loop {
+            if let Attempt::Done(v) = self.try_pop(self.slots.here()) {
+                return v;
+            }
+        }
+    }
+
+    /// Pops the word last pushed on `cpu`'s buffer, from any CPU (a critical
     /// section if the caller runs on `cpu`, the fenced path otherwise).
     ///
     /// # Errors
@@ -325,54 +566,50 @@ impl<T> PerCpuBuffer<T> {
     ///
     /// ```
     /// let b = cpulocal::PerCpuBuffer::new(4);
-    /// b.push(1).unwrap();
-    /// let found: Vec<i32> = (0..b.cpus()).filter_map(|c| b.pop_on(c).unwrap()).collect();
+    /// b.push(1usize).unwrap();
+    /// let found: Vec<usize> = (0..b.cpus()).filter_map(|c| b.pop_on(c).unwrap()).collect();
     /// assert_eq!(found, [1]);
     /// assert!(b.pop_on(b.cpus()).is_err());
     /// ```
-    pub fn pop_on(&self, cpu: usize) -> Result<Option<T>, Error> {
-        if cpu >= self.cpus() {
-            return Err(Error::CpuOutOfRange {
-                cpu,
-                slots: self.cpus(),
-            });
-        }
+    pub fn pop_on(&self, cpu: usize) -> Result<Option<W>, Error> {
+        let at = self.slots.on(cpu)?;
         loop {
-            if let Attempt::Done(v) = self.try_pop(At::slot(cpu)) {
+            if let Attempt::Done(v) = self.try_pop(at) {
                 return Ok(v);
             }
         }
     }
 
     /// One pop attempt on buffer `at`.
-    fn try_pop(&self, at: At) -> Attempt<T> {
-        let slot = &self.slots[at.index];
-        let c = slot.count.load(Ordering::Acquire);
-        if c == 0 {
+    #[inline(always)]
+    fn try_pop(&self, at: At<'_, Stack>) -> Attempt<Option<W>> {
+        let stack = &at.slot.data;
+        let c = stack.count.load(Ordering::Acquire);
+        // Entry `c - 1`; none when the count is 0 (it wraps).
+        let Some(top) = stack.items.get(c.wrapping_sub(1)) else {
             return Attempt::Done(None);
-        }
-        let top = slot.items[c - 1].load(Ordering::Relaxed);
-        let shape = Shape::CbneLoadCbneStore {
-            v: slot.count.as_ptr(),
+        };
+        let top = top.load(Ordering::Relaxed);
+        let shape = move |slot: &Slot<Stack>| Shape::CbneLoadCbneStore {
+            vo: Shape::offset(&slot.fence, slot.data.count.as_ptr()),
             expect: c,
-            v2: slot.items[c - 1].as_ptr(),
+            v2: entry(&slot.data, c - 1),
             expect2: top,
             newv: c - 1,
         };
         // SAFETY: buffer `at`'s count and entry `c - 1 < capacity`. Relaxed:
         // the store only unlinks an entry and publishes nothing.
-        if !unsafe { self.perform(at, shape, Order::Relaxed) } {
+        if unsafe { self.slots.perform(at, Order::Relaxed, Follow::Slot, shape) }.is_err() {
             return Attempt::Raced;
         }
         // SAFETY: the pop committed with entry `c - 1` live and holding
-        // `top`: that box is now ours alone (module docs); from
-        // `Box::into_raw` in `push`.
-        Attempt::Done(Some(*unsafe { Box::from_raw(top as *mut T) }))
+        // `top`: that word is now ours alone (module docs), from `into_word`.
+        Attempt::Done(Some(unsafe { W::from_word(top) }))
     }
 
-    /// Takes every buffer's values, one CPU after the other: each buffer is
+    /// Takes every buffer's words, one CPU after the other: each buffer is
     /// emptied whole under its fence when the iterator reaches it, then
-    /// yielded in LIFO order. Values pushed meanwhile stay for a later call.
+    /// yielded in LIFO order. Words pushed meanwhile stay for a later call.
     /// Dropping the iterator early drops the values it took from the buffer
     /// it was draining; buffers it had not reached keep theirs.
     ///
@@ -380,15 +617,15 @@ impl<T> PerCpuBuffer<T> {
     ///
     /// ```
     /// let b = cpulocal::PerCpuBuffer::new(8);
-    /// for i in 0..3 {
+    /// for i in 0..3usize {
     ///     b.push(i).unwrap();
     /// }
-    /// let mut got: Vec<i32> = b.drain().collect();
+    /// let mut got: Vec<usize> = b.drain().collect();
     /// got.sort();
     /// assert_eq!(got, [0, 1, 2]);
     /// assert_eq!(b.drain().count(), 0);
     /// ```
-    pub fn drain(&self) -> impl Iterator<Item = T> + '_ {
+    pub fn drain(&self) -> impl Iterator<Item = W> + '_ {
         Drain {
             buffer: self,
             next_cpu: 0,
@@ -397,74 +634,92 @@ impl<T> PerCpuBuffer<T> {
     }
 }
 
-/// The result of one pop attempt.
+/// Entry `i` of `stack`, as a shape names it (`i < capacity`: checked by
+/// the caller, so that the shape's closure holds no bounds check).
+#[inline(always)]
+fn entry(stack: &Stack, i: usize) -> *mut usize {
+    stack
+        .items
+        .as_ptr()
+        .wrapping_add(i)
+        .cast::<usize>()
+        .cast_mut()
+}
+
+/// The result of one push or pop attempt.
 enum Attempt<T> {
-    /// The pop is over: this value, or None for an empty buffer.
-    Done(Option<T>),
+    /// The operation is over, with this result.
+    Done(T),
     /// The count or the top entry changed under it: read again.
     Raced,
 }
 
 /// [`PerCpuBuffer::drain`]'s iterator: empties one CPU's buffer into `taken`
 /// at a time.
-struct Drain<'a, T> {
-    buffer: &'a PerCpuBuffer<T>,
+struct Drain<'a, W: Word> {
+    buffer: &'a PerCpuBuffer<W>,
     next_cpu: usize,
-    /// Boxes taken out of a buffer, ours alone; yielded from the back.
+    /// Words taken out of a buffer, ours alone; yielded from the back.
     taken: Vec<usize>,
 }
 
-impl<T> Iterator for Drain<'_, T> {
-    type Item = T;
-    fn next(&mut self) -> Option<T> {
+impl<W: Word> Iterator for Drain<'_, W> {
+    type Item = W;
+    fn next(&mut self) -> Option<W> {
         loop {
-            if let Some(p) = self.taken.pop() {
+            if let Some(word) = self.taken.pop() {
                 // SAFETY: taken out of the live range under the fence, so
-                // ours; from `Box::into_raw` in `push`.
-                return Some(*unsafe { Box::from_raw(p as *mut T) });
+                // ours; from `into_word` in a push.
+                return Some(unsafe { W::from_word(word) });
             }
             let cpu = self.next_cpu;
-            let slot = self.buffer.slots.get(cpu)?;
+            if cpu >= self.buffer.cpus() {
+                return None;
+            }
             self.next_cpu += 1;
             let taken = &mut self.taken;
-            fence::with_signals_blocked(&slot.fence, cpu, self.buffer.by, || {
-                let n = slot.count.load(Ordering::Relaxed);
+            self.buffer.slots.fenced(cpu, |stack| {
+                let n = stack.count.load(Ordering::Relaxed);
                 // No allocation under the fence: `taken` has `capacity` room.
-                taken.extend(slot.items[..n].iter().map(|e| e.load(Ordering::Relaxed)));
-                slot.count.store(0, Ordering::Relaxed);
+                taken.extend(stack.items[..n].iter().map(|e| e.load(Ordering::Relaxed)));
+                stack.count.store(0, Ordering::Relaxed);
             });
         }
     }
 }
 
-impl<T> Drop for Drain<'_, T> {
+impl<W: Word> Drop for Drain<'_, W> {
     fn drop(&mut self) {
-        for p in self.taken.drain(..) {
-            // SAFETY: as in `next`.
-            drop(unsafe { Box::from_raw(p as *mut T) });
-        }
+        // SAFETY: as in `next`.
+        drop_all(
+            self.taken
+                .drain(..)
+                .rev()
+                .map(|w| unsafe { W::from_word(w) }),
+        );
     }
 }
 
-impl<T> Drop for PerCpuBuffer<T> {
+impl<W: Word> Drop for PerCpuBuffer<W> {
     fn drop(&mut self) {
-        for slot in self.slots.iter_mut() {
-            let n = *slot.count.get_mut();
-            for e in slot.items[..n].iter_mut() {
-                // SAFETY: entries below the count are live, owned by the
-                // buffer, which nothing else can reach now (`&mut self`).
-                drop(unsafe { Box::from_raw(*e.get_mut() as *mut T) });
-            }
-        }
+        drop_all(self.slots.iter_mut().flat_map(|stack| {
+            let n = *stack.count.get_mut();
+            // SAFETY: entries below the count are live, owned by the buffer,
+            // which nothing else can reach now (`&mut self`); each is turned
+            // back once.
+            stack.items[..n]
+                .iter_mut()
+                .map(|e| unsafe { W::from_word(*e.get_mut()) })
+        }));
     }
 }
 
-impl<T> fmt::Debug for PerCpuBuffer<T> {
+impl<W: Word> fmt::Debug for PerCpuBuffer<W> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PerCpuBuffer")
             .field("cpus", &self.cpus())
             .field("capacity", &self.capacity)
-            .field("index", &self.by)
+            .field("index", &self.index())
             .field("stats", &self.stats())
             .finish_non_exhaustive()
     }

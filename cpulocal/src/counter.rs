@@ -1,29 +1,29 @@
-//! [`PerCpuCounter`]: the seed's `percpu_addv`.
+//! [`PerCpuCounter`]: a counter with one slot per CPU, added to by the add
+//! shape.
 //!
 //! # Safety
 //!
-//! The counter's slots are `PerCpu<AtomicI64>` that are never locked: values
-//! are written by the `add` critical section on their CPU, or by atomic
-//! read-modify-writes under the slot's fence, and read by atomic loads.
+//! The counter's slots hold an `AtomicI64` each, written by the add shape
+//! only (a critical section on the slot's CPU, or the shape under the slot's
+//! fence after the membarrier) and by `take`'s swap under the fence; they are
+//! read by atomic loads.
 #![allow(unsafe_code)]
 
 use core::fmt;
 use core::sync::atomic::{AtomicI64, Ordering};
 
-use crossbeam_utils::CachePadded;
-
-use crate::arch::{self, Outcome};
-use crate::fence;
-use crate::percpu::{CounterSlot, PerCpu};
-use crate::stats::{PathStats, Stats};
-use crate::{engine, testing, Index, RSEQ_ATTEMPTS};
+use crate::domain::Order;
+use crate::shape::Shape;
+use crate::slots::{At, Follow, Slot, Slots};
+use crate::stats::PathStats;
+use crate::{Error, Index};
 
 /// A counter split into one cache line per CPU: adding is a restartable
 /// sequence on the current CPU's slot (about as cheap as a non-atomic add),
 /// reading sums the slots.
 ///
 /// Every operation completes without the caller retrying: a section that the
-/// kernel aborts [`RSEQ_ATTEMPTS`] times in a row (a debugger single-stepping,
+/// kernel aborts [`RSEQ_ATTEMPTS`](crate::RSEQ_ATTEMPTS) times in a row (a debugger single-stepping,
 /// a preemption storm), a slot that another thread has fenced, a CPU other than
 /// the current one, or a thread without rseq all take the fenced path.
 ///
@@ -46,13 +46,7 @@ use crate::{engine, testing, Index, RSEQ_ATTEMPTS};
 /// assert_eq!(hits.sum(), 4000);
 /// ```
 pub struct PerCpuCounter {
-    slots: PerCpu<AtomicI64>,
-    /// Offset of the slot numbering's field (`cpu_id` or `mm_cid`) in the
-    /// rseq area.
-    offset: usize,
-    /// Out of line, so that the counter holds no interior mutability of its
-    /// own and callers' loops keep the slot array's address in a register.
-    stats: Box<CachePadded<Stats>>,
+    slots: Slots<AtomicI64>,
 }
 
 impl PerCpuCounter {
@@ -82,11 +76,8 @@ impl PerCpuCounter {
     /// assert!(c.cpus() <= cpulocal::possible_cpus());
     /// ```
     pub fn with_index(by: Index) -> Self {
-        let slots = PerCpu::with_index(by, |_| AtomicI64::new(0));
         PerCpuCounter {
-            offset: slots.index().field_offset(),
-            slots,
-            stats: Default::default(),
+            slots: Slots::new(by, |_| AtomicI64::new(0)),
         }
     }
 
@@ -123,155 +114,48 @@ impl PerCpuCounter {
     /// ```
     #[inline]
     pub fn add(&self, n: i64) {
-        let area = engine::area();
-        let cpu = engine::index_in(area, self.offset);
-        // No slot for `cpu` means -1 (thread not set up) or -2 (no rseq), or
-        // an mm_cid beyond the slots (affinity widened since construction).
-        let first = self.slots.slot(cpu as usize).map(|slot| {
-            // SAFETY: `area` is this thread's live area and `cpu` its index;
-            // `slot` is this counter's.
-            unsafe { self.section(slot, area, cpu, n) }
-        });
-        self.unless_committed(first, None, n);
+        self.add_at(self.slots.here(), Follow::Thread, n);
     }
 
     /// Adds `n` to the slot of `cpu` (a concurrency id for [`Index::MmCid`]),
-    /// from any CPU: the seed's
-    /// `percpu_addv(v, count, cpu)`. A critical section when the caller runs on
-    /// `cpu`, otherwise the fenced path on that CPU's slot. The caller never
-    /// retries.
+    /// from any CPU: the library form of a `percpu_addv(v, count, cpu)` that
+    /// tries rseq and falls back by itself. A critical section when the
+    /// caller runs on `cpu`, otherwise the fenced path on that CPU's slot.
+    /// The caller never retries.
     ///
     /// Async-signal-safe, as [`add`](Self::add).
     ///
-    /// # Panics
+    /// # Errors
     ///
-    /// If `cpu >= self.cpus()`.
+    /// [`Error::CpuOutOfRange`] if `cpu >= self.cpus()`; nothing is added.
     ///
     /// # Examples
     ///
     /// ```
     /// let c = cpulocal::PerCpuCounter::new();
-    /// c.add_on(0, 10);
+    /// c.add_on(0, 10)?;
     /// assert_eq!(c.per_cpu()[0], 10);
+    /// assert!(c.add_on(c.cpus(), 1).is_err());
+    /// # Ok::<(), cpulocal::Error>(())
     /// ```
     #[inline]
-    #[track_caller]
-    pub fn add_on(&self, cpu: usize, n: i64) {
-        let Some(slot) = self.slots.slot(cpu) else {
-            panic!(
-                "PerCpuCounter::add_on: CPU {cpu} is out of range (slots for CPUs 0..{})",
-                self.cpus()
-            )
+    pub fn add_on(&self, cpu: usize, n: i64) -> Result<(), Error> {
+        self.add_at(self.slots.on(cpu)?, Follow::Slot, n);
+        Ok(())
+    }
+
+    /// The add shape on slot `at`; after a migration, on the thread's new
+    /// slot if `follow` says so (a plain `add`).
+    #[inline(always)]
+    fn add_at(&self, at: At<'_, AtomicI64>, follow: Follow, n: i64) {
+        let shape = move |slot: &Slot<AtomicI64>| Shape::AddStore {
+            vo: Shape::offset(&slot.fence, slot.data.as_ptr().cast()),
+            count: n as usize,
         };
-        let area = engine::area();
-        let here = engine::index_in(area, self.offset);
-        let first = if here as usize == cpu {
-            // SAFETY: as in `add`.
-            Some(unsafe { self.section(slot, area, here, n) })
-        } else {
-            None
-        };
-        self.unless_committed(first, Some(cpu), n);
-    }
-
-    /// One critical-section attempt on `slot`.
-    ///
-    /// # Safety
-    ///
-    /// `area` is the calling thread's area from `engine::area()` and `cpu` the
-    /// slot's index (used only by the `testing` build's broken section).
-    #[inline(always)]
-    #[cfg_attr(not(feature = "testing"), allow(unused_variables))]
-    unsafe fn section(
-        &self,
-        slot: &CounterSlot,
-        area: *mut crate::abi::Rseq,
-        cpu: u32,
-        n: i64,
-    ) -> Outcome {
-        if testing::skip_fence_check() {
-            #[cfg(feature = "testing")]
-            // SAFETY: as below.
-            return unsafe { arch::add_without_fence_check(area, self.offset, cpu, slot, n) };
-        }
-        // SAFETY: the counter never locks its slots, so the value is only
-        // reached through atomics and sections; `area` is live (caller).
-        unsafe { arch::add(area, self.offset, slot, n) }
-    }
-
-    /// Finishes an operation whose inline attempt ended with `first` (None: no
-    /// section ran) through the slow path, unless it committed.
-    #[inline(always)]
-    fn unless_committed(&self, first: Option<Outcome>, target: Option<usize>, n: i64) {
-        match first {
-            Some(Outcome::Committed) => {}
-            Some(Outcome::Aborted | Outcome::CompareFailed) => self.after_abort(target, n),
-            Some(Outcome::Fenced) => self.after_fenced(target, n),
-            None => self.without_section(target, n),
-        }
-    }
-
-    // One cold entry per way the inline attempt can fail, so the fast path
-    // sets up no arguments for them.
-    #[cold]
-    #[inline(never)]
-    fn after_abort(&self, target: Option<usize>, n: i64) {
-        self.add_slow(target, n, Some(Outcome::Aborted));
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn after_fenced(&self, target: Option<usize>, n: i64) {
-        self.add_slow(target, n, Some(Outcome::Fenced));
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn without_section(&self, target: Option<usize>, n: i64) {
-        self.add_slow(target, n, None);
-    }
-
-    /// The slot of `cpu` (in range) and its value.
-    fn slot(&self, cpu: usize) -> (&CounterSlot, &AtomicI64) {
-        let slot = self.slots.slot(cpu).expect("CPU below the slot count");
-        // SAFETY: the counter never locks its slots (module invariant).
-        (slot, unsafe { slot.shared() })
-    }
-
-    /// Retries a bounded number of times, then takes the fenced path. `first`
-    /// is the outcome of the inline attempt, None if no section ran.
-    #[inline(always)]
-    fn add_slow(&self, target: Option<usize>, n: i64, first: Option<Outcome>) {
-        let mut aborts = u64::from(first == Some(Outcome::Aborted));
-        let mut fenced = first == Some(Outcome::Fenced);
-        while !fenced && aborts < u64::from(RSEQ_ATTEMPTS) {
-            let area = engine::area();
-            let cpu = engine::index_in(area, self.offset);
-            let Some(slot) = self.slots.slot(cpu as usize) else {
-                if engine::ensure_thread() {
-                    continue; // first operation of this thread: sections now run
-                }
-                break; // no rseq on this thread
-            };
-            if target.is_some_and(|t| t != cpu as usize) {
-                break; // a remote CPU: only the fenced path reaches it
-            }
-            // SAFETY: as in `add`.
-            match unsafe { self.section(slot, area, cpu, n) } {
-                Outcome::Committed => {
-                    self.stats.retried(aborts);
-                    return;
-                }
-                Outcome::Fenced => fenced = true,
-                Outcome::Aborted | Outcome::CompareFailed => aborts += 1,
-            }
-        }
-        self.stats.fenced(aborts);
-        let cpu = target.unwrap_or_else(|| self.index().current(self.cpus()));
-        let (slot, value) = self.slot(cpu);
-        fence::with_signals_blocked(&slot.fence, cpu, self.index(), || {
-            value.fetch_add(n, Ordering::Relaxed)
-        });
+        // SAFETY: the shape names slot `at`'s value, written only by the add
+        // shape and by `take` under the fence (module docs). An add cannot
+        // fail a compare.
+        let _ = unsafe { self.slots.perform(at, Order::Relaxed, follow, shape) };
     }
 
     /// The sum of all slots (wrapping). Concurrent adds may or may not be
@@ -281,18 +165,29 @@ impl PerCpuCounter {
     ///
     /// ```
     /// let c = cpulocal::PerCpuCounter::new();
-    /// c.add_on(0, 1);
+    /// c.add_on(0, 1)?;
     /// c.add(2);
     /// assert_eq!(c.sum(), 3);
+    /// # Ok::<(), cpulocal::Error>(())
     /// ```
     pub fn sum(&self) -> i64 {
         self.per_cpu().into_iter().fold(0i64, i64::wrapping_add)
     }
 
     /// A snapshot of every slot, in CPU order.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let c = cpulocal::PerCpuCounter::new();
+    /// c.add(3);
+    /// assert_eq!(c.per_cpu().iter().sum::<i64>(), 3);
+    /// assert_eq!(c.per_cpu().len(), c.cpus());
+    /// ```
     pub fn per_cpu(&self) -> Vec<i64> {
-        (0..self.cpus())
-            .map(|cpu| self.slot(cpu).1.load(Ordering::Relaxed))
+        self.slots
+            .iter()
+            .map(|slot| slot.data.load(Ordering::Relaxed))
             .collect()
     }
 
@@ -313,10 +208,8 @@ impl PerCpuCounter {
     pub fn take(&self) -> i64 {
         (0..self.cpus())
             .map(|cpu| {
-                let (slot, value) = self.slot(cpu);
-                fence::with_signals_blocked(&slot.fence, cpu, self.index(), || {
-                    value.swap(0, Ordering::Relaxed)
-                })
+                self.slots
+                    .fenced(cpu, |value| value.swap(0, Ordering::Relaxed))
             })
             .fold(0i64, i64::wrapping_add)
     }
@@ -329,11 +222,12 @@ impl PerCpuCounter {
     /// let c = cpulocal::PerCpuCounter::new();
     /// // A CPU the thread does not run on, or a thread without rseq, is fenced.
     /// let other = (cpulocal::current_cpu() + 1) % c.cpus();
-    /// c.add_on(other, 1);
+    /// c.add_on(other, 1)?;
     /// assert!(c.cpus() == 1 || c.stats().fenced >= 1);
+    /// # Ok::<(), cpulocal::Error>(())
     /// ```
     pub fn stats(&self) -> PathStats {
-        self.stats.snapshot()
+        self.slots.stats()
     }
 }
 

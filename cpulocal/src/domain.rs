@@ -4,11 +4,10 @@
 
 use core::fmt;
 
-use crossbeam_utils::CachePadded;
-
 use crate::fence::Fence;
-use crate::shape::{self, Shape};
-use crate::stats::{PathStats, Stats};
+use crate::shape::Shape;
+use crate::slots::{Follow, Slots};
+use crate::stats::PathStats;
 use crate::Index;
 
 /// Whether an operation's final store publishes the stores before it.
@@ -73,7 +72,7 @@ pub struct CompareFailed;
 ///
 /// let domain = Domain::new(Index::Cpu);
 /// // One list head per slot; 0 is the empty list.
-/// let heads: Vec<AtomicUsize> = (0..domain.len()).map(|_| AtomicUsize::new(0)).collect();
+/// let heads: Vec<AtomicUsize> = (0..domain.cpus()).map(|_| AtomicUsize::new(0)).collect();
 /// let node = Box::into_raw(Box::new(Node { next: 0, value: 42 }));
 ///
 /// // Push on the current CPU's list.
@@ -97,83 +96,108 @@ pub struct CompareFailed;
 /// assert_eq!(unsafe { Box::from_raw(node) }.value, 42);
 /// ```
 pub struct Domain {
-    pub(crate) by: Index,
-    pub(crate) fences: Box<[CachePadded<Fence>]>,
-    stats: Box<CachePadded<Stats>>,
+    slots: Slots<()>,
 }
 
 impl Domain {
     /// A domain numbered `by` CPU or concurrency id (see [`Index`] for what
     /// `MmCid` falls back to), with one fence per slot.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let d = cpulocal::Domain::new(cpulocal::Index::Cpu);
+    /// assert_eq!(d.cpus(), cpulocal::possible_cpus());
+    /// ```
     pub fn new(by: Index) -> Domain {
-        let (by, fences) = by.padded_slots(Fence::new);
         Domain {
-            by,
-            fences,
-            stats: Default::default(),
+            slots: Slots::new(by, |_| ()),
         }
     }
 
     /// How this domain numbers its slots.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cpulocal::{Domain, Index};
+    /// assert_eq!(Domain::new(Index::Cpu).index(), Index::Cpu);
+    /// ```
     pub fn index(&self) -> Index {
-        self.by
+        self.slots.index()
     }
 
-    /// The number of slots: valid indexes are `0..len()`.
-    pub fn len(&self) -> usize {
-        self.fences.len()
-    }
-
-    /// Always false: a domain has a slot per CPU or concurrency id.
-    pub fn is_empty(&self) -> bool {
-        self.fences.is_empty()
+    /// The number of slots: valid indexes are `0..cpus()`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let d = cpulocal::Domain::new(cpulocal::Index::MmCid);
+    /// assert!(d.cpus() >= 1 && d.cpus() <= cpulocal::possible_cpus());
+    /// ```
+    pub fn cpus(&self) -> usize {
+        self.slots.len()
     }
 
     /// The slot index for the calling thread now: its CPU (`cpu_id`)
     /// or its concurrency id. The thread may move right after; an operation on
     /// this index is still correct, only slower (fenced) if it did.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let d = cpulocal::Domain::new(cpulocal::Index::Cpu);
+    /// assert!(d.current() < d.cpus());
+    /// ```
     pub fn current(&self) -> usize {
-        self.by.current(self.len())
+        self.slots.here().index
     }
 
     /// How many of this domain's shape operations left the fast path.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let d = cpulocal::Domain::new(cpulocal::Index::Cpu);
+    /// assert_eq!(d.stats().fenced, 0);
+    /// ```
     pub fn stats(&self) -> PathStats {
-        self.stats.snapshot()
+        self.slots.stats()
     }
 
-    /// The fence of slot `index`.
-    ///
-    /// # Panics
-    ///
-    /// If `index >= self.len()`, naming the operation `what`.
-    #[track_caller]
-    pub(crate) fn fence(&self, index: usize, what: &str) -> &Fence {
-        match self.fences.get(index) {
-            Some(f) => f,
-            None => panic!(
-                "Domain::{what}: slot {index} is out of range (this domain has slots 0..{})",
-                self.len()
-            ),
-        }
+    /// The slots, for operation vectors.
+    pub(crate) fn slots(&self) -> &Slots<()> {
+        &self.slots
     }
 
-    /// Runs `shape` on slot `index`.
+    /// Runs the shape `shape` builds (from the slot's fence, which its commit
+    /// word is counted from) on slot `index`: inline when the thread runs
+    /// there.
     ///
     /// # Safety
     ///
     /// The shape's pointers are valid for it (each public method's contract).
+    ///
+    /// # Panics
+    ///
+    /// If `index >= self.cpus()`, naming the operation `what`.
     #[inline(always)]
     #[track_caller]
     unsafe fn perform(
         &self,
         index: usize,
         what: &str,
-        shape: Shape,
+        shape: impl Fn(&Fence) -> Shape,
         order: Order,
     ) -> Result<(), CompareFailed> {
-        let fence = self.fence(index, what);
+        let Some(at) = self.slots.on_inline(index) else {
+            out_of_range(what, index, self.cpus())
+        };
         // SAFETY: the caller's contract.
-        unsafe { shape::perform(&shape, order, index, fence, self.by, &self.stats) }
+        unsafe {
+            self.slots
+                .perform(at, order, Follow::Slot, |slot| shape(&slot.fence))
+        }
     }
 
     /// `if *v == expect { *v = newv; Ok } else { Err(CompareFailed) }` on slot
@@ -186,7 +210,7 @@ impl Domain {
     ///
     /// # Panics
     ///
-    /// If `index >= self.len()`.
+    /// If `index >= self.cpus()`.
     #[inline]
     #[track_caller]
     pub unsafe fn cbne_store(
@@ -202,7 +226,11 @@ impl Domain {
             self.perform(
                 index,
                 "cbne_store",
-                Shape::CbneStore { v, expect, newv },
+                |f: &Fence| Shape::CbneStore {
+                    vo: Shape::offset(f, v),
+                    expect,
+                    newv,
+                },
                 order,
             )
         }
@@ -216,13 +244,23 @@ impl Domain {
     ///
     /// # Panics
     ///
-    /// If `index >= self.len()`.
+    /// If `index >= self.cpus()`.
     #[inline]
     #[track_caller]
     pub unsafe fn add_store(&self, index: usize, v: *mut usize, count: isize, order: Order) {
         let count = count as usize;
         // SAFETY: the caller's contract.
-        let r = unsafe { self.perform(index, "add_store", Shape::AddStore { v, count }, order) };
+        let r = unsafe {
+            self.perform(
+                index,
+                "add_store",
+                |f: &Fence| Shape::AddStore {
+                    vo: Shape::offset(f, v),
+                    count,
+                },
+                order,
+            )
+        };
         debug_assert!(r.is_ok(), "add_store has no compare");
     }
 
@@ -240,7 +278,7 @@ impl Domain {
     ///
     /// # Panics
     ///
-    /// If `index >= self.len()`.
+    /// If `index >= self.cpus()`.
     #[inline]
     #[track_caller]
     pub unsafe fn cbeq_store_add_load_store(
@@ -251,11 +289,12 @@ impl Domain {
         offset: usize,
     ) -> Option<usize> {
         let mut load = 0usize;
-        let shape = Shape::CbeqStoreAddLoadStore {
-            v,
+        let out: *mut usize = &mut load;
+        let shape = |f: &Fence| Shape::CbeqStoreAddLoadStore {
+            vo: Shape::offset(f, v),
             expectnot,
             offset,
-            load: &mut load,
+            load: out,
         };
         // SAFETY: the caller's contract; `load` is a live local.
         unsafe { self.perform(index, "cbeq_store_add_load_store", shape, Order::Relaxed) }
@@ -273,7 +312,7 @@ impl Domain {
     ///
     /// # Panics
     ///
-    /// If `index >= self.len()`.
+    /// If `index >= self.cpus()`.
     #[inline]
     #[track_caller]
     #[allow(clippy::too_many_arguments)] // librseq's shape: one argument per operand
@@ -287,8 +326,8 @@ impl Domain {
         newv: usize,
         order: Order,
     ) -> Result<(), CompareFailed> {
-        let shape = Shape::CbneStoreStore {
-            v,
+        let shape = |f: &Fence| Shape::CbneStoreStore {
+            vo: Shape::offset(f, v),
             expect,
             v2,
             newv2,
@@ -314,7 +353,7 @@ impl Domain {
     ///
     /// # Panics
     ///
-    /// If `index >= self.len()`.
+    /// If `index >= self.cpus()`.
     #[inline]
     #[track_caller]
     #[allow(clippy::too_many_arguments)] // librseq's shape: one argument per operand
@@ -329,8 +368,8 @@ impl Domain {
         newv: usize,
         order: Order,
     ) -> Result<(), CompareFailed> {
-        let shape = Shape::CbneMemcpyStore {
-            v,
+        let shape = |f: &Fence| Shape::CbneMemcpyStore {
+            vo: Shape::offset(f, v),
             expect,
             dst,
             src,
@@ -352,7 +391,7 @@ impl Domain {
     ///
     /// # Panics
     ///
-    /// If `index >= self.len()`.
+    /// If `index >= self.cpus()`.
     #[inline]
     #[track_caller]
     #[allow(clippy::too_many_arguments)] // librseq's shape: one argument per operand
@@ -366,8 +405,8 @@ impl Domain {
         newv: usize,
         order: Order,
     ) -> Result<(), CompareFailed> {
-        let shape = Shape::CbneLoadCbneStore {
-            v,
+        let shape = |f: &Fence| Shape::CbneLoadCbneStore {
+            vo: Shape::offset(f, v),
             expect,
             v2,
             expect2,
@@ -392,7 +431,7 @@ impl Domain {
     ///
     /// # Panics
     ///
-    /// If `index >= self.len()`.
+    /// If `index >= self.cpus()`.
     #[inline]
     #[track_caller]
     pub unsafe fn add_load_add_store(
@@ -403,7 +442,7 @@ impl Domain {
         inc: isize,
         order: Order,
     ) {
-        let shape = Shape::AddLoadAddStore {
+        let shape = |_: &Fence| Shape::AddLoadAddStore {
             ptr,
             offset,
             inc: inc as usize,
@@ -414,11 +453,18 @@ impl Domain {
     }
 }
 
+/// The panic of an operation on a slot a domain does not have.
+#[cold]
+#[track_caller]
+fn out_of_range(what: &str, index: usize, cpus: usize) -> ! {
+    panic!("Domain::{what}: slot {index} is out of range (this domain has slots 0..{cpus})")
+}
+
 impl fmt::Debug for Domain {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Domain")
-            .field("index", &self.by)
-            .field("slots", &self.len())
+            .field("index", &self.index())
+            .field("cpus", &self.cpus())
             .field("stats", &self.stats())
             .finish()
     }

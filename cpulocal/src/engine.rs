@@ -12,7 +12,8 @@
 //! unregistered by a thread-local destructor before the memory can be freed.
 //! The fast path reads one thread-local pointer; before set-up it points to an
 //! area whose `cpu_id` is -1, for threads without rseq to one whose `cpu_id` is
-//! -2, so a single unsigned bound check sends both to the slow path.
+//! -2, so a single unsigned bound check sends both to the slow path (and a
+//! section run on such an area aborts at its check: see [`Dummy`]).
 //!
 //! # Safety
 //!
@@ -120,19 +121,34 @@ pub(crate) fn sections_possible() -> bool {
     SECTIONS.load(Ordering::Relaxed)
 }
 
+/// An area no kernel writes, shared by threads: one not set up yet
+/// ([`UNSET`]), or one without rseq ([`NO_RSEQ`]). A critical section may
+/// run on it: it arms `rseq_cs` (the only field anything writes here, with
+/// whole-word stores), finds `cpu_id` (-1 or -2) unequal to every fence word
+/// (a free one holds its slot's index, a held one never has all of bits 22
+/// to 31 set: see [`fence`]), and leaves for the slow path, which looks at
+/// `cpu_id` and takes the fenced path. So the fast path needs no test of
+/// its own for "no rseq".
+struct Dummy(UnsafeCell<Rseq>);
+
+// SAFETY: threads only store whole words into `rseq_cs` (from sections'
+// asm, and with atomic stores when disarming) and read the other fields,
+// which nothing writes.
+unsafe impl Sync for Dummy {}
+
 /// The area of a thread that has not looked for one yet.
-static UNSET: Rseq = Rseq::unregistered();
-/// The area of a thread without rseq: `cpu_id` = -2, never written.
-static NO_RSEQ: Rseq = {
+static UNSET: Dummy = Dummy(UnsafeCell::new(Rseq::unregistered()));
+/// The area of a thread without rseq: `cpu_id` = -2.
+static NO_RSEQ: Dummy = Dummy(UnsafeCell::new({
     let mut a = Rseq::unregistered();
     a.cpu_id = CPU_ID_REGISTRATION_FAILED;
     a.mm_cid = CPU_ID_REGISTRATION_FAILED;
     a
-};
+}));
 
 thread_local! {
     /// The area sections use; see the module docs.
-    static AREA: Cell<*const Rseq> = const { Cell::new(&UNSET) };
+    static AREA: Cell<*const Rseq> = const { Cell::new(UNSET.0.get()) };
     /// Who registered rseq for this thread, and why its operations are fenced
     /// (None: they are not), for `status()`.
     static THREAD: Cell<Option<(Registration, Option<RseqOff>)>> = const { Cell::new(None) };
@@ -161,17 +177,24 @@ pub(crate) fn cpu_id(area: *const Rseq) -> u32 {
 }
 
 /// Reads the u32 at `offset` (`cpu_id` or `mm_cid`: see
-/// [`Index::field_offset`](crate::Index)) of an area returned by [`area`].
-/// For `mm_cid` it also requires a valid `cpu_id`, else it returns
-/// [`abi::CPU_ID_UNINITIALIZED`] (no slot): the kernel resets an
-/// unregistered area's `mm_cid` to 0, a valid-looking index, but its
-/// `cpu_id` to -1, so an area that foreign code unregistered under us never
-/// runs a section unprotected.
+/// [`Index::field_offset`](crate::Index)) of an area returned by [`area`]:
+/// the fast path's index. An `mm_cid` read here may be stale (an area that
+/// foreign code unregistered keeps `mm_cid` 0 but gets `cpu_id` -1): the
+/// sections check `cpu_id` themselves; the slow path uses
+/// [`valid_index_in`].
 #[inline(always)]
 pub(crate) fn index_in(area: *const Rseq, offset: usize) -> u32 {
     debug_assert!(offset + 4 <= core::mem::size_of::<Rseq>());
     // SAFETY: as in `cpu_id`; `offset` is that of a u32 field of the area.
-    let index = unsafe { core::ptr::read_volatile(area.cast::<u8>().add(offset).cast::<u32>()) };
+    unsafe { core::ptr::read_volatile(area.cast::<u8>().add(offset).cast::<u32>()) }
+}
+
+/// [`index_in`] where `mm_cid` also requires a valid `cpu_id`, else
+/// [`abi::CPU_ID_UNINITIALIZED`] (no slot), so that an area foreign code
+/// unregistered under us never looks like a slot's.
+#[inline]
+pub(crate) fn valid_index_in(area: *const Rseq, offset: usize) -> u32 {
+    let index = index_in(area, offset);
     if offset == core::mem::offset_of!(Rseq, cpu_id) || (cpu_id(area) as i32) >= 0 {
         index
     } else {
@@ -228,7 +251,7 @@ pub(crate) fn ensure_thread() -> bool {
     // thread set up and reads THREAD.
     THREAD.with(|c| c.set(Some((who, off))));
     if off.is_some() {
-        AREA.with(|c| c.set(&NO_RSEQ));
+        AREA.with(|c| c.set(NO_RSEQ.0.get()));
     }
     cpu_id(area()) as i32 >= 0
 }
@@ -285,7 +308,7 @@ struct OwnRegistration;
 impl Drop for OwnRegistration {
     fn drop(&mut self) {
         // Later destructors of this thread must not use the area.
-        let _ = AREA.try_with(|c| c.set(&NO_RSEQ));
+        let _ = AREA.try_with(|c| c.set(NO_RSEQ.0.get()));
         let exiting = RseqOff::ThreadExiting;
         let _ = THREAD.try_with(|c| c.set(Some((Registration::Nobody(exiting), Some(exiting)))));
         if !crate::testing::skip_unregister() {

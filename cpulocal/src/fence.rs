@@ -39,8 +39,8 @@
 //! next acquirer, whichever thread it is, takes it over instead of waiting
 //! forever. The forking thread keeps what it held.
 //!
-//! Limits: the generation has 8 bits, so a chain of 256 nested forks can make
-//! a stale word look current again; `vfork`, `_Fork` and raw `clone` run no
+//! Limits: the generation wraps after 255, so a chain of 255 nested forks can
+//! make a stale word look current again; `vfork`, `_Fork` and raw `clone` run no
 //! fork handlers, and fork-child handlers registered before cpulocal's run
 //! while the old generation is still current; and if the parent thread whose
 //! id the forking thread keeps exits and the kernel reuses that id for a new
@@ -67,14 +67,19 @@ pub const SPINS_BEFORE_SLEEP: u32 = 100;
 pub(crate) const HELD: u32 = 1 << 31;
 /// Set in a held fence word when a thread sleeps on it.
 const WAITERS: u32 = 1 << 30;
-/// The fork generation in which the holder took the fence (modulo 256).
+/// The fork generation in which the holder took the fence (modulo
+/// [`GENERATIONS`]).
 const GENERATION: u32 = 0xff << GENERATION_SHIFT;
+/// Generations before they wrap: 255, not 256, so that a held word never
+/// has bits 22 to 31 all set, and never equals the -1 or -2 (`cpu_id`) of
+/// the areas of threads without rseq, which sections compare it with.
+const GENERATIONS: u32 = 255;
 const GENERATION_SHIFT: u32 = 22;
 /// The holder's id: [`holder_id`], 1 to 2^22 - 1.
 const ID: u32 = (1 << GENERATION_SHIFT) - 1;
 
 /// The current fork generation (how many forks led to this process, modulo
-/// 256), shifted into place.
+/// [`GENERATIONS`]), shifted into place.
 static CURRENT_GENERATION: AtomicU32 = AtomicU32::new(0);
 /// The id of the thread that forked this process (0: not a fork child).
 static FORKER: AtomicU32 = AtomicU32::new(0);
@@ -89,15 +94,19 @@ thread_local! {
 /// the forking thread keeps its parent-side id in a fork child (see *Fork*).
 #[inline]
 pub(crate) fn holder_id() -> u32 {
-    HOLDER_ID.with(|c| {
-        let id = c.get();
-        if id != 0 {
-            return id;
-        }
-        let id = sys::gettid() & ID;
-        c.set(id);
-        id
-    })
+    match HOLDER_ID.with(Cell::get) {
+        0 => first_holder_id(),
+        id => id,
+    }
+}
+
+/// [`holder_id`] the first time a thread asks: `gettid`, cached.
+#[cold]
+#[inline(never)]
+fn first_holder_id() -> u32 {
+    let id = sys::gettid() & ID;
+    HOLDER_ID.with(|c| c.set(id));
+    id
 }
 
 /// `pthread_atfork` child handler: starts a new generation, remembering the
@@ -105,8 +114,13 @@ pub(crate) fn holder_id() -> u32 {
 pub(crate) extern "C" fn after_fork_in_child() {
     let me = HOLDER_ID.try_with(Cell::get).unwrap_or(0);
     FORKER.store(me, Ordering::Relaxed);
-    let next = (CURRENT_GENERATION.load(Ordering::Relaxed) + (1 << GENERATION_SHIFT)) & GENERATION;
+    let next = next_generation(CURRENT_GENERATION.load(Ordering::Relaxed));
     CURRENT_GENERATION.store(next, Ordering::Relaxed);
+}
+
+/// The generation after `now` (both shifted into place).
+fn next_generation(now: u32) -> u32 {
+    (((now >> GENERATION_SHIFT) + 1) % GENERATIONS) << GENERATION_SHIFT
 }
 
 /// The word thread `id` writes to hold a fence.
@@ -227,6 +241,35 @@ impl Fence {
             sys::futex_wait(&self.0, cur);
             cur = self.0.load(Ordering::Relaxed);
         }
+    }
+
+    /// Takes the fence of slot `index` for the thread with holder id `me` if
+    /// no live thread holds it: `Ok(false)` when another one does.
+    pub(crate) fn try_acquire(&self, index: usize, me: u32) -> Result<bool, HeldByCaller> {
+        let free = index as u32;
+        let mine = held_by(me);
+        let mut cur = free;
+        loop {
+            match self.0.compare_exchange(
+                cur,
+                mine | (cur & WAITERS),
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Ok(true),
+                Err(c) if c & HELD == 0 || is_stale(c) => cur = c,
+                Err(c) if c & ID == me => return Err(HeldByCaller),
+                Err(_) => return Ok(false),
+            }
+        }
+    }
+
+    /// As [`hold`](Self::hold), without waiting: `Ok(None)` when another
+    /// thread holds the fence.
+    pub(crate) fn try_hold(&self, index: usize) -> Result<Option<Held<'_>>, HeldByCaller> {
+        Ok(self
+            .try_acquire(index, holder_id())?
+            .then_some(Held { fence: self, index }))
     }
 
     /// Takes the fence of slot `index` for the calling thread, waiting for
@@ -378,8 +421,15 @@ mod tests {
             stale_in(word(1, 8), now, forker),
             "another thread of generation 1"
         );
-        // The 8-bit generation wraps (documented limit).
-        assert_eq!(generation(256), generation(0));
+        // The generation wraps at 255 (documented limit): no held word has
+        // bits 22 to 31 all set, so none equals a dummy area's -1 or -2.
+        let mut g = generation(0);
+        for _ in 0..2 * GENERATIONS {
+            let held = HELD | WAITERS | g | ID;
+            assert!(held != u32::MAX && held != u32::MAX - 1, "{held:#x}");
+            g = next_generation(g);
+        }
+        assert_eq!(next_generation(generation(254)), generation(0));
     }
 
     #[test]

@@ -3,8 +3,6 @@
 
 use core::mem::offset_of;
 
-use crossbeam_utils::CachePadded;
-
 use crate::abi::{self, Rseq};
 use crate::{engine, sys};
 
@@ -70,75 +68,12 @@ impl Index {
         }
     }
 
-    /// What every constructor starts with: makes the process-wide engine
-    /// decision (so operations, which may run in signal handlers, never
-    /// have to), resolves `self` to the indexing this process gives, and
-    /// builds one cache-padded slot per index with `make(index)`.
-    pub(crate) fn padded_slots<S>(
-        self,
-        make: impl FnMut(usize) -> S,
-    ) -> (Index, Box<[CachePadded<S>]>) {
-        engine::process();
-        let by = self.effective();
-        let slots = (0..by.slots()).map(make).map(CachePadded::new).collect();
-        (by, slots)
-    }
-
     /// How many slots a structure indexed this way has.
-    fn slots(self) -> usize {
+    pub(crate) fn slots(self) -> usize {
         match self {
             Index::Cpu => sys::possible_cpus(),
             Index::MmCid => sys::possible_cpus().min(sys::allowed_cpus()),
         }
-    }
-
-    /// The index of the calling thread's current CPU (or concurrency id), for
-    /// a structure with `slots` slots: the rseq field where the thread runs
-    /// sections and the value is in range, else `sched_getcpu()` modulo
-    /// `slots` (any slot is correct under its fence).
-    #[inline]
-    pub(crate) fn current(self, slots: usize) -> usize {
-        self.here(slots).index
-    }
-
-    /// [`current`](Self::current), with the area it was read from when that
-    /// is where it came from: for operations that go on to run a shape there
-    /// ([`shape::perform_at`](crate::shape::perform_at)), which then need not
-    /// read the area and index again.
-    #[inline]
-    pub(crate) fn here(self, slots: usize) -> At {
-        let mut area = engine::area();
-        if engine::cpu_id(area) == abi::CPU_ID_UNINITIALIZED {
-            engine::ensure_thread();
-            area = engine::area();
-        }
-        let i = engine::index_in(area, self.field_offset()) as usize;
-        if i < slots {
-            At {
-                index: i,
-                area: Some(area),
-            }
-        } else {
-            At::slot(engine::current_cpu() % slots)
-        }
-    }
-}
-
-/// The slot an operation runs on, and the calling thread's area when the
-/// slot's index was just read from it ([`Index::here`]).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct At {
-    /// The slot's index.
-    pub(crate) index: usize,
-    /// The area `index` was read from; None when the caller named the slot.
-    pub(crate) area: Option<*mut Rseq>,
-}
-
-impl At {
-    /// Slot `index` as the caller names it (another CPU's, perhaps): whether
-    /// the thread runs there is read when the operation runs.
-    pub(crate) fn slot(index: usize) -> At {
-        At { index, area: None }
     }
 }
 

@@ -16,23 +16,27 @@
 //!
 //! let requests = PerCpuCounter::new();
 //! requests.add(1);                      // this CPU's slot
-//! requests.add_on(0, 1);                // CPU 0's slot, from anywhere
+//! requests.add_on(0, 1)?;               // CPU 0's slot, from anywhere
 //! assert_eq!(requests.sum(), 2);
 //! println!("{}", cpulocal::status());   // which engine runs, and why
+//! # Ok::<(), cpulocal::Error>(())
 //! ```
 //!
 //! # Building blocks
 //!
 //! - [`PerCpuCounter`]: add, add on any CPU, sum, take.
-//! - [`PerCpu<T>`]: a value per CPU, locked through its fence from anywhere.
+//! - [`PerCpu<T>`]: a value per CPU, locked through its fence from anywhere,
+//!   or updated by operation vectors.
 //! - [`PerCpuLock<T>`]: a per-CPU spinlock around a value per CPU, locked on
 //!   the current CPU by a compare-and-store section (no atomic instruction),
 //!   or on any CPU's slot through its fence.
-//! - [`PerCpuList<T>`]: a per-CPU LIFO of owned values (push, pop, pop on
-//!   any CPU, drain), on the list shapes.
-//! - [`PerCpuBuffer<T>`] and [`PerCpuMemcpyBuffer<T>`]: bounded per-CPU
-//!   stacks of owned items (one word each, store-store shape) or of copies of
-//!   small items (memcpy shape); a push to a full buffer gives the item back.
+//! - [`PerCpuList<T>`]: a per-CPU LIFO of [`Node`]s, values in nodes of their
+//!   own that move between CPUs' lists (and threads) without touching the
+//!   allocator: the per-CPU object cache, or a pool of preallocated objects.
+//! - [`PerCpuBuffer<W>`]: a bounded per-CPU stack of [`Word`]s, stored as
+//!   they are: `Box<T>`, `Arc<T>`, `NonNull<T>`, `&'static T`, `usize`.
+//! - [`PerCpuMemcpyBuffer<T>`]: a bounded per-CPU stack of copies of small
+//!   `Copy` values, stored inline.
 //! - [`PerCpuRing`]: a per-CPU ring buffer of variable-length records for
 //!   tracers: reserve on the current CPU (one section), write in place,
 //!   commit from any CPU; discard or overwrite when full, with exact counts;
@@ -48,6 +52,32 @@
 //!   [`PerCpu`] of plain data.
 //! - [`Index`]: number slots by CPU (`cpu_id`) or by concurrency id
 //!   (`mm_cid`), chosen at construction.
+//!
+//! # One set of rules
+//!
+//! Every structure follows the same conventions:
+//!
+//! - `cpus()` is the number of slots, `index()` how they are numbered,
+//!   `stats()` how many operations left the fast path.
+//! - An operation without a CPU in its name works on the slot of the CPU
+//!   the caller runs on (one critical section); its `_on(cpu)` form works on
+//!   the slot named, from any CPU (a critical section if the caller runs
+//!   there, else the fenced path). A CPU out of range is
+//!   [`Error::CpuOutOfRange`] on every `_on`, never a panic, and nothing is
+//!   changed.
+//! - `try_` operations never wait: another thread's hold is
+//!   [`Error::WouldBlock`].
+//! - A push that is refused gives the value back: `push` returns it when
+//!   the slot is full, `push_on` returns it in a [`PushError`] with the
+//!   reason.
+//! - `len()` and `is_empty()` are snapshots; `capacity()` is values per CPU
+//!   (the ring's size in bytes is [`PerCpuRing::bytes_per_cpu`]).
+//! - `new` panics on arguments its `try_` twin refuses with
+//!   [`Error::InvalidArgument`] or [`Error::Alloc`] (memory that cannot be
+//!   allocated is an error, never an abort); large buffers and rings are
+//!   zeroed lazily, so memory is committed as it is used.
+//! - Dropping a structure drops the values it holds, all of them even if one
+//!   value's `Drop` panics, as a `Vec` does.
 //!
 //! # Platform support
 //!
@@ -82,6 +112,7 @@ mod ring;
 mod shape;
 #[cfg(test)]
 mod shape_tests;
+mod slots;
 mod stats;
 mod status;
 mod sys;
@@ -90,13 +121,20 @@ pub mod testing;
 #[cfg(not(feature = "testing"))]
 mod testing;
 
-pub use buffer::PerCpuBuffer;
+pub use buffer::{PerCpuBuffer, Word};
+/// The `bytemuck` crate, whose [`Pod`] bound [`PerCpu::run_ops`] puts on a
+/// slot's type: re-exported, so that implementing it for your own types
+/// needs no dependency of your own.
+pub use bytemuck;
+// Plain data whose bytes operation vectors may rewrite (see
+// `PerCpu::run_ops`), re-exported from bytemuck.
+pub use bytemuck::{Pod, Zeroable};
 pub use counter::PerCpuCounter;
 pub use domain::{CompareFailed, Domain, Order};
-pub use error::Error;
+pub use error::{Error, PushError};
 pub use fence::SPINS_BEFORE_SLEEP;
 pub use index::Index;
-pub use list::PerCpuList;
+pub use list::{Node, PerCpuList};
 pub use lock::{PerCpuLock, PerCpuLockGuard};
 pub use memcpy_buffer::PerCpuMemcpyBuffer;
 pub use percpu::{PerCpu, SlotGuard};
@@ -128,7 +166,7 @@ pub fn status() -> Status {
 }
 
 /// The CPU the caller runs on, as a starting point for an operation on that
-/// CPU's data (the seed's `rseq_cpu_start()`): rseq's `cpu_id_start`, or
+/// CPU's data (what rseq libraries call `rseq_cpu_start()`): rseq's `cpu_id_start`, or
 /// `sched_getcpu()` without rseq. The thread may migrate right after; the
 /// operations of this crate check again.
 ///

@@ -4,11 +4,12 @@
 //! # Safety
 //!
 //! Each slot is a fence, a lock word and a value. The lock word is 0 when the
-//! slot is free and the holder's id ([`fence::holder_id`], a kernel thread id,
-//! never 0) while it is held. It changes in two ways only:
+//! slot is free and the holder's id ([`owner`]: its thread pointer, never 0
+//! and unique among live threads) while it is held. It changes in two ways
+//! only:
 //!
 //! - **0 -> id**, by the compare-and-store shape run through
-//!   [`shape::perform`] on the slot's fence: a critical section on the slot's
+//!   [`Slots::perform`] on the slot: a critical section on the slot's
 //!   CPU, or the shape as ordinary code under the fence after the membarrier.
 //!   Whatever the shape read as 0 is still 0 when it stores: another section
 //!   on that CPU cannot run between its compare and its commit (rseq aborts a
@@ -42,15 +43,14 @@ use core::cell::UnsafeCell;
 use core::fmt;
 use core::marker::PhantomData;
 use core::ops::{Deref, DerefMut};
+use core::ptr::NonNull;
 use core::sync::atomic::{self, AtomicUsize, Ordering};
 
-use crossbeam_utils::CachePadded;
-
 use crate::domain::Order;
-use crate::fence::{self, Fence};
-use crate::index::At;
-use crate::shape::{self, Shape};
-use crate::stats::{PathStats, Stats};
+use crate::shape::Shape;
+use crate::slots::{At, Follow, Slot, Slots};
+use crate::stats::PathStats;
+use crate::{arch, fence};
 use crate::{Error, Index};
 
 /// Times a waiter re-reads a held lock word, with a spin-loop hint between
@@ -60,10 +60,8 @@ const SPINS_BEFORE_YIELD: u32 = 100;
 /// The lock word of a free slot.
 const FREE: usize = 0;
 
-/// One CPU's fence, lock word and value, in one padded line.
-#[repr(C)]
-struct Slot<T> {
-    fence: Fence,
+/// One CPU's lock word and value (after the slot's fence).
+struct Locked<T> {
     /// [`FREE`], or the holder's id.
     word: AtomicUsize,
     value: UnsafeCell<T>,
@@ -110,14 +108,14 @@ struct Slot<T> {
 /// shared(&cpulocal::PerCpuLock::new(|_| std::rc::Rc::new(0u8)));
 /// ```
 pub struct PerCpuLock<T> {
-    slots: Box<[CachePadded<Slot<T>>]>,
-    by: Index,
-    stats: Box<CachePadded<Stats>>,
+    slots: Slots<Locked<T>>,
 }
 
+// SAFETY: the lock owns its values; moving it moves them.
+unsafe impl<T: Send> Send for PerCpuLock<T> {}
 // SAFETY: `&PerCpuLock` hands out `&mut T` only through a guard, to one
 // thread at a time per slot (module docs), as a Mutex does; so T: Send
-// suffices. (`Send` follows from the fields.)
+// suffices.
 unsafe impl<T: Send> Sync for PerCpuLock<T> {}
 
 impl<T> PerCpuLock<T> {
@@ -151,15 +149,11 @@ impl<T> PerCpuLock<T> {
     /// assert_eq!(l.into_vec().iter().sum::<u32>(), 1);
     /// ```
     pub fn with_index(by: Index, mut init: impl FnMut(usize) -> T) -> Self {
-        let (by, slots) = by.padded_slots(|i| Slot {
-            fence: Fence::new(i),
-            word: AtomicUsize::new(FREE),
-            value: UnsafeCell::new(init(i)),
-        });
         PerCpuLock {
-            slots,
-            by,
-            stats: Default::default(),
+            slots: Slots::new(by, |i| Locked {
+                word: AtomicUsize::new(FREE),
+                value: UnsafeCell::new(init(i)),
+            }),
         }
     }
 
@@ -184,7 +178,7 @@ impl<T> PerCpuLock<T> {
     /// assert_eq!(PerCpuLock::new(|_| ()).index(), Index::Cpu);
     /// ```
     pub fn index(&self) -> Index {
-        self.by
+        self.slots.index()
     }
 
     /// How many lock attempts left the fast path so far: a lock on another
@@ -206,12 +200,14 @@ impl<T> PerCpuLock<T> {
     /// }
     /// ```
     pub fn stats(&self) -> PathStats {
-        self.stats.snapshot()
+        self.slots.stats()
     }
 
     /// Locks the slot of the CPU (or concurrency id) the caller runs on,
     /// waiting while another thread holds it: a critical section on that CPU
-    /// compares the lock word with 0 and stores this thread's id.
+    /// compares the lock word with 0 and stores this thread's id. The
+    /// uncontended case is inlined into the caller; waiting, retries and the
+    /// fenced path are out of line.
     ///
     /// The current CPU is read again before each attempt, so a thread that
     /// migrates while waiting locks its new CPU's slot instead: the guard
@@ -238,14 +234,30 @@ impl<T> PerCpuLock<T> {
     /// drop(guard);
     /// assert_eq!(*l.lock_on(cpu).unwrap(), 1);
     /// ```
+    #[inline]
     #[track_caller]
     pub fn lock(&self) -> PerCpuLockGuard<'_, T> {
-        let me = fence::holder_id() as usize;
+        let me = owner();
+        let at = self.slots.here();
+        // SAFETY: `at` is a slot of this lock. A held slot fails the shape's
+        // compare; the slow path tells this thread's hold from another's.
+        if unsafe { self.take(at, me) } {
+            return PerCpuLockGuard::new(at);
+        }
+        self.lock_slow(me)
+    }
+
+    /// [`lock`](Self::lock) after its first attempt found the slot held or
+    /// lost the race: waits, trying the current CPU's slot again each time.
+    #[cold]
+    #[inline(never)]
+    #[track_caller]
+    fn lock_slow(&self, me: usize) -> PerCpuLockGuard<'_, T> {
         let mut waited = 0;
         loop {
-            match self.attempt(self.by.here(self.cpus()), me) {
-                Ok(Some(guard)) => return guard,
-                Ok(None) => wait(&mut waited),
+            match self.attempt(self.slots.here(), me) {
+                Ok(guard) => return guard,
+                Err(Error::WouldBlock { .. }) => wait(&mut waited),
                 Err(e) => panic!("PerCpuLock::lock: {e}"),
             }
         }
@@ -255,8 +267,8 @@ impl<T> PerCpuLock<T> {
     ///
     /// # Errors
     ///
-    /// [`Error::HeldByThisThread`] if this thread already holds that slot.
-    /// `Ok(None)` means another thread holds it.
+    /// [`Error::WouldBlock`] if another thread holds that slot;
+    /// [`Error::HeldByThisThread`] if this thread does.
     ///
     /// # Examples
     ///
@@ -264,16 +276,16 @@ impl<T> PerCpuLock<T> {
     /// use cpulocal::{Error, PerCpuLock};
     ///
     /// let l = PerCpuLock::new(|_| 'x');
-    /// let guard = l.try_lock()?.expect("nobody else holds it");
+    /// let guard = l.try_lock()?;
     /// // Refused if still on the same CPU, else the new CPU's slot.
     /// match l.try_lock() {
     ///     Err(e) => assert_eq!(e, Error::HeldByThisThread { cpu: guard.cpu() }),
-    ///     Ok(other) => assert_ne!(other.unwrap().cpu(), guard.cpu()),
+    ///     Ok(other) => assert_ne!(other.cpu(), guard.cpu()),
     /// }
     /// # Ok::<(), Error>(())
     /// ```
-    pub fn try_lock(&self) -> Result<Option<PerCpuLockGuard<'_, T>>, Error> {
-        self.attempt(self.by.here(self.cpus()), fence::holder_id() as usize)
+    pub fn try_lock(&self) -> Result<PerCpuLockGuard<'_, T>, Error> {
+        self.attempt(self.slots.here(), owner())
     }
 
     /// Locks `cpu`'s slot, from any thread on any CPU, waiting while another
@@ -300,13 +312,13 @@ impl<T> PerCpuLock<T> {
     /// # Ok::<(), Error>(())
     /// ```
     pub fn lock_on(&self, cpu: usize) -> Result<PerCpuLockGuard<'_, T>, Error> {
-        self.in_range(cpu)?;
-        let me = fence::holder_id() as usize;
+        let at = self.slots.on(cpu)?;
+        let me = owner();
         let mut waited = 0;
         loop {
-            match self.attempt(At::slot(cpu), me)? {
-                Some(guard) => return Ok(guard),
-                None => wait(&mut waited),
+            match self.attempt(at, me) {
+                Err(Error::WouldBlock { .. }) => wait(&mut waited),
+                done => return done,
             }
         }
     }
@@ -316,8 +328,8 @@ impl<T> PerCpuLock<T> {
     ///
     /// # Errors
     ///
-    /// As [`lock_on`](Self::lock_on). `Ok(None)` means another thread holds
-    /// the slot.
+    /// As [`lock_on`](Self::lock_on); [`Error::WouldBlock`] if another
+    /// thread holds the slot.
     ///
     /// # Examples
     ///
@@ -325,18 +337,17 @@ impl<T> PerCpuLock<T> {
     /// use cpulocal::{Error, PerCpuLock};
     ///
     /// let l = PerCpuLock::new(|_| 0u8);
-    /// let guard = l.try_lock_on(0)?.expect("free");
+    /// let guard = l.try_lock_on(0)?;
     /// assert_eq!(l.try_lock_on(0).unwrap_err(), Error::HeldByThisThread { cpu: 0 });
     /// std::thread::scope(|s| {
-    ///     s.spawn(|| assert!(l.try_lock_on(0).unwrap().is_none()));
+    ///     s.spawn(|| assert_eq!(l.try_lock_on(0).unwrap_err(), Error::WouldBlock { cpu: 0 }));
     /// });
     /// drop(guard);
-    /// assert!(l.try_lock_on(0)?.is_some());
+    /// assert!(l.try_lock_on(0).is_ok());
     /// # Ok::<(), Error>(())
     /// ```
-    pub fn try_lock_on(&self, cpu: usize) -> Result<Option<PerCpuLockGuard<'_, T>>, Error> {
-        self.in_range(cpu)?;
-        self.attempt(At::slot(cpu), fence::holder_id() as usize)
+    pub fn try_lock_on(&self, cpu: usize) -> Result<PerCpuLockGuard<'_, T>, Error> {
+        self.attempt(self.slots.on(cpu)?, owner())
     }
 
     /// Every value, exclusively (no locking: `&mut self` excludes others).
@@ -364,65 +375,67 @@ impl<T> PerCpuLock<T> {
     /// ```
     pub fn into_vec(self) -> Vec<T> {
         self.slots
-            .into_vec()
-            .into_iter()
-            .map(|s| CachePadded::into_inner(s).value.into_inner())
+            .into_data()
+            .map(|s| s.value.into_inner())
             .collect()
     }
 
-    fn in_range(&self, cpu: usize) -> Result<(), Error> {
-        if cpu < self.cpus() {
-            Ok(())
+    /// One attempt to lock slot `at` for the thread with holder id `me`.
+    fn attempt<'a>(
+        &'a self,
+        at: At<'a, Locked<T>>,
+        me: usize,
+    ) -> Result<PerCpuLockGuard<'a, T>, Error> {
+        // Only this thread writes `me` into the word, and only it clears it,
+        // so a relaxed load tells whether this thread holds the slot.
+        match at.slot.data.word.load(Ordering::Relaxed) {
+            FREE => {}
+            holder if holder == me => return Err(Error::HeldByThisThread { cpu: at.index }),
+            _ => return Err(Error::WouldBlock { cpu: at.index }), // spin on the load
+        }
+        // SAFETY: `at` is a slot of this lock.
+        if unsafe { self.take(at, me) } {
+            Ok(PerCpuLockGuard::new(at))
         } else {
-            Err(Error::CpuOutOfRange {
-                cpu,
-                slots: self.cpus(),
-            })
+            // Another thread took it between the load and the shape.
+            Err(Error::WouldBlock { cpu: at.index })
         }
     }
 
-    /// One attempt to lock slot `at` (in range) for the thread with holder
-    /// id `me`: `Ok(None)` if another thread holds it.
-    #[inline]
-    fn attempt(&self, at: At, me: usize) -> Result<Option<PerCpuLockGuard<'_, T>>, Error> {
-        let cpu = at.index;
-        let slot = &self.slots[cpu];
-        // Only this thread writes `me` into the word, and only it clears it,
-        // so a relaxed load tells whether this thread holds the slot.
-        match slot.word.load(Ordering::Relaxed) {
-            FREE => {}
-            holder if holder == me => return Err(Error::HeldByThisThread { cpu }),
-            _ => return Ok(None), // spin on the load, not on the shape
-        }
-        let shape = Shape::CbneStore {
-            v: slot.word.as_ptr(),
+    /// The compare-and-store 0 -> `me` on slot `at`'s lock word; on success,
+    /// the acquire fence that makes the previous holder's writes visible.
+    ///
+    /// # Safety
+    ///
+    /// `at` is a slot of this lock.
+    #[inline(always)]
+    unsafe fn take(&self, at: At<'_, Locked<T>>, me: usize) -> bool {
+        let shape = move |slot: &Slot<Locked<T>>| Shape::CbneStore {
+            vo: Shape::offset(&slot.fence, slot.data.word.as_ptr()),
             expect: FREE,
             newv: me,
         };
-        // SAFETY: `slot.word` is slot `cpu`'s lock word, valid while `self`
-        // is borrowed and written only as the module docs say; `slot.fence`
-        // is that slot's fence. Relaxed: the commit publishes nothing.
-        let locked = unsafe {
-            shape::perform_at(
-                &shape,
-                Order::Relaxed,
-                at,
-                &slot.fence,
-                self.by,
-                &self.stats,
-            )
-        };
-        if locked.is_err() {
-            return Ok(None); // another thread took it between load and shape
+        // SAFETY: the shape names slot `at`'s lock word, written only as the
+        // module docs say. Relaxed: the commit publishes nothing.
+        if unsafe { self.slots.perform(at, Order::Relaxed, Follow::Slot, shape) }.is_err() {
+            return false;
         }
         // The shape's compare read the previous holder's release store of 0:
         // this fence makes its writes to the value visible (module docs).
         atomic::fence(Ordering::Acquire);
-        Ok(Some(PerCpuLockGuard {
-            slot,
-            cpu,
-            _not_send: PhantomData,
-        }))
+        true
+    }
+}
+
+/// The calling thread's id in a lock word: its thread pointer (the address
+/// of its thread control block, nonzero, unique among the live threads, one
+/// instruction to read); its kernel thread id where there is no rseq engine.
+#[inline(always)]
+fn owner() -> usize {
+    if arch::HAS_RSEQ {
+        arch::thread_pointer() as usize
+    } else {
+        fence::holder_id() as usize
     }
 }
 
@@ -449,7 +462,7 @@ impl<T> fmt::Debug for PerCpuLock<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PerCpuLock")
             .field("cpus", &self.cpus())
-            .field("index", &self.by)
+            .field("index", &self.index())
             .field("stats", &self.stats())
             .finish_non_exhaustive()
     }
@@ -459,7 +472,8 @@ impl<T> fmt::Debug for PerCpuLock<T> {
 /// unlocks (a store-release) when dropped.
 ///
 /// It is not `Send`: the lock word names the thread that holds the slot, so
-/// that thread unlocks it.
+/// that thread unlocks it (the compiler's refusal names the guard: "required
+/// because it appears within the type `PerCpuLockGuard<'_, u8>`").
 ///
 /// ```compile_fail
 /// let l = cpulocal::PerCpuLock::new(|_| 0u8);
@@ -470,16 +484,36 @@ impl<T> fmt::Debug for PerCpuLock<T> {
 /// ```
 #[must_use = "the slot is unlocked as soon as the guard is dropped"]
 pub struct PerCpuLockGuard<'a, T> {
-    slot: &'a Slot<T>,
+    /// The locked slot's word and value: a pointer, which makes the guard
+    /// neither `Send` nor `Sync` (a reference would make the compiler's
+    /// refusal name the value's `UnsafeCell` instead of the guard).
+    locked: NonNull<Locked<T>>,
     cpu: usize,
-    _not_send: PhantomData<*const ()>,
+    _borrows: PhantomData<&'a ()>,
 }
 
 // SAFETY: `&PerCpuLockGuard` gives only `&T`, so sharing the guard shares the
 // value, which T: Sync permits (as for a MutexGuard).
 unsafe impl<T: Sync> Sync for PerCpuLockGuard<'_, T> {}
 
-impl<T> PerCpuLockGuard<'_, T> {
+impl<'a, T> PerCpuLockGuard<'a, T> {
+    /// The guard of slot `at`, which this thread has just locked.
+    #[inline(always)]
+    fn new(at: At<'a, Locked<T>>) -> Self {
+        PerCpuLockGuard {
+            locked: NonNull::from(&at.slot.data),
+            cpu: at.index,
+            _borrows: PhantomData,
+        }
+    }
+
+    /// The locked slot.
+    #[inline(always)]
+    fn locked(&self) -> &'a Locked<T> {
+        // SAFETY: from a `&'a Locked<T>` (`new`), valid for the guard's life.
+        unsafe { self.locked.as_ref() }
+    }
+
     /// The CPU (or concurrency id) whose slot this guard holds.
     ///
     /// # Examples
@@ -499,22 +533,23 @@ impl<T> Deref for PerCpuLockGuard<'_, T> {
     fn deref(&self) -> &T {
         // SAFETY: this thread holds the slot, so no other reference to the
         // value exists (module docs).
-        unsafe { &*self.slot.value.get() }
+        unsafe { &*self.locked().value.get() }
     }
 }
 
 impl<T> DerefMut for PerCpuLockGuard<'_, T> {
     fn deref_mut(&mut self) -> &mut T {
         // SAFETY: as for `deref`, and `&mut self` makes this borrow unique.
-        unsafe { &mut *self.slot.value.get() }
+        unsafe { &mut *self.locked().value.get() }
     }
 }
 
 impl<T> Drop for PerCpuLockGuard<'_, T> {
+    #[inline]
     fn drop(&mut self) {
         // id -> 0 by the holder: orders its accesses to the value before the
         // next holder's (module docs).
-        self.slot.word.store(FREE, Ordering::Release);
+        self.locked().word.store(FREE, Ordering::Release);
     }
 }
 

@@ -9,7 +9,7 @@
 //! stale, or partly written by an aborted push; nobody reads them as `T`.
 //!
 //! A slot's count and entries are written, and its entries read, only through
-//! that slot's fence: by [`shape::perform`] (a critical section on the slot's
+//! that slot's fence: by [`Slots::perform`] (a critical section on the slot's
 //! CPU, or the shape run as ordinary code under the fence after the
 //! membarrier) and by `drain` (under the fence). There is no `Drop`: `T` is
 //! `Copy`. So each operation is one step that no other access to the slot
@@ -38,18 +38,14 @@ use core::fmt;
 use core::mem::{size_of, MaybeUninit};
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-use crossbeam_utils::CachePadded;
-
 use crate::domain::Order;
-use crate::fence::{self, Fence};
-use crate::index::At;
-use crate::shape::{self, Shape};
-use crate::stats::{PathStats, Stats};
-use crate::{Error, Index};
+use crate::shape::Shape;
+use crate::slots::{zeroed_slice, At, Follow, Slot, Slots};
+use crate::stats::PathStats;
+use crate::{Error, Index, PushError};
 
-/// One CPU's count and fence in one padded line; the entries out of line.
-struct Slot<T> {
-    fence: Fence,
+/// One CPU's count and entries (the entries out of line).
+struct Stack<T> {
     /// Live entries: `0..count`.
     count: AtomicUsize,
     /// `capacity` entries, aligned for `T`.
@@ -104,10 +100,8 @@ struct Slot<T> {
 /// shared(&cpulocal::PerCpuMemcpyBuffer::<*const u8>::new(1));
 /// ```
 pub struct PerCpuMemcpyBuffer<T: Copy> {
-    slots: Box<[CachePadded<Slot<T>>]>,
+    slots: Slots<Stack<T>>,
     capacity: usize,
-    by: Index,
-    stats: Box<CachePadded<Stats>>,
 }
 
 // SAFETY: the buffer owns its values (inline copies); moving it moves them.
@@ -134,7 +128,8 @@ impl<T: Copy> PerCpuMemcpyBuffer<T> {
     ///
     /// # Panics
     ///
-    /// If `capacity` is 0. (A `T` larger than
+    /// Where [`try_new`](Self::try_new) returns an error: `capacity` 0, or
+    /// more memory than can be allocated. (A `T` larger than
     /// [`MAX_ITEM_SIZE`](Self::MAX_ITEM_SIZE) fails to compile.)
     ///
     /// # Examples
@@ -154,7 +149,7 @@ impl<T: Copy> PerCpuMemcpyBuffer<T> {
     ///
     /// # Panics
     ///
-    /// If `capacity` is 0.
+    /// As [`new`](Self::new).
     ///
     /// # Examples
     ///
@@ -167,24 +162,62 @@ impl<T: Copy> PerCpuMemcpyBuffer<T> {
     /// ```
     #[track_caller]
     pub fn with_index(by: Index, capacity: usize) -> Self {
+        Self::try_with_index(by, capacity).unwrap_or_else(|e| panic!("PerCpuMemcpyBuffer: {e}"))
+    }
+
+    /// An empty buffer of `capacity` values per possible CPU, or an error.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] if `capacity` is 0; [`Error::Alloc`] if the
+    /// entries (`capacity × cpus() × size_of::<T>()` bytes, zeroed lazily)
+    /// cannot be allocated.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cpulocal::{Error, PerCpuMemcpyBuffer};
+    ///
+    /// assert!(PerCpuMemcpyBuffer::<[u64; 2]>::try_new(100).is_ok());
+    /// assert!(matches!(
+    ///     PerCpuMemcpyBuffer::<[u64; 2]>::try_new(1 << 59),
+    ///     Err(Error::Alloc { .. })
+    /// ));
+    /// ```
+    pub fn try_new(capacity: usize) -> Result<Self, Error> {
+        Self::try_with_index(Index::Cpu, capacity)
+    }
+
+    /// As [`try_new`](Self::try_new), the slots numbered `by` CPU or
+    /// concurrency id.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_new`](Self::try_new).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cpulocal::{Index, PerCpuMemcpyBuffer};
+    /// let b = PerCpuMemcpyBuffer::<u32>::try_with_index(Index::MmCid, 4)?;
+    /// assert_eq!(b.capacity(), 4);
+    /// # Ok::<(), cpulocal::Error>(())
+    /// ```
+    pub fn try_with_index(by: Index, capacity: usize) -> Result<Self, Error> {
         let () = Self::SIZE_OK;
-        assert!(
-            capacity > 0,
-            "PerCpuMemcpyBuffer: the capacity per CPU must be at least 1"
-        );
-        let (by, slots) = by.padded_slots(|i| Slot {
-            fence: Fence::new(i),
-            count: AtomicUsize::new(0),
-            data: (0..capacity)
-                .map(|_| UnsafeCell::new(MaybeUninit::uninit()))
-                .collect(),
-        });
-        PerCpuMemcpyBuffer {
-            slots,
-            capacity,
-            by,
-            stats: Default::default(),
+        if capacity == 0 {
+            return Err(Error::InvalidArgument {
+                what: "the capacity per CPU must be at least 1",
+            });
         }
+        let slots = Slots::try_new(by, |_| {
+            Ok::<_, Error>(Stack {
+                count: AtomicUsize::new(0),
+                // SAFETY: any bytes are a valid `MaybeUninit`.
+                data: unsafe { zeroed_slice(capacity) }?,
+            })
+        })?;
+        Ok(PerCpuMemcpyBuffer { slots, capacity })
     }
 
     /// The number of per-CPU buffers.
@@ -219,7 +252,7 @@ impl<T: Copy> PerCpuMemcpyBuffer<T> {
     /// assert_eq!(PerCpuMemcpyBuffer::<u8>::new(1).index(), Index::Cpu);
     /// ```
     pub fn index(&self) -> Index {
-        self.by
+        self.slots.index()
     }
 
     /// How many operations left the fast path so far.
@@ -233,42 +266,82 @@ impl<T: Copy> PerCpuMemcpyBuffer<T> {
     /// assert!(s.retried + s.fenced <= 1);
     /// ```
     pub fn stats(&self) -> PathStats {
-        self.stats.snapshot()
+        self.slots.stats()
+    }
+
+    /// How many values the buffers hold: a snapshot, one load of each CPU's
+    /// count.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let b = cpulocal::PerCpuMemcpyBuffer::new(4);
+    /// b.push(1u8).unwrap();
+    /// assert_eq!(b.len(), 1);
+    /// ```
+    pub fn len(&self) -> usize {
+        self.slots
+            .iter()
+            .map(|slot| slot.data.count.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Whether every CPU's buffer was empty when looked at (a snapshot).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert!(cpulocal::PerCpuMemcpyBuffer::<u8>::new(4).is_empty());
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Runs a memcpy-store on buffer `at`: if its count is `expect`, copies
-    /// one `T` from `src` to `dst` and stores `newv` in the count.
+    /// one `T` between the caller's `mine` and the slot's entry `entry`
+    /// (into the entry for a push, out of it for a pop) and stores
+    /// `expect + 1` (push) or `expect - 1` (pop) in the count. The shape's
+    /// closure holds two words, `expect` and `mine`, so that the slow path
+    /// gets them in registers.
     ///
     /// # Safety
     ///
-    /// One of `src`, `dst` is an entry of buffer `at` as the module docs
-    /// allow (the free entry `expect` for a push, the live entry `expect - 1`
-    /// for a pop); the other is the caller's, valid for one `T`.
-    #[inline]
-    unsafe fn copy(&self, at: At, expect: usize, dst: *mut T, src: *const T, newv: usize) -> bool {
-        let slot = &self.slots[at.index];
-        let shape = Shape::CbneMemcpyStore {
-            v: slot.count.as_ptr(),
-            expect,
-            dst: dst.cast(),
-            src: src.cast(),
-            len: size_of::<T>(),
-            newv,
+    /// `entry < capacity`, and it is the free entry `expect` for a push, the
+    /// live entry `expect - 1` for a pop (module docs); `mine` is valid for
+    /// one `T`.
+    #[inline(always)]
+    unsafe fn copy<const PUSH: bool>(
+        &self,
+        at: At<'_, Stack<T>>,
+        expect: usize,
+        mine: *mut T,
+    ) -> bool {
+        let shape = move |slot: &Slot<Stack<T>>| {
+            let entry = slot
+                .data
+                .data
+                .as_ptr()
+                .wrapping_add(if PUSH { expect } else { expect - 1 })
+                .cast::<u8>()
+                .cast_mut();
+            let (dst, src) = if PUSH {
+                (entry, mine.cast::<u8>().cast_const())
+            } else {
+                (mine.cast::<u8>(), entry.cast_const())
+            };
+            Shape::CbneMemcpyStore {
+                vo: Shape::offset(&slot.fence, slot.data.count.as_ptr()),
+                expect,
+                dst,
+                src,
+                len: size_of::<T>(),
+                newv: if PUSH { expect + 1 } else { expect - 1 },
+            }
         };
-        // SAFETY: the caller's entries; the fence is that of their slot.
-        // Release for both directions: a push publishes the copied bytes; a
-        // pop's copy out is ordered before the store that frees the entry.
-        unsafe {
-            shape::perform_at(
-                &shape,
-                Order::Release,
-                at,
-                &slot.fence,
-                self.by,
-                &self.stats,
-            )
-        }
-        .is_ok()
+        // SAFETY: the caller's entry, of `at`'s slot. Release for both
+        // directions: a push publishes the copied bytes; a pop's copy out is
+        // ordered before the store that frees the entry.
+        unsafe { self.slots.perform(at, Order::Release, Follow::Slot, shape) }.is_ok()
     }
 
     /// Copies `value` into the current CPU's buffer, or gives it back if that
@@ -290,21 +363,67 @@ impl<T: Copy> PerCpuMemcpyBuffer<T> {
     ///     Ok(()) => assert_eq!(b.drain().count(), 2),
     /// }
     /// ```
+    #[inline]
     pub fn push(&self, value: T) -> Result<(), T> {
         loop {
-            let at = self.by.here(self.cpus());
-            let slot = &self.slots[at.index];
-            let c = slot.count.load(Ordering::Relaxed);
-            if c >= self.capacity {
-                return Err(value);
+            match self.try_push(self.slots.here(), &value) {
+                Some(true) => return Ok(()),
+                Some(false) => return Err(value),
+                None => {} // another push or pop on that buffer came first
             }
-            // SAFETY: entry `c < capacity` of buffer `at`, free when the
-            // compare holds; `value` is a live local.
-            if unsafe { self.copy(at, c, slot.data[c].get().cast(), &value, c + 1) } {
-                return Ok(());
-            }
-            // Another push or pop on that buffer came first: read it again.
         }
+    }
+
+    /// Copies `value` into `cpu`'s buffer, from any CPU (a critical section
+    /// if the caller runs on `cpu`, the fenced path otherwise).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Full`] if that buffer is full, [`Error::CpuOutOfRange`] if
+    /// `cpu >= self.cpus()`; the value comes back in the [`PushError`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cpulocal::{Error, PerCpuMemcpyBuffer};
+    ///
+    /// let b = PerCpuMemcpyBuffer::new(1);
+    /// b.push_on(0, [1u8; 4])?;
+    /// assert_eq!(b.push_on(0, [2; 4]).unwrap_err().error, Error::Full { cpu: 0 });
+    /// assert_eq!(b.pop_on(0)?, Some([1; 4]));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn push_on(&self, cpu: usize, value: T) -> Result<(), PushError<T>> {
+        let at = match self.slots.on(cpu) {
+            Ok(at) => at,
+            Err(error) => return Err(PushError { value, error }),
+        };
+        loop {
+            match self.try_push(at, &value) {
+                Some(true) => return Ok(()),
+                Some(false) => {
+                    return Err(PushError {
+                        value,
+                        error: Error::Full { cpu },
+                    })
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// One push attempt on buffer `at`: `Some(false)` if full, None if the
+    /// count changed under it.
+    #[inline(always)]
+    fn try_push(&self, at: At<'_, Stack<T>>, value: &T) -> Option<bool> {
+        let stack = &at.slot.data;
+        let c = stack.count.load(Ordering::Relaxed);
+        if c >= stack.data.len() {
+            return Some(false);
+        }
+        // SAFETY: entry `c < capacity` of buffer `at`, free when the compare
+        // holds; `value` is the caller's, valid for one `T` (and only read).
+        unsafe { self.copy::<true>(at, c, (value as *const T).cast_mut()) }.then_some(true)
     }
 
     /// Pops the value last pushed on the current CPU's buffer, if any. Values
@@ -321,12 +440,10 @@ impl<T: Copy> PerCpuMemcpyBuffer<T> {
     /// let got = b.pop().into_iter().chain(b.drain()).collect::<Vec<_>>();
     /// assert_eq!(got, [[1, 2]]);
     /// ```
+    #[inline]
     pub fn pop(&self) -> Option<T> {
-        loop {
-            if let Some(v) = self.try_pop(self.by.here(self.cpus())) {
-                return v;
-            }
-        }
+        let mut out = MaybeUninit::uninit();
+        self.pop_into(&mut out).map(|v| *v)
     }
 
     /// Pops the value last pushed on `cpu`'s buffer, from any CPU (a critical
@@ -346,38 +463,98 @@ impl<T: Copy> PerCpuMemcpyBuffer<T> {
     /// assert!(b.pop_on(b.cpus()).is_err());
     /// ```
     pub fn pop_on(&self, cpu: usize) -> Result<Option<T>, Error> {
-        if cpu >= self.cpus() {
-            return Err(Error::CpuOutOfRange {
-                cpu,
-                slots: self.cpus(),
-            });
-        }
+        let at = self.slots.on(cpu)?;
+        let mut out = MaybeUninit::<T>::uninit();
         loop {
-            if let Some(v) = self.try_pop(At::slot(cpu)) {
-                return Ok(v);
+            match self.try_pop(at, out.as_mut_ptr()) {
+                // SAFETY: as in `pop_into`.
+                Some(true) => return Ok(Some(unsafe { out.assume_init() })),
+                Some(false) => return Ok(None),
+                None => {}
             }
         }
     }
 
-    /// One pop attempt on buffer `at`: `Some(result)` when it is over, None
-    /// when the count changed under it.
-    fn try_pop(&self, at: At) -> Option<Option<T>> {
-        let slot = &self.slots[at.index];
-        let c = slot.count.load(Ordering::Relaxed);
-        if c == 0 {
-            return Some(None);
+    /// One pop attempt on buffer `at` into `out`: `Some(true)` popped (`out`
+    /// holds the value), `Some(false)` empty, None when the count changed
+    /// under it (`out` may hold part of a value).
+    #[inline(always)]
+    fn try_pop(&self, at: At<'_, Stack<T>>, out: *mut T) -> Option<bool> {
+        let stack = &at.slot.data;
+        let c = stack.count.load(Ordering::Relaxed);
+        // Entry `c - 1`; none when the count is 0 (it wraps).
+        if c.wrapping_sub(1) >= stack.data.len() {
+            return Some(false);
         }
-        let mut out = MaybeUninit::<T>::uninit();
-        let top = slot.data[c - 1].get().cast::<T>();
         // SAFETY: entry `c - 1 < capacity` of buffer `at`, live when the
-        // compare holds; `out` is a live local with room for one `T`.
-        if !unsafe { self.copy(at, c, out.as_mut_ptr(), top, c - 1) } {
-            return None;
+        // compare holds; `out` is the caller's, with room for one `T`.
+        unsafe { self.copy::<false>(at, c, out) }.then_some(true)
+    }
+
+    /// Pops the value last pushed on the current CPU's buffer into `out`,
+    /// copying it once, and returns it there; None if that buffer is empty.
+    /// For large values, or loops that move values from one buffer to
+    /// another, this saves the copies [`pop`](Self::pop) and
+    /// [`push`](Self::push) make of a value passed by value.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::mem::MaybeUninit;
+    ///
+    /// let b = cpulocal::PerCpuMemcpyBuffer::new(4);
+    /// b.push([7u64; 32]).unwrap();
+    /// let mut slot = MaybeUninit::uninit();
+    /// if let Some(item) = b.pop_into(&mut slot) {
+    ///     assert_eq!(item[31], 7);
+    ///     b.push_from(item).unwrap(); // copied back, not moved through the stack
+    /// }
+    /// assert_eq!(b.len(), 1);
+    /// ```
+    #[inline]
+    pub fn pop_into<'a>(&self, out: &'a mut MaybeUninit<T>) -> Option<&'a mut T> {
+        loop {
+            match self.try_pop(self.slots.here(), out.as_mut_ptr()) {
+                // SAFETY: the pop committed: the copy, made in the same step as
+                // the compare, holds the bytes of a live entry (module docs), a
+                // `T` a push copied in whole.
+                Some(true) => return Some(unsafe { out.assume_init_mut() }),
+                Some(false) => return None,
+                None => {} // another push or pop on that buffer came first
+            }
         }
-        // SAFETY: the pop committed: the copy, made in the same step as the
-        // compare, holds the bytes of the live entry `c - 1` (module docs),
-        // a `T` a push copied in whole.
-        Some(Some(unsafe { out.assume_init() }))
+    }
+
+    /// Copies `*value` into the current CPU's buffer (as
+    /// [`push`](Self::push), from a reference: the value is read once, by the
+    /// copy into the buffer).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Full`] when the current CPU's buffer holds
+    /// [`capacity`](Self::capacity) values.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let b = cpulocal::PerCpuMemcpyBuffer::new(1);
+    /// let v = [1u8; 64];
+    /// b.push_from(&v)?;
+    /// if let Err(e) = b.push_from(&v) {
+    ///     assert!(matches!(e, cpulocal::Error::Full { .. })); // same CPU: full
+    /// }
+    /// # Ok::<(), cpulocal::Error>(())
+    /// ```
+    #[inline]
+    pub fn push_from(&self, value: &T) -> Result<(), Error> {
+        loop {
+            let at = self.slots.here();
+            match self.try_push(at, value) {
+                Some(true) => return Ok(()),
+                Some(false) => return Err(Error::Full { cpu: at.index }),
+                None => {}
+            }
+        }
     }
 
     /// Takes every buffer's values, one CPU after the other: each buffer is
@@ -423,11 +600,13 @@ impl<T: Copy> Iterator for Drain<'_, T> {
                 return Some(v);
             }
             let cpu = self.next_cpu;
-            let slot = self.buffer.slots.get(cpu)?;
+            if cpu >= self.buffer.cpus() {
+                return None;
+            }
             self.next_cpu += 1;
             let taken = &mut self.taken;
-            fence::with_signals_blocked(&slot.fence, cpu, self.buffer.by, || {
-                let n = slot.count.load(Ordering::Relaxed);
+            self.buffer.slots.fenced(cpu, |stack| {
+                let n = stack.count.load(Ordering::Relaxed);
                 debug_assert!(taken.is_empty() && taken.capacity() >= n);
                 // SAFETY: under the fence the slot is ours (module docs):
                 // entries `0..n` are live `T`s, and `taken`, empty, has room
@@ -435,13 +614,13 @@ impl<T: Copy> Iterator for Drain<'_, T> {
                 // fence). `UnsafeCell<MaybeUninit<T>>` has the layout of `T`.
                 unsafe {
                     core::ptr::copy_nonoverlapping(
-                        slot.data.as_ptr().cast::<T>(),
+                        stack.data.as_ptr().cast::<T>(),
                         taken.as_mut_ptr(),
                         n,
                     );
                     taken.set_len(n);
                 }
-                slot.count.store(0, Ordering::Relaxed);
+                stack.count.store(0, Ordering::Relaxed);
             });
         }
     }
@@ -453,7 +632,7 @@ impl<T: Copy> fmt::Debug for PerCpuMemcpyBuffer<T> {
             .field("cpus", &self.cpus())
             .field("capacity", &self.capacity)
             .field("item_size", &size_of::<T>())
-            .field("index", &self.by)
+            .field("index", &self.index())
             .field("stats", &self.stats())
             .finish_non_exhaustive()
     }

@@ -353,7 +353,7 @@ impl Domain {
     ///
     /// Refusals, nothing written (the first one found, in this order):
     /// [`OpError::TooManyOps`]; [`OpError::CpuOutOfRange`] if `index >=
-    /// self.len()`; then, operation by operation, [`OpError::TooLong`],
+    /// self.cpus()`; then, operation by operation, [`OpError::TooLong`],
     /// [`OpError::BadSize`], [`OpError::ShiftTooWide`],
     /// [`OpError::NullPointer`].
     ///
@@ -394,7 +394,7 @@ impl Domain {
     ///
     /// let domain = Domain::new(Index::Cpu);
     /// // Per slot: [version, total], used only through `domain`.
-    /// let mut slots = vec![[0u64; 2]; domain.len()];
+    /// let mut slots = vec![[0u64; 2]; domain.cpus()];
     /// let cpu = domain.current();
     /// let version = slots[cpu].as_mut_ptr().cast::<u8>();
     /// let total = version.wrapping_add(8);
@@ -427,9 +427,9 @@ impl Domain {
     /// ```
     pub unsafe fn run_ops(&self, index: usize, ops: &[Op]) -> Result<(), OpError> {
         check_count(ops.len())?;
-        let fence = self.fences.get(index).ok_or(OpError::CpuOutOfRange {
+        let slot = self.slots().get(index).ok_or(OpError::CpuOutOfRange {
             cpu: index,
-            slots: self.len(),
+            slots: self.cpus(),
         })?;
         validate(ops, |i, op| {
             if op.has_null() {
@@ -438,7 +438,7 @@ impl Domain {
                 Ok(())
             }
         })?;
-        fenced::with_signals_blocked(fence, index, self.by, || {
+        fenced::with_signals_blocked(&slot.fence, index, self.index(), || {
             // SAFETY: `validate` accepted the vector; the pointers are valid
             // and name slot `index`'s data (the caller's contract), which is
             // ours alone while the fence is held and the sections on the slot
@@ -460,7 +460,34 @@ impl<T: Pod> PerCpu<T> {
     /// with all signals of the thread blocked from before the wait until the
     /// release (so a handler never finds the slot held by its own thread;
     /// signals are deferred while another thread's guard keeps the slot),
-    /// and the operations run in order. `T: Pod` makes any bytes a vector leaves a valid `T`.
+    /// and the operations run in order. `T: Pod` makes any bytes a vector
+    /// leaves a valid `T`: integers, floats, arrays of them, and `#[repr(C)]`
+    /// structs of them without padding, marked with [`crate::Zeroable`] and
+    /// [`crate::Pod`] (bytemuck's traits, re-exported):
+    ///
+    /// ```
+    /// use cpulocal::{opv::SlotOp, PerCpu, Pod, Zeroable};
+    ///
+    /// #[derive(Clone, Copy)]
+    /// #[repr(C)]
+    /// struct Totals {
+    ///     hits: u64,
+    ///     bytes: u64,
+    /// }
+    /// // SAFETY: two u64s, no padding: any bytes are a valid `Totals`.
+    /// unsafe impl Zeroable for Totals {}
+    /// // SAFETY: as above; `Totals` is `Copy + 'static`.
+    /// unsafe impl Pod for Totals {}
+    ///
+    /// let t = PerCpu::new(|_| Totals { hits: 0, bytes: 0 });
+    /// let ops = [
+    ///     SlotOp::Add { at: 0, size: 8, count: 1 },
+    ///     SlotOp::Add { at: 8, size: 8, count: 512 },
+    /// ];
+    /// t.run_ops(0, &ops)?;
+    /// assert_eq!(t.lock_on(0)?.bytes, 512);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// Not async-signal-safe: like [`lock`](Self::lock), it may wait for
     /// another thread that holds the slot.
@@ -469,7 +496,7 @@ impl<T: Pod> PerCpu<T> {
     ///
     /// Refusals, nothing written (the first one found, in this order):
     /// [`OpError::TooManyOps`]; [`OpError::CpuOutOfRange`] if `cpu >=
-    /// self.len()`; then, operation by operation, [`OpError::TooLong`],
+    /// self.cpus()`; then, operation by operation, [`OpError::TooLong`],
     /// [`OpError::BadSize`], [`OpError::ShiftTooWide`],
     /// [`OpError::OutOfBounds`]; last [`OpError::HeldByThisThread`] if this
     /// thread holds the slot already (a [`SlotGuard`](crate::SlotGuard), or a
@@ -503,19 +530,19 @@ impl<T: Pod> PerCpu<T> {
     ///     Err(OpError::OutOfBounds { op: 0, at: 12, end: 20, slot_size: 16 })
     /// );
     /// // A held slot is refused rather than deadlocking.
-    /// let guard = slots.lock(0);
+    /// let guard = slots.lock_on(0).unwrap();
     /// assert_eq!(slots.run_ops(0, &ops), Err(OpError::HeldByThisThread { cpu: 0 }));
     /// assert_eq!(*guard, [1, 40]);
     /// # Ok::<(), OpError>(())
     /// ```
     pub fn run_ops(&self, cpu: usize, ops: &[SlotOp<'_>]) -> Result<(), OpError> {
         check_count(ops.len())?;
-        let slot = self.slot(cpu).ok_or(OpError::CpuOutOfRange {
+        let slot = self.slots().get(cpu).ok_or(OpError::CpuOutOfRange {
             cpu,
-            slots: self.len(),
+            slots: self.cpus(),
         })?;
         let slot_size = core::mem::size_of::<T>();
-        let base = slot.value_ptr().cast::<u8>();
+        let base = slot.data.get().cast::<u8>();
         let mut raw = [Op::Mb; MAX_OPS];
         for (r, op) in raw.iter_mut().zip(ops) {
             *r = op.translate(base);

@@ -5,84 +5,32 @@
 //!
 //! A slot's value is reached through `&mut T` only while its fence is held
 //! (a [`SlotGuard`]) or through `&mut PerCpu<T>`; so `PerCpu<T>` is `Sync`
-//! when `T: Send`, like a mutex. Structures of this crate that run critical
-//! sections on a slot (such as [`PerCpuCounter`](crate::PerCpuCounter)) never
-//! lock it, and touch the value only through atomics or sections.
+//! when `T: Send`, like a mutex. No critical section ever touches a
+//! `PerCpu`'s values, so the fence alone (no membarrier) excludes every other
+//! access.
 #![allow(unsafe_code)]
 
 use core::cell::UnsafeCell;
 use core::fmt;
 use core::marker::PhantomData;
 use core::ops::{Deref, DerefMut};
+use core::ptr::NonNull;
 
-use crossbeam_utils::CachePadded;
-
-use crate::fence::Fence;
-use crate::{fence, Error, Index};
-
-/// One CPU's slot: the fence word, then the value, in one padded line.
-#[repr(C)]
-pub(crate) struct Slot<T> {
-    pub(crate) fence: Fence,
-    value: UnsafeCell<T>,
-}
-
-/// A counter's slot, as the `add` section addresses it.
-pub(crate) type CounterSlot = Slot<core::sync::atomic::AtomicI64>;
-/// Offset of the fence word in every slot: sections address it from the slot.
-pub(crate) const FENCE_OFFSET: usize = core::mem::offset_of!(CounterSlot, fence);
-/// Offset of a counter slot's value.
-#[cfg_attr(not(cpulocal_rseq), allow(dead_code))] // used by sections only
-pub(crate) const COUNTER_VALUE_OFFSET: usize = core::mem::offset_of!(CounterSlot, value);
-const _: () = assert!(FENCE_OFFSET == 0, "the fence opens every slot");
-
-/// A free-standing counter slot (fence word, value) for the asm unit tests.
-#[cfg(all(test, cpulocal_rseq))]
-pub(crate) fn test_slot(fence_word: u32, value: i64) -> CounterSlot {
-    let slot = Slot {
-        fence: Fence::new(0),
-        value: UnsafeCell::new(core::sync::atomic::AtomicI64::new(value)),
-    };
-    slot.fence.set_for_test(fence_word);
-    slot
-}
-
-#[cfg(all(test, cpulocal_rseq))]
-impl CounterSlot {
-    pub(crate) fn value(&self) -> i64 {
-        // SAFETY: test slots are never locked.
-        unsafe { self.shared() }.load(core::sync::atomic::Ordering::Relaxed)
-    }
-}
-
-impl<T> Slot<T> {
-    /// A raw pointer to the value, for operations under the fence.
-    pub(crate) fn value_ptr(&self) -> *mut T {
-        self.value.get()
-    }
-
-    /// The value, for structures that only use atomics or sections on it.
-    ///
-    /// # Safety
-    ///
-    /// No `&mut T` to this value may exist while the reference lives: the
-    /// caller never locks this slot.
-    #[inline(always)]
-    pub(crate) unsafe fn shared(&self) -> &T {
-        // SAFETY: by the caller's promise no exclusive reference exists.
-        unsafe { &*self.value.get() }
-    }
-}
+use crate::fence;
+use crate::slots::{Slot, Slots};
+use crate::{Error, Index};
 
 /// A value per possible CPU, each in its own cache line, reachable from any
 /// thread through its CPU's fence.
 ///
-/// `PerCpu` is the storage under cpulocal's structures. On its own it offers
-/// exclusive access to any CPU's slot by [`lock`](Self::lock), through the
-/// slot's fence word, from any thread on any CPU: an uncontended lock is one
-/// compare-and-swap (no critical section touches a `PerCpu<T>` of yours, so no
-/// membarrier is needed). The rseq fast path belongs to the operations built
-/// on it, such as [`PerCpuCounter::add`](crate::PerCpuCounter::add).
+/// It offers exclusive access to any CPU's slot by
+/// [`lock_on`](Self::lock_on) (or the current CPU's by [`lock`](Self::lock)),
+/// through the slot's fence word, from any thread on any CPU: an uncontended
+/// lock is one compare-and-swap (no critical section touches a `PerCpu<T>`,
+/// so no membarrier is needed), and batches of updates run as operation
+/// vectors ([`run_ops`](Self::run_ops)). For a per-CPU lock taken by a
+/// critical section, with no atomic instruction, see
+/// [`PerCpuLock`](crate::PerCpuLock).
 ///
 /// Slots are sized by [`possible_cpus()`](crate::possible_cpus), so a CPU that
 /// comes online later still has one.
@@ -93,14 +41,14 @@ impl<T> Slot<T> {
 /// use cpulocal::PerCpu;
 ///
 /// let hits: PerCpu<Vec<u32>> = PerCpu::new(|_cpu| Vec::new());
-/// hits.lock_current().push(7);
-/// hits.lock(0).push(1);
+/// hits.lock().push(7);
+/// hits.lock_on(0)?.push(1);
 /// let total: usize = hits.iter().map(|slot| slot.len()).sum();
 /// assert_eq!(total, 2);
+/// # Ok::<(), cpulocal::Error>(())
 /// ```
 pub struct PerCpu<T> {
-    slots: Box<[CachePadded<Slot<T>>]>,
-    by: Index,
+    slots: Slots<UnsafeCell<T>>,
 }
 
 // SAFETY: a PerCpu owns its values; moving it moves them.
@@ -115,6 +63,14 @@ impl<T> PerCpu<T> {
     /// Also makes the process-wide engine decision (rseq and membarrier
     /// registration) if no earlier constructor did, so that operations, which
     /// may run in signal handlers, never have to.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let slots = cpulocal::PerCpu::new(|cpu| cpu * 10);
+    /// assert_eq!(*slots.lock_on(0)?, 0);
+    /// # Ok::<(), cpulocal::Error>(())
+    /// ```
     pub fn new(init: impl FnMut(usize) -> T) -> Self {
         Self::with_index(Index::Cpu, init)
     }
@@ -129,124 +85,150 @@ impl<T> PerCpu<T> {
     /// use cpulocal::{Index, PerCpu};
     ///
     /// let slots = PerCpu::with_index(Index::MmCid, |_| 0u32);
-    /// *slots.lock_current() += 1;
+    /// *slots.lock() += 1;
     /// assert_eq!(slots.iter().map(|s| *s).sum::<u32>(), 1);
     /// ```
     pub fn with_index(by: Index, mut init: impl FnMut(usize) -> T) -> Self {
-        let (by, slots) = by.padded_slots(|cpu| Slot {
-            fence: Fence::new(cpu),
-            value: UnsafeCell::new(init(cpu)),
-        });
-        PerCpu { slots, by }
+        PerCpu {
+            slots: Slots::new(by, |i| UnsafeCell::new(init(i))),
+        }
     }
 
     /// The number of slots: [`possible_cpus()`](crate::possible_cpus) at
     /// construction for [`Index::Cpu`], possibly fewer for [`Index::MmCid`].
-    pub fn len(&self) -> usize {
-        self.slots.len()
-    }
-
-    /// How the slots are numbered.
-    pub fn index(&self) -> Index {
-        self.by
-    }
-
-    /// Always false: a machine has at least one CPU.
-    pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
-    }
-
-    /// The slot of `cpu`, if in range.
-    #[inline(always)]
-    pub(crate) fn slot(&self, cpu: usize) -> Option<&Slot<T>> {
-        self.slots.get(cpu).map(|s| &**s)
-    }
-
-    /// Locks `cpu`'s slot through its fence: waits for another holder (briefly
-    /// spinning, then sleeping), and returns a guard that gives `&mut T` until
-    /// dropped. Works from any thread on any CPU. In a fork child, a slot
-    /// that a thread absent from the child held at the fork is taken over by
-    /// whichever thread locks it first (its value may hold a half-done
-    /// update, as data under any lock does after fork); the forking thread
-    /// still holds what it held.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::CpuOutOfRange`] if `cpu >= self.len()`;
-    /// [`Error::HeldByThisThread`] if this thread already holds the slot
-    /// (a nested lock, or a signal handler interrupting its own thread's lock).
     ///
     /// # Examples
     ///
     /// ```
-    /// # use cpulocal::{Error, PerCpu};
-    /// let slots = PerCpu::new(|cpu| cpu * 10);
-    /// let guard = slots.try_lock(0)?;
-    /// assert_eq!(*guard, 0);
-    /// assert_eq!(slots.try_lock(0).unwrap_err(), Error::HeldByThisThread { cpu: 0 });
-    /// assert!(matches!(slots.try_lock(slots.len()), Err(Error::CpuOutOfRange { .. })));
-    /// # Ok::<(), Error>(())
+    /// assert_eq!(cpulocal::PerCpu::new(|_| ()).cpus(), cpulocal::possible_cpus());
     /// ```
-    pub fn try_lock(&self, cpu: usize) -> Result<SlotGuard<'_, T>, Error> {
-        let slot = self.slot(cpu).ok_or(Error::CpuOutOfRange {
-            cpu,
-            slots: self.len(),
-        })?;
-        let held = slot
-            .fence
-            .hold(cpu)
-            .map_err(|_| Error::HeldByThisThread { cpu })?;
-        // No membarrier: no critical section touches a PerCpu<T>'s values;
-        // structures whose sections do use the fenced engine instead.
-        Ok(SlotGuard {
-            slot,
-            held,
-            _not_send: PhantomData,
-        })
+    pub fn cpus(&self) -> usize {
+        self.slots.len()
     }
 
-    /// Like [`try_lock`](Self::try_lock), for callers that know `cpu` is in
-    /// range and not held.
+    /// How the slots are numbered.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cpulocal::{Index, PerCpu};
+    /// assert_eq!(PerCpu::new(|_| ()).index(), Index::Cpu);
+    /// ```
+    pub fn index(&self) -> Index {
+        self.slots.index()
+    }
+
+    /// The slots, for operation vectors.
+    pub(crate) fn slots(&self) -> &Slots<UnsafeCell<T>> {
+        &self.slots
+    }
+
+    /// Locks the slot of the CPU (or concurrency id) the caller runs on,
+    /// waiting while another thread holds it (briefly spinning, then
+    /// sleeping). The thread may migrate while it holds the guard; the guard
+    /// still holds the slot it locked ([`SlotGuard::cpu`]).
     ///
     /// Not async-signal-safe: like a mutex, it may wait for another thread.
     ///
     /// # Panics
     ///
-    /// If `cpu >= self.len()`, or this thread already holds the slot.
+    /// If this thread already holds that slot (waiting would deadlock);
+    /// [`try_lock`](Self::try_lock) reports it as an error instead.
     ///
     /// # Examples
     ///
     /// ```
     /// let slots = cpulocal::PerCpu::new(|_| 0u64);
-    /// *slots.lock(0) += 5;
-    /// assert_eq!(*slots.lock(0), 5);
+    /// let mut guard = slots.lock();
+    /// *guard += 1;
+    /// assert!(guard.cpu() < slots.cpus());
     /// ```
     #[track_caller]
-    pub fn lock(&self, cpu: usize) -> SlotGuard<'_, T> {
-        self.try_lock(cpu)
+    pub fn lock(&self) -> SlotGuard<'_, T> {
+        let cpu = self.slots.here().index;
+        self.lock_on(cpu)
             .unwrap_or_else(|e| panic!("PerCpu::lock: {e}"))
     }
 
-    /// Locks the slot of the CPU (or concurrency id) the caller runs on. The
-    /// thread may migrate
-    /// while it holds the guard; the guard still holds the slot it locked
-    /// ([`SlotGuard::cpu`]).
+    /// Locks `cpu`'s slot through its fence, from any thread on any CPU,
+    /// waiting while another thread holds it (briefly spinning, then
+    /// sleeping). In a fork child, a slot that a thread absent from the child
+    /// held at the fork is taken over by whichever thread locks it first (its
+    /// value may hold a half-done update, as data under any lock does after
+    /// fork); the forking thread still holds what it held.
     ///
-    /// # Panics
+    /// Not async-signal-safe: like a mutex, it may wait for another thread.
     ///
-    /// If this thread already holds that slot.
+    /// # Errors
+    ///
+    /// [`Error::CpuOutOfRange`] if `cpu >= self.cpus()`;
+    /// [`Error::HeldByThisThread`] if this thread already holds the slot
+    /// (a nested lock, or a signal handler interrupting its own thread's
+    /// lock): waiting would deadlock.
     ///
     /// # Examples
     ///
     /// ```
-    /// let slots = cpulocal::PerCpu::new(|_| 0u64);
-    /// let mut guard = slots.lock_current();
-    /// *guard += 1;
-    /// assert!(guard.cpu() < slots.len());
+    /// use cpulocal::{Error, PerCpu};
+    ///
+    /// let slots = PerCpu::new(|cpu| cpu * 10);
+    /// let guard = slots.lock_on(0)?;
+    /// assert_eq!(*guard, 0);
+    /// assert_eq!(slots.lock_on(0).unwrap_err(), Error::HeldByThisThread { cpu: 0 });
+    /// assert!(matches!(slots.lock_on(slots.cpus()), Err(Error::CpuOutOfRange { .. })));
+    /// # Ok::<(), Error>(())
     /// ```
-    #[track_caller]
-    pub fn lock_current(&self) -> SlotGuard<'_, T> {
-        self.lock(self.by.current(self.len()))
+    pub fn lock_on(&self, cpu: usize) -> Result<SlotGuard<'_, T>, Error> {
+        let (slot, held) = self.slots.hold(cpu)?;
+        Ok(SlotGuard::new(slot, held))
+    }
+
+    /// Locks the current CPU's slot if no other thread holds it, without
+    /// waiting.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::WouldBlock`] if another thread holds the slot;
+    /// [`Error::HeldByThisThread`] if this thread does.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let slots = cpulocal::PerCpu::new(|_| 0u8);
+    /// let guard = slots.try_lock()?;
+    /// assert!(guard.cpu() < slots.cpus());
+    /// # Ok::<(), cpulocal::Error>(())
+    /// ```
+    pub fn try_lock(&self) -> Result<SlotGuard<'_, T>, Error> {
+        self.try_lock_on(self.slots.here().index)
+    }
+
+    /// Locks `cpu`'s slot if no other thread holds it, without waiting (as
+    /// [`lock_on`](Self::lock_on) otherwise).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CpuOutOfRange`], [`Error::HeldByThisThread`] as for
+    /// [`lock_on`](Self::lock_on); [`Error::WouldBlock`] if another thread
+    /// holds the slot.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cpulocal::{Error, PerCpu};
+    ///
+    /// let slots = PerCpu::new(|_| 0u8);
+    /// let guard = slots.try_lock_on(0)?;
+    /// std::thread::scope(|s| {
+    ///     s.spawn(|| assert_eq!(slots.try_lock_on(0).unwrap_err(), Error::WouldBlock { cpu: 0 }));
+    /// });
+    /// drop(guard);
+    /// assert!(slots.try_lock_on(0).is_ok());
+    /// # Ok::<(), Error>(())
+    /// ```
+    pub fn try_lock_on(&self, cpu: usize) -> Result<SlotGuard<'_, T>, Error> {
+        let (slot, held) = self.slots.try_hold(cpu)?;
+        Ok(SlotGuard::new(slot, held))
     }
 
     /// Locks each slot in turn, in CPU order; each guard holds its slot until
@@ -261,10 +243,13 @@ impl<T> PerCpu<T> {
     /// ```
     /// let slots = cpulocal::PerCpu::new(|cpu| cpu);
     /// let ids: Vec<usize> = slots.iter().map(|g| *g).collect();
-    /// assert_eq!(ids, (0..slots.len()).collect::<Vec<_>>());
+    /// assert_eq!(ids, (0..slots.cpus()).collect::<Vec<_>>());
     /// ```
     pub fn iter(&self) -> impl Iterator<Item = SlotGuard<'_, T>> + '_ {
-        (0..self.len()).map(move |cpu| self.lock(cpu))
+        (0..self.cpus()).map(move |cpu| {
+            self.lock_on(cpu)
+                .unwrap_or_else(|e| panic!("PerCpu::iter: {e}"))
+        })
     }
 
     /// Every slot, exclusively (no fence needed: `&mut self` excludes others).
@@ -277,7 +262,7 @@ impl<T> PerCpu<T> {
     /// assert!(slots.iter_mut().all(|v| *v == 2));
     /// ```
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> + '_ {
-        self.slots.iter_mut().map(|s| s.value.get_mut())
+        self.slots.iter_mut().map(UnsafeCell::get_mut)
     }
 
     /// The values, in CPU order.
@@ -289,11 +274,7 @@ impl<T> PerCpu<T> {
     /// assert_eq!(slots.into_vec()[0], 0);
     /// ```
     pub fn into_vec(self) -> Vec<T> {
-        self.slots
-            .into_vec()
-            .into_iter()
-            .map(|s| CachePadded::into_inner(s).value.into_inner())
-            .collect()
+        self.slots.into_data().map(UnsafeCell::into_inner).collect()
     }
 }
 
@@ -306,25 +287,64 @@ impl<T: Default> Default for PerCpu<T> {
 impl<T> fmt::Debug for PerCpu<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PerCpu")
-            .field("slots", &self.len())
+            .field("cpus", &self.cpus())
+            .field("index", &self.index())
             .finish_non_exhaustive()
     }
 }
 
 /// Exclusive access to one CPU's slot; releases the fence when dropped.
 ///
-/// Returned by [`PerCpu::lock`]. It is not `Send`: the thread that took the
-/// fence releases it.
+/// Returned by [`PerCpu::lock`] and its relatives. It is not `Send`: the
+/// thread that took the fence releases it (the compiler's refusal names the
+/// guard: "required because it appears within the type `SlotGuard<'_, u8>`").
+///
+/// ```compile_fail
+/// let slots = cpulocal::PerCpu::new(|_| 0u8);
+/// let guard = slots.lock();
+/// std::thread::scope(|s| {
+///     s.spawn(move || drop(guard));
+/// });
+/// ```
 #[must_use = "the slot is unlocked as soon as the guard is dropped"]
 pub struct SlotGuard<'a, T> {
-    slot: &'a Slot<T>,
+    /// The locked slot: a pointer, which makes the guard neither `Send` nor
+    /// `Sync` (a reference would make the compiler's refusal name the
+    /// value's `UnsafeCell` instead of the guard).
+    slot: NonNull<Slot<UnsafeCell<T>>>,
     /// The slot's fence, released when the guard is dropped.
     held: fence::Held<'a>,
-    _not_send: PhantomData<*const ()>,
+    _borrows: PhantomData<&'a ()>,
 }
 
-impl<T> SlotGuard<'_, T> {
+// SAFETY: `&SlotGuard` gives only `&T`, so sharing the guard shares the value,
+// which T: Sync permits (as for a MutexGuard).
+unsafe impl<T: Sync> Sync for SlotGuard<'_, T> {}
+
+impl<'a, T> SlotGuard<'a, T> {
+    fn new(slot: &'a Slot<UnsafeCell<T>>, held: fence::Held<'a>) -> Self {
+        SlotGuard {
+            slot: NonNull::from(slot),
+            held,
+            _borrows: PhantomData,
+        }
+    }
+
+    /// The locked slot's value cell.
+    fn cell(&self) -> &'a UnsafeCell<T> {
+        // SAFETY: from a `&'a Slot` (`new`), valid for the guard's life.
+        unsafe { &self.slot.as_ref().data }
+    }
+
     /// The CPU whose slot this guard holds.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let slots = cpulocal::PerCpu::new(|cpu| cpu);
+    /// let guard = slots.lock();
+    /// assert_eq!(guard.cpu(), *guard);
+    /// ```
     pub fn cpu(&self) -> usize {
         self.held.index()
     }
@@ -335,14 +355,14 @@ impl<T> Deref for SlotGuard<'_, T> {
     fn deref(&self) -> &T {
         // SAFETY: the guard holds the slot's fence, so no other reference to
         // the value exists (module invariant).
-        unsafe { &*self.slot.value.get() }
+        unsafe { &*self.cell().get() }
     }
 }
 
 impl<T> DerefMut for SlotGuard<'_, T> {
     fn deref_mut(&mut self) -> &mut T {
         // SAFETY: as for `deref`, and `&mut self` makes this borrow unique.
-        unsafe { &mut *self.slot.value.get() }
+        unsafe { &mut *self.cell().get() }
     }
 }
 

@@ -159,9 +159,10 @@ use crossbeam_utils::CachePadded;
 
 use crate::domain::Order;
 use crate::fence::Fence;
-use crate::shape::{self, Shape};
-use crate::stats::{PathStats, Stats};
-use crate::{engine, Error, Index};
+use crate::shape::Shape;
+use crate::slots::{zeroed_slice, At, Follow, Slot, Slots};
+use crate::stats::PathStats;
+use crate::{Error, Index};
 
 /// Header flag: the record is complete (or dropped, or padding).
 const COMMITTED: usize = 1 << (usize::BITS - 1);
@@ -225,7 +226,8 @@ pub enum RingMode {
     Overwrite,
 }
 
-/// Why a ring was not built or a record not reserved.
+/// Why a record was not reserved. (A ring that cannot be built is an
+/// [`Error`](crate::Error): see [`PerCpuRing::with_config`].)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RingError {
@@ -258,9 +260,6 @@ pub enum RingError {
         /// The buffer's CPU (or concurrency id).
         cpu: usize,
     },
-    /// A [`RingConfig`] that cannot be built.
-    #[error("invalid ring configuration: {0}")]
-    Config(&'static str),
 }
 
 /// How a [`PerCpuRing`] is built: sizes, mode, stuck timeout, slot
@@ -310,7 +309,7 @@ impl RingConfig {
     ///
     /// ```
     /// let ring = cpulocal::PerCpuRing::with_config(cpulocal::RingConfig::new()).unwrap();
-    /// assert_eq!(ring.capacity(), 8 * 4096);
+    /// assert_eq!(ring.bytes_per_cpu(), 8 * 4096);
     /// ```
     pub const fn new() -> Self {
         RingConfig {
@@ -343,7 +342,7 @@ impl RingConfig {
     ///
     /// ```
     /// let c = cpulocal::RingConfig::new().sub_buffers(2).sub_buffer_size(64);
-    /// assert_eq!(cpulocal::PerCpuRing::with_config(c).unwrap().capacity(), 128);
+    /// assert_eq!(cpulocal::PerCpuRing::with_config(c).unwrap().bytes_per_cpu(), 128);
     /// ```
     pub const fn sub_buffers(mut self, count: usize) -> Self {
         self.sub_buffers = count;
@@ -393,22 +392,22 @@ impl RingConfig {
         self
     }
 
-    fn check(&self) -> Result<(), RingError> {
+    /// The bytes per CPU this configuration asks for, if it is valid.
+    fn check(&self) -> Result<usize, Error> {
+        let invalid = |what| Err(Error::InvalidArgument { what });
         let sub = self.sub_buffer_size;
         if !sub.is_power_of_two() || !(16..=Self::MAX_SUB_BUFFER_SIZE).contains(&sub) {
-            return Err(RingError::Config(
+            return invalid(
                 "the sub-buffer size must be a power of two from 16 to MAX_SUB_BUFFER_SIZE",
-            ));
+            );
         }
         if !self.sub_buffers.is_power_of_two() || self.sub_buffers < 2 {
-            return Err(RingError::Config(
-                "the sub-buffer count must be a power of two, at least 2",
-            ));
+            return invalid("the sub-buffer count must be a power of two, at least 2");
         }
         // A lap must change every tag: capacity / 8 below 2^TAG_BITS.
         match sub.checked_mul(self.sub_buffers) {
-            Some(cap) if cap >> 3 <= TAG_MASK => Ok(()),
-            _ => Err(RingError::Config("the buffer per CPU is too large")),
+            Some(cap) if cap >> 3 <= TAG_MASK => Ok(cap),
+            _ => invalid("the buffer per CPU is too large for the record tags"),
         }
     }
 }
@@ -419,16 +418,13 @@ impl Default for RingConfig {
     }
 }
 
-/// One CPU's control words: the producers' (fence, head, counts) in one
-/// padded line, `consumed` and its lock in another, so that releasing a
-/// sub-buffer does not steal the line every reservation writes; the data out
-/// of line.
-struct Slot {
-    fence: Fence,
+/// One CPU's producer words (after the slot's fence, in one padded line):
+/// head and counts; the data out of line, and `consumed` with its lock in
+/// another line ([`PerCpuRing::tails`]), so that releasing a sub-buffer does
+/// not steal the line every reservation writes.
+struct Buf {
     /// Absolute offset of the next reservation.
     head: AtomicUsize,
-    /// `consumed` and the lock of whoever releases sub-buffers.
-    tail: CachePadded<Tail>,
     /// Records refused or dropped.
     lost: AtomicUsize,
     /// Records overwritten unread (overwrite mode).
@@ -450,7 +446,7 @@ struct Tail {
     lock: Fence,
 }
 
-impl Slot {
+impl Buf {
     /// Address of the byte at absolute offset `offset`.
     #[inline]
     fn byte(&self, offset: usize, capacity: usize) -> *mut u8 {
@@ -460,6 +456,14 @@ impl Slot {
             .cast::<u8>()
             .cast_mut()
             .wrapping_add(offset & (capacity - 1))
+    }
+
+    /// The header word at absolute offset `offset` (8-aligned), as a shape
+    /// names it: from the buffer alone (its length is the capacity), so that
+    /// a shape's closure need not hold the ring.
+    #[inline(always)]
+    fn header_at(&self, offset: usize) -> *mut usize {
+        self.header(offset, self.data.len() * 8).as_ptr()
     }
 
     /// The header word at absolute offset `offset` (8-aligned).
@@ -546,13 +550,13 @@ struct ConsumerState {
 /// assert_eq!(got, [b"hello".to_vec()]);
 /// ```
 pub struct PerCpuRing {
-    slots: Box<[CachePadded<Slot>]>,
+    slots: Slots<Buf>,
+    /// Per slot: `consumed` and the release lock.
+    tails: Box<[CachePadded<Tail>]>,
     sub: usize,
     capacity: usize,
     mode: RingMode,
     stuck_after: Duration,
-    by: Index,
-    stats: Box<CachePadded<Stats>>,
     consumer: Mutex<ConsumerState>,
 }
 
@@ -599,49 +603,70 @@ impl PerCpuRing {
     /// let ring = cpulocal::PerCpuRing::new(cpulocal::RingMode::Overwrite);
     /// assert_eq!(ring.cpus(), cpulocal::possible_cpus());
     /// ```
+    ///
+    /// # Panics
+    ///
+    /// If the buffers (32 KiB per CPU) cannot be allocated;
+    /// [`with_config`](Self::with_config) returns that as an error.
+    #[track_caller]
     pub fn new(mode: RingMode) -> Self {
-        Self::with_config(RingConfig::new().mode(mode)).expect("the default configuration is valid")
+        Self::with_config(RingConfig::new().mode(mode))
+            .unwrap_or_else(|e| panic!("PerCpuRing::new: {e}"))
     }
 
-    /// A ring built as `config` says.
+    /// A ring built as `config` says. The buffers are zeroed lazily: memory
+    /// is committed as records are written, not up front.
     ///
     /// # Errors
     ///
-    /// [`RingError::Config`] for sizes that are not powers of two, fewer than
-    /// two sub-buffers, or sub-buffers larger than
-    /// [`RingConfig::MAX_SUB_BUFFER_SIZE`].
+    /// [`Error::InvalidArgument`] for sizes that are not powers of two, fewer
+    /// than two sub-buffers, sub-buffers larger than
+    /// [`RingConfig::MAX_SUB_BUFFER_SIZE`], or more bytes per CPU than the
+    /// record tags can tell apart; [`Error::Alloc`] if the buffers cannot
+    /// be allocated. Nothing is left allocated.
     ///
     /// # Examples
     ///
     /// ```
-    /// use cpulocal::{PerCpuRing, RingConfig, RingError};
+    /// use cpulocal::{Error, PerCpuRing, RingConfig};
+    ///
     /// let r = PerCpuRing::with_config(RingConfig::new().sub_buffers(1));
-    /// assert!(matches!(r, Err(RingError::Config(_))));
+    /// assert!(matches!(r, Err(Error::InvalidArgument { .. })));
+    /// // 2^24-byte sub-buffers × 2^15: 512 GiB per CPU. Where the kernel
+    /// // refuses that much (as by default), the error says so: no abort.
+    /// let huge = RingConfig::new().sub_buffer_size(1 << 24).sub_buffers(1 << 15);
+    /// if let Err(e) = PerCpuRing::with_config(huge) {
+    ///     assert!(matches!(e, Error::Alloc { .. }));
+    /// }
     /// ```
-    pub fn with_config(config: RingConfig) -> Result<Self, RingError> {
-        config.check()?;
+    pub fn with_config(config: RingConfig) -> Result<Self, Error> {
+        let capacity = config.check()?;
         let sub = config.sub_buffer_size;
-        let capacity = sub * config.sub_buffers;
-        let (by, slots) = config.index.padded_slots(|i| Slot {
-            fence: Fence::new(i),
-            head: AtomicUsize::new(0),
-            tail: CachePadded::new(Tail {
-                consumed: AtomicUsize::new(0),
-                lock: Fence::new(i),
-            }),
-            lost: AtomicUsize::new(0),
-            overwritten: AtomicUsize::new(0),
-            data: (0..capacity / 8).map(|_| UnsafeCell::new(0)).collect(),
-        });
+        let slots = Slots::try_new(config.index, |_| {
+            Ok::<_, Error>(Buf {
+                head: AtomicUsize::new(0),
+                lost: AtomicUsize::new(0),
+                overwritten: AtomicUsize::new(0),
+                // SAFETY: an all-zero `UnsafeCell<u64>` is 0.
+                data: unsafe { zeroed_slice(capacity / 8) }?,
+            })
+        })?;
         let cpus = slots.len();
+        let tails = (0..cpus)
+            .map(|i| {
+                CachePadded::new(Tail {
+                    consumed: AtomicUsize::new(0),
+                    lock: Fence::new(i),
+                })
+            })
+            .collect();
         Ok(PerCpuRing {
             slots,
+            tails,
             sub,
             capacity,
             mode: config.mode,
             stuck_after: config.stuck_after,
-            by,
-            stats: Default::default(),
             consumer: Mutex::new(ConsumerState {
                 waiting: vec![None; cpus],
                 scratch: vec![0; sub],
@@ -669,7 +694,7 @@ impl PerCpuRing {
     /// assert_eq!(r.index(), cpulocal::Index::Cpu);
     /// ```
     pub fn index(&self) -> Index {
-        self.by
+        self.slots.index()
     }
 
     /// The mode chosen at construction.
@@ -689,9 +714,9 @@ impl PerCpuRing {
     /// # Examples
     ///
     /// ```
-    /// assert_eq!(cpulocal::PerCpuRing::new(Default::default()).capacity(), 32768);
+    /// assert_eq!(cpulocal::PerCpuRing::new(Default::default()).bytes_per_cpu(), 32768);
     /// ```
-    pub fn capacity(&self) -> usize {
+    pub fn bytes_per_cpu(&self) -> usize {
         self.capacity
     }
 
@@ -731,7 +756,7 @@ impl PerCpuRing {
     /// assert!(r.stats().fenced <= 1);
     /// ```
     pub fn stats(&self) -> PathStats {
-        self.stats.snapshot()
+        self.slots.stats()
     }
 
     /// Records lost on every CPU so far: refused because the buffer was full
@@ -748,7 +773,7 @@ impl PerCpuRing {
     pub fn lost(&self) -> u64 {
         self.slots
             .iter()
-            .map(|s| s.lost.load(Ordering::Relaxed) as u64)
+            .map(|s| s.data.lost.load(Ordering::Relaxed) as u64)
             .sum()
     }
 
@@ -763,7 +788,7 @@ impl PerCpuRing {
     pub fn overwritten(&self) -> u64 {
         self.slots
             .iter()
-            .map(|s| s.overwritten.load(Ordering::Relaxed) as u64)
+            .map(|s| s.data.overwritten.load(Ordering::Relaxed) as u64)
             .sum()
     }
 
@@ -781,10 +806,7 @@ impl PerCpuRing {
     /// assert!(r.counts_on(r.cpus()).is_err());
     /// ```
     pub fn counts_on(&self, cpu: usize) -> Result<(u64, u64), Error> {
-        let slot = self.slots.get(cpu).ok_or(Error::CpuOutOfRange {
-            cpu,
-            slots: self.cpus(),
-        })?;
+        let slot = &self.slots.on(cpu)?.slot.data;
         Ok((
             slot.lost.load(Ordering::Relaxed) as u64,
             slot.overwritten.load(Ordering::Relaxed) as u64,
@@ -797,10 +819,15 @@ impl PerCpuRing {
     ///
     /// `shape` names buffer `cpu`'s words as the module docs say.
     #[inline]
-    unsafe fn perform(&self, cpu: usize, shape: Shape, order: Order) -> bool {
-        let slot = &self.slots[cpu];
-        // SAFETY: the caller's shape; the fence is that of the slot it names.
-        unsafe { shape::perform(&shape, order, cpu, &slot.fence, self.by, &self.stats) }.is_ok()
+    unsafe fn perform(
+        &self,
+        cpu: usize,
+        order: Order,
+        shape: impl Fn(&Slot<Buf>) -> Shape,
+    ) -> bool {
+        let at = self.slots.on(cpu).expect("a buffer of this ring");
+        // SAFETY: the caller's shape, of `cpu`'s slot.
+        unsafe { self.slots.perform(at, order, Follow::Slot, shape) }.is_ok()
     }
 
     /// Counts one record lost on `cpu` (exact, from any CPU).
@@ -810,13 +837,13 @@ impl PerCpuRing {
 
     /// Counts `n` records lost on `cpu` (exact, from any CPU).
     fn count_lost_n(&self, cpu: usize, n: usize) {
-        let shape = Shape::AddStore {
-            v: self.slots[cpu].lost.as_ptr(),
+        let shape = move |slot: &Slot<Buf>| Shape::AddStore {
+            vo: Shape::offset(&slot.fence, slot.data.lost.as_ptr()),
             count: n,
         };
         // SAFETY: `lost` is buffer `cpu`'s word, written only by this shape
         // and under the fence.
-        unsafe { self.perform(cpu, shape, Order::Relaxed) };
+        unsafe { self.perform(cpu, Order::Relaxed, shape) };
     }
 
     /// Fills the rest of the sub-buffer that `old` (the head, not on a
@@ -825,19 +852,18 @@ impl PerCpuRing {
     /// capacity` and both bounds are sub-buffer aligned, so a head inside a
     /// sub-buffer leaves the whole sub-buffer within the capacity.
     fn pad(&self, cpu: usize, old: usize) -> bool {
-        let slot = &self.slots[cpu];
         let room = self.sub - (old & (self.sub - 1));
-        let shape = Shape::CbneStoreStore {
-            v: slot.head.as_ptr(),
+        let shape = move |slot: &Slot<Buf>| Shape::CbneStoreStore {
+            vo: Shape::offset(&slot.fence, slot.data.head.as_ptr()),
             expect: old,
-            v2: slot.header(old, self.capacity).as_ptr(),
+            v2: slot.data.header_at(old),
             newv2: header(old, room - HEADER, COMMITTED | PADDING),
             newv: old.wrapping_add(room),
         };
         // SAFETY: buffer `cpu`'s head and the header word at `old`, which is
         // free space while the head is `old` (module docs). Release: a
         // consumer that acquires the head sees the header.
-        unsafe { self.perform(cpu, shape, Order::Release) }
+        unsafe { self.perform(cpu, Order::Release, shape) }
     }
 
     /// Reserves room for a record of `len` payload bytes on the current
@@ -869,36 +895,20 @@ impl PerCpuRing {
         // The common case inline: a length in range, room in the current
         // sub-buffer and in the buffer, and the head unchanged (the shape's
         // first critical section is inline too; aborts and other CPUs go
-        // out of line in `shape::perform`). Errors, padding, a full buffer
+        // out of line in `Slots::perform`). Errors, padding, a full buffer
         // or a lost race go to `reserve_slow`, which starts over.
-        let area = engine::area();
-        // A CPU (or concurrency id) only where sections run on this thread.
-        let cpu = engine::index_in(area, self.by.field_offset()) as usize;
-        if len.wrapping_sub(1) < self.max_record_len() && cpu < self.cpus() {
+        if len.wrapping_sub(1) < self.max_record_len() {
+            let at = self.slots.here();
             let size = record_size(len);
-            let slot = &self.slots[cpu];
             // `consumed` first: then `consumed <= old` (both only grow).
-            let consumed = slot.tail.consumed.load(Ordering::Acquire);
-            let old = slot.head.load(Ordering::Relaxed);
+            let consumed = self.tails[at.index].consumed.load(Ordering::Acquire);
+            let old = at.slot.data.head.load(Ordering::Relaxed);
             let used = old & (self.sub - 1);
             let fits = used == 0 || used + size <= self.sub;
             if fits && old.wrapping_add(size).wrapping_sub(consumed) <= self.capacity {
-                let shape = self.reserve_shape(cpu, old, len);
-                // SAFETY: as in `try_reserve`, whose first attempt this is,
-                // with the area and index just read.
-                let done = unsafe {
-                    shape::perform_here(
-                        area,
-                        &shape,
-                        Order::Release,
-                        cpu,
-                        &slot.fence,
-                        self.by,
-                        &self.stats,
-                    )
-                };
-                if done.is_ok() {
-                    return Ok(self.reservation(cpu, old, len));
+                // SAFETY: as in `try_reserve`, whose first attempt this is.
+                if unsafe { self.try_reserve(at, old, len) } {
+                    return Ok(self.reservation(at.index, old, len));
                 }
             }
         }
@@ -921,10 +931,11 @@ impl PerCpuRing {
         }
         let size = record_size(len);
         loop {
-            let cpu = self.by.current(self.cpus());
-            let slot = &self.slots[cpu];
+            let at = self.slots.here();
+            let cpu = at.index;
+            let slot = &at.slot.data;
             // `consumed` first: then `consumed <= old` (both only grow).
-            let consumed = slot.tail.consumed.load(Ordering::Acquire);
+            let consumed = self.tails[cpu].consumed.load(Ordering::Acquire);
             let old = slot.head.load(Ordering::Relaxed);
             let used = old & (self.sub - 1);
             if used != 0 && used + size > self.sub {
@@ -945,44 +956,37 @@ impl PerCpuRing {
             }
             // SAFETY: `old` was read after `consumed` and leaves room for
             // the record below `consumed + capacity`, inside one sub-buffer.
-            if unsafe { self.try_reserve(cpu, old, len) } {
+            if unsafe { self.try_reserve(at, old, len) } {
                 return Ok(self.reservation(cpu, old, len));
             }
             // Another reservation on that buffer came first: read it again.
         }
     }
 
-    /// One reservation of `len` payload bytes at `old` on buffer `cpu`, if
+    /// One reservation of `len` payload bytes at `old` on buffer `at`, if
     /// its head is still `old`: the store-store shape writing the record's
-    /// header (not committed) then `head += size`; false if the head moved.
+    /// header (not committed), then committing `head += size`; false if the
+    /// head moved.
     ///
     /// # Safety
     ///
-    /// `old` was read from `cpu`'s head after its `consumed`, is not on a
+    /// `old` was read from `at`'s head after its `consumed`, is not on a
     /// position where the record would straddle a sub-buffer end, and
     /// `old + size - consumed <= capacity`.
     #[inline(always)]
-    unsafe fn try_reserve(&self, cpu: usize, old: usize, len: usize) -> bool {
-        // SAFETY: buffer `cpu`'s head and the header word at `old`, free
+    unsafe fn try_reserve(&self, at: At<'_, Buf>, old: usize, len: usize) -> bool {
+        let shape = move |slot: &Slot<Buf>| Shape::CbneStoreStore {
+            vo: Shape::offset(&slot.fence, slot.data.head.as_ptr()),
+            expect: old,
+            v2: slot.data.header_at(old),
+            newv2: header(old, len, 0),
+            newv: old.wrapping_add(record_size(len)),
+        };
+        // SAFETY: buffer `at`'s head and the header word at `old`, free
         // space while the head is `old`, within the capacity (checked against
         // a `consumed` no newer than now, caller). Release: a consumer that
         // acquires the head sees the header.
-        unsafe { self.perform(cpu, self.reserve_shape(cpu, old, len), Order::Release) }
-    }
-
-    /// The shape of a reservation of `len` payload bytes at `old` on buffer
-    /// `cpu`: if the head is still `old`, write the record's header (not
-    /// committed), then commit `head += size`.
-    #[inline(always)]
-    fn reserve_shape(&self, cpu: usize, old: usize, len: usize) -> Shape {
-        let slot = &self.slots[cpu];
-        Shape::CbneStoreStore {
-            v: slot.head.as_ptr(),
-            expect: old,
-            v2: slot.header(old, self.capacity).as_ptr(),
-            newv2: header(old, len, 0),
-            newv: old.wrapping_add(record_size(len)),
-        }
+        unsafe { self.slots.perform(at, Order::Release, Follow::Slot, shape) }.is_ok()
     }
 
     /// The reservation [`try_reserve`](Self::try_reserve) made.
@@ -993,7 +997,7 @@ impl PerCpuRing {
             cpu,
             offset,
             len,
-            at: self.slots[cpu].byte(offset, self.capacity),
+            at: self.slots[cpu].data.byte(offset, self.capacity),
         }
     }
 
@@ -1002,13 +1006,13 @@ impl PerCpuRing {
     /// records are committed (counting them as overwritten), else counts the
     /// new record lost. No fence: see [`Tail::lock`].
     fn overwrite_oldest(&self, cpu: usize, seen: usize) -> Overwrite {
-        let slot = &self.slots[cpu];
-        let outcome = match slot.tail.lock.hold(cpu) {
+        let slot = &self.slots[cpu].data;
+        let outcome = match self.tails[cpu].lock.hold(cpu) {
             // This thread holds it: a signal handler interrupted its own
             // thread's release of this buffer, and cannot wait for it.
             Err(_) => Walk::Moved,
             Ok(_held) => {
-                let consumed = slot.tail.consumed.load(Ordering::Relaxed);
+                let consumed = self.tails[cpu].consumed.load(Ordering::Relaxed);
                 // Acquire: the headers written before the head moved on.
                 let head = slot.head.load(Ordering::Acquire);
                 if consumed != seen || head.wrapping_sub(consumed) < self.sub {
@@ -1018,7 +1022,7 @@ impl PerCpuRing {
                     Walk::Complete(records) => {
                         // Only lock holders write these two.
                         slot.overwritten.fetch_add(records, Ordering::Relaxed);
-                        slot.tail
+                        self.tails[cpu]
                             .consumed
                             .store(consumed.wrapping_add(self.sub), Ordering::Release);
                         return Overwrite::Retry;
@@ -1081,7 +1085,7 @@ impl PerCpuRing {
     pub fn flush(&self) {
         for cpu in 0..self.cpus() {
             loop {
-                let old = self.slots[cpu].head.load(Ordering::Relaxed);
+                let old = self.slots[cpu].data.head.load(Ordering::Relaxed);
                 if old & (self.sub - 1) == 0 || self.pad(cpu, old) {
                     break;
                 }
@@ -1091,7 +1095,7 @@ impl PerCpuRing {
 
     /// Walks the sub-buffer at `pos` (= `consumed`) of `slot`, whose head
     /// was read as `head` (with acquire, after `pos`).
-    fn walk(&self, slot: &Slot, pos: usize, head: usize) -> Walk {
+    fn walk(&self, slot: &Buf, pos: usize, head: usize) -> Walk {
         let sub = self.sub;
         let reserved = head.wrapping_sub(pos).min(sub);
         // The sub-buffer's bytes from `pos` are contiguous in the data.
@@ -1198,12 +1202,12 @@ impl PerCpuRing {
         let mut summary = ReadSummary::default();
         let per_call = self.capacity / self.sub;
         for cpu in 0..self.cpus() {
-            let slot = &self.slots[cpu];
+            let slot = &self.slots[cpu].data;
             let mut taken = 0;
             // At most one buffer's worth per CPU and call: a consumer is
             // never held by producers that keep filling a buffer.
             while taken < per_call {
-                let pos = slot.tail.consumed.load(Ordering::Acquire);
+                let pos = self.tails[cpu].consumed.load(Ordering::Acquire);
                 let head = slot.head.load(Ordering::Acquire);
                 if head.wrapping_sub(pos) < self.sub {
                     // Not closed yet: nothing to take, and walking its headers
@@ -1220,7 +1224,7 @@ impl PerCpuRing {
                         self.deliver(&state.scratch, records, cpu, pos, &mut f);
                     }
                     Walk::Uncommitted(offset, len) => {
-                        if slot.tail.consumed.load(Ordering::Acquire) != pos {
+                        if self.tails[cpu].consumed.load(Ordering::Acquire) != pos {
                             continue; // overwritten meanwhile: look again
                         }
                         let now = Instant::now();
@@ -1245,7 +1249,7 @@ impl PerCpuRing {
                         break;
                     }
                     Walk::Stale => {
-                        if slot.tail.consumed.load(Ordering::Acquire) != pos {
+                        if self.tails[cpu].consumed.load(Ordering::Acquire) != pos {
                             continue;
                         }
                         break; // a header not visible yet: next time
@@ -1269,7 +1273,7 @@ impl PerCpuRing {
     /// [`Walk::Partial`] without the lock.
     fn walk_and_take(
         &self,
-        slot: &Slot,
+        slot: &Buf,
         cpu: usize,
         pos: usize,
         head: usize,
@@ -1290,7 +1294,7 @@ impl PerCpuRing {
                         self.sub,
                     );
                 }
-                slot.tail
+                self.tails[cpu]
                     .consumed
                     .store(pos.wrapping_add(self.sub), Ordering::Release);
             }
@@ -1305,10 +1309,10 @@ impl PerCpuRing {
                 }
                 // Err: a signal handler calling `consume` (not allowed)
                 // interrupted this thread's own release; take nothing.
-                let Ok(_held) = slot.tail.lock.hold(cpu) else {
+                let Ok(_held) = self.tails[cpu].lock.hold(cpu) else {
                     return Walk::Partial;
                 };
-                if slot.tail.consumed.load(Ordering::Relaxed) != pos {
+                if self.tails[cpu].consumed.load(Ordering::Relaxed) != pos {
                     return Walk::Moved;
                 }
                 take(scratch)
@@ -1375,7 +1379,7 @@ impl fmt::Debug for PerCpuRing {
             .field("sub_buffer_size", &self.sub)
             .field("capacity", &self.capacity)
             .field("mode", &self.mode)
-            .field("index", &self.by)
+            .field("index", &self.index())
             .field("lost", &self.lost())
             .field("overwritten", &self.overwritten())
             .field("stats", &self.stats())
@@ -1626,8 +1630,8 @@ mod tests {
             for _ in 1..8 {
                 ring.write(&[0; 8]).unwrap();
             }
-            let held = ring.slots[cpu].tail.lock.hold(cpu).expect("free");
-            assert!(ring.slots[cpu].tail.lock.hold(cpu).is_err());
+            let held = ring.tails[cpu].lock.hold(cpu).expect("free");
+            assert!(ring.tails[cpu].lock.hold(cpu).is_err());
             assert_eq!(ring.write(&[1; 8]), Err(RingError::OldestBusy { cpu }));
             assert_eq!(ring.counts_on(cpu).unwrap(), (1, 0));
             drop(held);

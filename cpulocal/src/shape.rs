@@ -7,8 +7,10 @@
 //! shape). The differential tests below hold the two to each other on random
 //! inputs, in both orders and both index modes.
 //!
-//! [`perform`] is the one policy for all shapes: critical-section attempts on
-//! the slot's CPU, at most [`RSEQ_ATTEMPTS`] of them, then the fenced path.
+//! [`slow`] is the one policy for all shapes after their first attempt
+//! (which [`Slots::perform`](crate::slots::Slots::perform) runs inline):
+//! critical-section attempts on the slot's CPU, at most [`RSEQ_ATTEMPTS`] of
+//! them, then the fenced path.
 //!
 //! # Safety
 //!
@@ -23,34 +25,36 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 use crate::arch::{self, Outcome};
 use crate::domain::{CompareFailed, Order};
 use crate::fence::{self, Fence};
-use crate::index::At;
 use crate::stats::Stats;
-use crate::{engine, Index, RSEQ_ATTEMPTS};
+use crate::{engine, testing, Index, RSEQ_ATTEMPTS};
 
-/// One operation and its operands; `v` is always the word whose store
-/// commits. All words are `usize`, adds wrap.
+/// One operation and its operands, run on one slot. `v` is always the word
+/// whose store commits, named by `vo`, its distance in bytes from the slot's
+/// fence word ([`Shape::word_at`]): the structures keep it in the fence's
+/// slot, so that once an operation is inlined `vo` is a constant and a
+/// section computes no second address. All words are `usize`, adds wrap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[allow(clippy::enum_variant_names)] // librseq's names, which end in "store"
 pub(crate) enum Shape {
     /// `*v == expect` ? `*v = newv` : fail.
     CbneStore {
-        v: *mut usize,
+        vo: usize,
         expect: usize,
         newv: usize,
     },
     /// `*v += count`.
-    AddStore { v: *mut usize, count: usize },
+    AddStore { vo: usize, count: usize },
     /// `*v == expectnot` ? fail : `*load = *v; *v = *(*v + offset)` (list pop;
     /// `offset` in bytes).
     CbeqStoreAddLoadStore {
-        v: *mut usize,
+        vo: usize,
         expectnot: usize,
         offset: usize,
         load: *mut usize,
     },
     /// `*v == expect` ? `*v2 = newv2; *v = newv` : fail.
     CbneStoreStore {
-        v: *mut usize,
+        vo: usize,
         expect: usize,
         v2: *mut usize,
         newv2: usize,
@@ -58,7 +62,7 @@ pub(crate) enum Shape {
     },
     /// `*v == expect` ? copy `len` bytes `src` -> `dst`; `*v = newv` : fail.
     CbneMemcpyStore {
-        v: *mut usize,
+        vo: usize,
         expect: usize,
         dst: *mut u8,
         src: *const u8,
@@ -67,7 +71,7 @@ pub(crate) enum Shape {
     },
     /// `*v == expect && *v2 == expect2` ? `*v = newv` : fail.
     CbneLoadCbneStore {
-        v: *mut usize,
+        vo: usize,
         expect: usize,
         v2: *const usize,
         expect2: usize,
@@ -93,15 +97,54 @@ unsafe fn word<'a>(p: *const usize) -> &'a AtomicUsize {
 }
 
 impl Shape {
+    /// `v`'s distance from `fence`: how a shape names its commit word. The
+    /// address of `v` is exposed, so that [`word_at`](Self::word_at) may
+    /// give it back with its provenance, wherever `v` lives.
+    #[inline(always)]
+    pub(crate) fn offset(fence: &Fence, v: *mut usize) -> usize {
+        v.expose_provenance()
+            .wrapping_sub(fence as *const Fence as usize)
+    }
+
+    /// The commit word `vo` bytes from `fence` (see [`offset`](Self::offset)).
+    #[inline(always)]
+    pub(crate) fn word_at(fence: *const Fence, vo: usize) -> *mut usize {
+        core::ptr::with_exposed_provenance_mut((fence as usize).wrapping_add(vo))
+    }
+
+    /// The same shape with its commit word counted from `to` instead of
+    /// `from` (the `testing` build's spare fence; tests' shapes, counted from
+    /// address 0).
+    #[cfg_attr(not(any(test, feature = "testing")), allow(dead_code))]
+    pub(crate) fn rebased(mut self, from: *const Fence, to: *const Fence) -> Shape {
+        let delta = (from as usize).wrapping_sub(to as usize);
+        match &mut self {
+            Shape::CbneStore { vo, .. }
+            | Shape::AddStore { vo, .. }
+            | Shape::CbeqStoreAddLoadStore { vo, .. }
+            | Shape::CbneStoreStore { vo, .. }
+            | Shape::CbneMemcpyStore { vo, .. }
+            | Shape::CbneLoadCbneStore { vo, .. } => *vo = vo.wrapping_add(delta),
+            Shape::AddLoadAddStore { .. } => {}
+        }
+        self
+    }
+
     /// The shape's meaning, as ordinary code: what the fenced engine runs.
     /// Loads are relaxed (the fence's acquire orders them); the final store is
     /// a store-release for [`Order::Release`].
     ///
     /// # Safety
     ///
-    /// The pointers are valid (module docs), and the caller holds the slot's
-    /// fence, or is a test with the memory to itself.
-    pub(crate) unsafe fn apply(&self, order: Order) -> Result<(), CompareFailed> {
+    /// The pointers are valid (module docs), `fence` is the fence `vo` is
+    /// counted from, and the caller holds that fence, or is a test with the
+    /// memory to itself.
+    pub(crate) unsafe fn apply(
+        &self,
+        fence: *const Fence,
+        order: Order,
+    ) -> Result<(), CompareFailed> {
+        let at = |vo: usize| Self::word_at(fence, vo);
         let commit = match order {
             Order::Relaxed => Ordering::Relaxed,
             Order::Release => Ordering::Release,
@@ -111,22 +154,22 @@ impl Shape {
         // word and byte range below may be accessed.
         unsafe {
             match *self {
-                Shape::CbneStore { v, expect, newv } => {
-                    let v = word(v);
+                Shape::CbneStore { vo, expect, newv } => {
+                    let v = word(at(vo));
                     check(v.load(Ordering::Relaxed) == expect)?;
                     v.store(newv, commit);
                 }
-                Shape::AddStore { v, count } => {
-                    let v = word(v);
+                Shape::AddStore { vo, count } => {
+                    let v = word(at(vo));
                     v.store(v.load(Ordering::Relaxed).wrapping_add(count), commit);
                 }
                 Shape::CbeqStoreAddLoadStore {
-                    v,
+                    vo,
                     expectnot,
                     offset,
                     load,
                 } => {
-                    let v = word(v);
+                    let v = word(at(vo));
                     let head = v.load(Ordering::Relaxed);
                     check(head != expectnot)?;
                     load.write(head);
@@ -134,38 +177,38 @@ impl Shape {
                     v.store(next.load(Ordering::Relaxed), commit);
                 }
                 Shape::CbneStoreStore {
-                    v,
+                    vo,
                     expect,
                     v2,
                     newv2,
                     newv,
                 } => {
-                    let v = word(v);
+                    let v = word(at(vo));
                     check(v.load(Ordering::Relaxed) == expect)?;
                     word(v2).store(newv2, Ordering::Relaxed);
                     v.store(newv, commit);
                 }
                 Shape::CbneMemcpyStore {
-                    v,
+                    vo,
                     expect,
                     dst,
                     src,
                     len,
                     newv,
                 } => {
-                    let v = word(v);
+                    let v = word(at(vo));
                     check(v.load(Ordering::Relaxed) == expect)?;
                     core::ptr::copy_nonoverlapping(src, dst, len);
                     v.store(newv, commit);
                 }
                 Shape::CbneLoadCbneStore {
-                    v,
+                    vo,
                     expect,
                     v2,
                     expect2,
                     newv,
                 } => {
-                    let v = word(v);
+                    let v = word(at(vo));
                     check(v.load(Ordering::Relaxed) == expect)?;
                     check(word(v2).load(Ordering::Relaxed) == expect2)?;
                     v.store(newv, commit);
@@ -181,121 +224,59 @@ impl Shape {
     }
 }
 
-/// Runs `shape` on slot `index` (numbered `by`), whose fence is `fence`: up to
-/// [`RSEQ_ATTEMPTS`] critical sections while the thread is on that slot's CPU
-/// (or concurrency id), else, or then, the fenced path. Counts slow-path
-/// events in `stats`. The first attempt is inlined into the caller, where
-/// the shape is a constant; everything after it is out of line.
+/// What an operation does after its first attempt ended with `first` (None:
+/// no section ran, the slot being named by the caller, or the thread being
+/// elsewhere or without rseq): up to [`RSEQ_ATTEMPTS`] critical sections in
+/// all while the thread runs on slot `index` (numbered `by`), then, or else,
+/// the fenced path on `fence`, slot `index`'s fence. With `follow`, an
+/// operation on whatever slot the thread runs on (a counter's add): when the
+/// thread has moved, `follow(new index)` gives the shape and fence for the
+/// new slot, and the attempts go on there. Counts slow-path events in
+/// `stats`. The one slow path of every shape, entered from
+/// [`Slots::perform`](crate::slots::Slots::perform).
 ///
 /// # Safety
 ///
 /// `shape`'s pointers are valid and name slot `index`'s data (module docs).
-#[inline(always)]
-pub(crate) unsafe fn perform(
-    shape: &Shape,
-    order: Order,
-    index: usize,
-    fence: &Fence,
-    by: Index,
-    stats: &Stats,
-) -> Result<(), CompareFailed> {
-    let area = engine::area();
-    if engine::index_in(area, by.field_offset()) as usize == index {
-        // SAFETY: `area` is this thread's live area and `index` was just read
-        // from it; the rest is the caller's contract.
-        return unsafe { perform_here(area, shape, order, index, fence, by, stats) };
-    }
-    // SAFETY: the caller's contract. By value: the shape is built in memory
-    // only on this cold path.
-    unsafe { perform_slow(*shape, order, index, fence, by, stats, None) }
-}
-
-/// [`perform`] for a caller that has just read `index` from `area`, the
-/// calling thread's area ([`engine::area`], [`engine::index_in`] with `by`'s
-/// field): runs the first section without reading them again (the section
-/// checks the index itself, so a migration since is an abort, not an error).
-///
-/// # Safety
-///
-/// As [`perform`]; `area` and `index` as said.
-#[inline(always)]
-pub(crate) unsafe fn perform_here(
-    area: *mut crate::abi::Rseq,
-    shape: &Shape,
-    order: Order,
-    index: usize,
-    fence: &Fence,
-    by: Index,
-    stats: &Stats,
-) -> Result<(), CompareFailed> {
-    // SAFETY: the caller's area, index and shape (as in `perform`).
-    let first = match unsafe { arch::section(area, by.field_offset(), fence, shape) } {
-        Outcome::Committed => return Ok(()),
-        Outcome::CompareFailed => return Err(CompareFailed),
-        other => other,
-    };
-    // SAFETY: the caller's contract.
-    unsafe { perform_slow(*shape, order, index, fence, by, stats, Some(first)) }
-}
-
-/// [`perform`] on `at`: where `at` carries the area its index was read from,
-/// the first section runs inline with them ([`perform_here`]); otherwise
-/// (a slot the caller named, or no section possible where the thread runs)
-/// everything runs out of line, so that the caller inlines one section, not
-/// two.
-///
-/// # Safety
-///
-/// As [`perform`], for slot `at.index`; `at` from [`Index::here`] or
-/// [`At::slot`].
-#[inline(always)]
-pub(crate) unsafe fn perform_at(
-    shape: &Shape,
-    order: Order,
-    at: At,
-    fence: &Fence,
-    by: Index,
-    stats: &Stats,
-) -> Result<(), CompareFailed> {
-    match at.area {
-        // SAFETY: the caller's contract; `Index::here` read `at.index` from
-        // `area`, the calling thread's.
-        Some(area) => unsafe { perform_here(area, shape, order, at.index, fence, by, stats) },
-        // SAFETY: the caller's contract.
-        None => unsafe { perform_slow(*shape, order, at.index, fence, by, stats, None) },
-    }
-}
-
-/// [`perform`] after its first attempt ended with `first` (None: no section
-/// ran, the thread being elsewhere or without rseq).
-///
-/// # Safety
-///
-/// As [`perform`].
 #[cold]
 #[inline(never)]
-unsafe fn perform_slow(
-    shape: Shape,
+#[allow(clippy::too_many_arguments)] // the operation, its slot, and how it ended
+pub(crate) unsafe fn slow<'a>(
+    mut shape: Shape,
     order: Order,
-    index: usize,
-    fence: &Fence,
+    mut index: usize,
+    mut fence: &'a Fence,
     by: Index,
     stats: &Stats,
     first: Option<Outcome>,
+    follow: Option<&dyn Fn(usize) -> Option<(Shape, &'a Fence)>>,
 ) -> Result<(), CompareFailed> {
     let offset = by.field_offset();
-    let mut aborts = u64::from(first == Some(Outcome::Aborted));
+    // A first section run on the area of a thread without rseq was turned
+    // away by its check, not aborted by the kernel: it is not counted.
+    let turned_away = (engine::cpu_id(engine::area()) as i32) < 0;
+    let mut aborts = u64::from(first == Some(Outcome::Aborted) && !turned_away);
     let mut fenced = first == Some(Outcome::Fenced);
     while !fenced && aborts < u64::from(RSEQ_ATTEMPTS) {
         let area = engine::area();
-        if engine::index_in(area, offset) as usize != index {
+        let here = engine::valid_index_in(area, offset) as usize;
+        if here != index {
             if engine::cpu_id(area) == crate::abi::CPU_ID_UNINITIALIZED && engine::ensure_thread() {
                 continue; // first operation of this thread: sections now run
             }
-            break; // another slot's CPU, or no rseq on this thread
+            // The thread moved: an operation on "this CPU's slot" follows
+            // it, one bound to its slot goes on to the fenced path.
+            match follow.and_then(|f| f(here)) {
+                Some((s, f)) => (shape, fence, index) = (s, f, here),
+                None => break, // another slot's CPU, or no rseq on this thread
+            }
         }
-        // SAFETY: as in `perform`.
-        match unsafe { arch::section(area, offset, fence, &shape) } {
+        let mut spare = None;
+        let (check, checked) = testing::fence_to_check(fence, index, shape, &mut spare);
+        // SAFETY: `area` is the thread's live area and it runs on slot
+        // `index` (just read); the shape is the caller's, its commit word
+        // counted from `check`.
+        match unsafe { arch::section(area, offset, check, &checked) } {
             Outcome::Committed => {
                 stats.retried(aborts);
                 return Ok(());
@@ -310,5 +291,5 @@ unsafe fn perform_slow(
     }
     stats.fenced(aborts);
     // SAFETY: the fence is held while `apply` runs (caller: valid pointers).
-    fence::with_signals_blocked(fence, index, by, || unsafe { shape.apply(order) })
+    fence::with_signals_blocked(fence, index, by, || unsafe { shape.apply(fence, order) })
 }

@@ -45,8 +45,8 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
 use crate::domain::{CompareFailed, Domain, Order};
 use crate::fence::Fence;
-use crate::shape::{self, Shape};
-use crate::stats::Stats;
+use crate::shape::Shape;
+use crate::slots::Slots;
 use crate::{engine, Index, PathStats, RSEQ_ATTEMPTS};
 
 /// Words in an arena: the operands of the word shapes.
@@ -245,12 +245,12 @@ impl Case {
         };
         let shape = match self.op {
             Op::CbneStore { v, expect, newv } => Shape::CbneStore {
-                v: arena.word(v),
+                vo: arena.word(v).expose_provenance(),
                 expect: expected(expect, v),
                 newv,
             },
             Op::AddStore { v, count } => Shape::AddStore {
-                v: arena.word(v),
+                vo: arena.word(v).expose_provenance(),
                 count,
             },
             Op::Pop {
@@ -259,7 +259,7 @@ impl Case {
                 expectnot,
                 ..
             } => Shape::CbeqStoreAddLoadStore {
-                v: arena.word(v),
+                vo: arena.word(v).expose_provenance(),
                 expectnot,
                 offset,
                 load: arena.load(),
@@ -271,7 +271,7 @@ impl Case {
                 newv2,
                 newv,
             } => Shape::CbneStoreStore {
-                v: arena.word(v),
+                vo: arena.word(v).expose_provenance(),
                 expect: expected(expect, v),
                 v2: arena.word(v2),
                 newv2,
@@ -285,7 +285,7 @@ impl Case {
                 len,
                 newv,
             } => Shape::CbneMemcpyStore {
-                v: arena.word(v),
+                vo: arena.word(v).expose_provenance(),
                 expect: expected(expect, v),
                 dst: arena.byte(dst),
                 src: arena.byte(src),
@@ -299,7 +299,7 @@ impl Case {
                 expect2,
                 newv,
             } => Shape::CbneLoadCbneStore {
-                v: arena.word(v),
+                vo: arena.word(v).expose_provenance(),
                 expect: expected(expect, v),
                 v2: arena.word(v2),
                 expect2: expected(expect2, v2),
@@ -454,7 +454,7 @@ unsafe fn model(
     arena.reset(initial);
     // SAFETY: the pointers are the arena's (caller), and this thread has the
     // arena to itself.
-    let r = unsafe { shape.apply(order) };
+    let r = unsafe { shape.apply(core::ptr::null(), order) };
     (r, arena.snapshot())
 }
 
@@ -511,9 +511,11 @@ mod rseq {
         let before = (area.cpu_id_start, area.cpu_id, area.mm_cid, area.node_id);
         area.rseq_cs = 0xdead_beef; // a section arms over whatever is there
         arena.reset(initial);
+        let shape = shape.rebased(core::ptr::null(), fence);
         // SAFETY: a live fake area, with `by`'s field at that offset; the
-        // slot's live fence; the shape's pointers are the arena's (caller).
-        let out = unsafe { arch::section(area, by.field_offset(), fence, shape) };
+        // slot's live fence; the shape's pointers are the arena's (caller),
+        // its commit word counted from that fence.
+        let out = unsafe { arch::section(area, by.field_offset(), fence, &shape) };
         let after = arena.snapshot();
         prop_assert_eq!(area.rseq_cs, 0, "rseq_cs left armed after {:?}", out);
         prop_assert_eq!(
@@ -658,51 +660,83 @@ unsafe fn via_domain(
     // (materialise: the caller's promise).
     unsafe {
         match *shape {
-            Shape::CbneStore { v, expect, newv } => {
+            Shape::CbneStore { vo, expect, newv } => {
+                let v = Shape::word_at(core::ptr::null(), vo);
                 (domain.cbne_store(slot, v, expect, newv, order), None)
             }
-            Shape::AddStore { v, count } => {
+            Shape::AddStore { vo, count } => {
+                let v = Shape::word_at(core::ptr::null(), vo);
                 domain.add_store(slot, v, count as isize, order);
                 (Ok(()), None)
             }
             Shape::CbeqStoreAddLoadStore {
-                v,
+                vo,
                 expectnot,
                 offset,
                 ..
             } => {
-                let popped = domain.cbeq_store_add_load_store(slot, v, expectnot, offset);
+                let popped = domain.cbeq_store_add_load_store(
+                    slot,
+                    Shape::word_at(core::ptr::null(), vo),
+                    expectnot,
+                    offset,
+                );
                 (popped.map(drop).ok_or(CompareFailed), popped)
             }
             Shape::CbneStoreStore {
-                v,
+                vo,
                 expect,
                 v2,
                 newv2,
                 newv,
             } => (
-                domain.cbne_store_store(slot, v, expect, v2, newv2, newv, order),
+                domain.cbne_store_store(
+                    slot,
+                    Shape::word_at(core::ptr::null(), vo),
+                    expect,
+                    v2,
+                    newv2,
+                    newv,
+                    order,
+                ),
                 None,
             ),
             Shape::CbneMemcpyStore {
-                v,
+                vo,
                 expect,
                 dst,
                 src,
                 len,
                 newv,
             } => (
-                domain.cbne_memcpy_store(slot, v, expect, dst, src, len, newv, order),
+                domain.cbne_memcpy_store(
+                    slot,
+                    Shape::word_at(core::ptr::null(), vo),
+                    expect,
+                    dst,
+                    src,
+                    len,
+                    newv,
+                    order,
+                ),
                 None,
             ),
             Shape::CbneLoadCbneStore {
-                v,
+                vo,
                 expect,
                 v2,
                 expect2,
                 newv,
             } => (
-                domain.cbne_load_cbne_store(slot, v, expect, v2, expect2, newv, order),
+                domain.cbne_load_cbne_store(
+                    slot,
+                    Shape::word_at(core::ptr::null(), vo),
+                    expect,
+                    v2,
+                    expect2,
+                    newv,
+                    order,
+                ),
                 None,
             ),
             Shape::AddLoadAddStore { ptr, offset, inc } => {
@@ -754,7 +788,7 @@ fn domain_matches_apply() {
         let arena = Arena::new();
         let (initial, shape) = case.materialise(&arena);
         let here = domain.current();
-        let remote = (here + 1) % domain.len();
+        let remote = (here + 1) % domain.cpus();
         for slot in [here, remote] {
             arena.reset(&initial);
             let before = domain.stats();
@@ -787,7 +821,7 @@ fn domain_matches_apply() {
     });
 }
 
-/// `shape::perform` directly: both orders leave the same memory and result as
+/// `Slots::perform` directly: both orders leave the same memory and result as
 /// the model, on the thread's CPU and another; its fenced-path policy holds.
 #[test]
 fn perform_orders_and_policy() {
@@ -802,14 +836,17 @@ fn perform_orders_and_policy() {
             slots.push((here + 1) % cpus);
         }
         for slot in slots {
-            let fence = Fence::new(slot);
             let mut seen = Vec::new();
             for order in [Order::Relaxed, Order::Release] {
-                let stats = Stats::default();
+                let array = Slots::new(Index::Cpu, |_| ());
                 arena.reset(&initial);
+                let at = array.on_inline(slot).expect("a possible CPU");
+                let on_slot = shape.rebased(core::ptr::null(), &at.slot.fence);
                 // SAFETY: materialised on `arena`, this thread's alone; the
                 // fence is this slot's and no one else's.
-                let r = unsafe { shape::perform(&shape, order, slot, &fence, Index::Cpu, &stats) };
+                let r =
+                    unsafe { array.perform(at, order, crate::slots::Follow::Slot, |_| on_slot) };
+                let fence = &array[slot].fence;
                 let mem = arena.snapshot();
                 // SAFETY: as above.
                 let (want, model_mem) = unsafe { model(&arena, &initial, &shape, order) };
@@ -818,7 +855,7 @@ fn perform_orders_and_policy() {
                 if r.is_err() {
                     prop_assert_eq!(mem, initial, "a failed compare stored: {:?}", shape);
                 }
-                let s = stats.snapshot();
+                let s = array.stats();
                 if !pinned {
                     // The thread may move to `slot`'s CPU: no exact counts.
                 } else if slot == here {

@@ -16,9 +16,8 @@ mod switches {
         /// Fenced operations skip step 2 (membarrier): in-flight sections may
         /// commit while the fence holder works.
         SkipMembarrier,
-        /// The counter's `add` section skips the fence check: it commits while
-        /// a fence is held. (The shapes' sections always check: their
-        /// fence check is shown by the differential tests' fenced branch.)
+        /// Critical sections skip the fence check (they still check the
+        /// CPU): they commit while a fence is held.
         SkipFenceCheck,
         /// Threads that registered cpulocal's own rseq area exit without
         /// unregistering it.
@@ -73,6 +72,26 @@ mod switches {
     #[inline(always)]
     pub(crate) fn skip_unregister() -> bool {
         false
+    }
+}
+
+/// The fence word a critical section of `shape` on slot `index` checks, and
+/// the shape to run with it: the slot's `fence` and `shape` as they are, or,
+/// with [`Break::SkipFenceCheck`], a word in `spare` that holds the free
+/// value and is never held (so the section ignores the real fence), with the
+/// shape's commit word counted from it.
+#[inline(always)]
+pub(crate) fn fence_to_check<'a>(
+    fence: &'a crate::fence::Fence,
+    index: usize,
+    shape: crate::shape::Shape,
+    spare: &'a mut Option<crate::fence::Fence>,
+) -> (&'a crate::fence::Fence, crate::shape::Shape) {
+    if skip_fence_check() {
+        let spare = spare.insert(crate::fence::Fence::new(index));
+        (spare, shape.rebased(fence, spare))
+    } else {
+        (fence, shape)
     }
 }
 

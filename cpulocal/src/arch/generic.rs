@@ -3,15 +3,14 @@
 //!
 //! # Safety
 //!
-//! The functions are `unsafe` only to share their signature with the rseq
-//! engine; they touch no memory.
+//! [`section`] is `unsafe` only to share its signature with the rseq engine;
+//! it touches no memory.
 
 #![allow(unsafe_code)]
 
 use super::Outcome;
 use crate::abi::Rseq;
 use crate::fence::Fence;
-use crate::percpu::CounterSlot;
 use crate::shape::Shape;
 
 /// This target has no critical sections.
@@ -24,34 +23,7 @@ pub(crate) const HAS_RSEQ: bool = false;
 ///
 /// None needed; it reads and writes nothing.
 #[inline(always)]
-pub(crate) unsafe fn add(_: *mut Rseq, _: usize, _: *const CounterSlot, _: i64) -> Outcome {
-    Outcome::Aborted
-}
-
-/// As [`add`].
-///
-/// # Safety
-///
-/// None needed; it reads and writes nothing.
-#[inline(always)]
 pub(crate) unsafe fn section(_: *mut Rseq, _: usize, _: *const Fence, _: &Shape) -> Outcome {
-    Outcome::Aborted
-}
-
-/// As [`add`].
-///
-/// # Safety
-///
-/// None needed; it reads and writes nothing.
-#[cfg(feature = "testing")]
-#[inline(always)]
-pub(crate) unsafe fn add_without_fence_check(
-    _: *mut Rseq,
-    _: usize,
-    _: u32,
-    _: *const CounterSlot,
-    _: i64,
-) -> Outcome {
     Outcome::Aborted
 }
 

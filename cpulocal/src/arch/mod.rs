@@ -6,8 +6,9 @@
 //!
 //! - `HAS_RSEQ`: whether sections exist;
 //! - `thread_pointer()`: the ABI thread pointer (glibc's area is at an offset);
-//! - `add()`, the counter's section, and `section()`, which runs any
-//!   [`Shape`](crate::shape::Shape) as a section; both return [`Outcome`].
+//! - `section()`, which runs any [`Shape`](crate::shape::Shape) as one
+//!   critical section and returns [`Outcome`]. The arch layer knows shapes
+//!   only, never a structure.
 
 /// How a critical section ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
