@@ -211,7 +211,7 @@ impl Ctx {
                 status.fenced_because
             );
         }
-        let len = domain.len();
+        let len = domain.cpus();
         let other = if len > 1 {
             Some((cur + 1) % len)
         } else {
@@ -256,7 +256,7 @@ impl Ctx {
 
     /// The shared block of the `atomic` lines.
     fn shared(&self) -> Shared<'_> {
-        let w = self.words[self.domain.len()];
+        let w = self.words[self.domain.cpus()];
         // SAFETY: the shared block's words, valid while `self` lives, touched
         // only through these atomics.
         unsafe {

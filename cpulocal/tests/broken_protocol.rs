@@ -10,6 +10,14 @@
 //! 2. the general stress harness of `tests/common` (the one `stress.rs` and
 //!    `degraded.rs` run) runs in small rounds until a sum comes out wrong.
 //!
+//! The structures too (`structures_detect_*`): on every CPU a pinned thread
+//! moves list nodes (`pop_node`/`push_node`) or buffer words (`pop`/`push`)
+//! while a thread pinned on another CPU moves them on that CPU's slot
+//! (`pop_node_on`/`push_node_on`, `pop_on`/`push_on`: the fenced path), until
+//! an item is lost or doubled. Nodes are leaked, never freed, once a round
+//! finds the protocol broken: a node popped twice would otherwise be freed
+//! twice.
+//!
 //! And the ring (`ring_detects_skipped_membarrier`): with the membarrier
 //! skipped, writers' reservations on each CPU race other CPUs' fenced pads
 //! (`flush`) until a record is lost, doubled or torn, or the counts do not
@@ -31,7 +39,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use cpulocal::testing::{self, Break};
-use cpulocal::{Engine, Index, PerCpuCounter};
+use cpulocal::{Engine, Index, Node, PerCpuBuffer, PerCpuCounter, PerCpuList};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -126,7 +134,7 @@ fn collision_round(cpus: &[usize], seed: u64) -> Round {
                 let (mut tally, mut ops) = (0i64, 0u64);
                 while left.load(SeqCst) > 0 {
                     let v = rng.random_range(1..=1000);
-                    counter.add_on(target, v);
+                    counter.add_on(target, v).expect("a CPU of the counter");
                     tally = tally.wrapping_add(v);
                     ops += 1;
                 }
@@ -314,6 +322,222 @@ fn stress_detects_skipped_membarrier() {
 #[test]
 fn stress_detects_skipped_fence_check() {
     demonstrate(Break::SkipFenceCheck);
+}
+
+/// Items per slot of the structure collision rounds.
+const ITEMS_PER_SLOT: usize = 32;
+
+/// Local moves per pinned thread and structure round.
+const MOVES_PER_ROUND: u64 = 200_000;
+
+/// The structures of the collision rounds: what a thread does on its own
+/// CPU's slot and on a named one, and how to take everything out at the end.
+trait Collide: Send + Sync + 'static {
+    /// A fresh structure with `ITEMS_PER_SLOT` items (ids) on every slot.
+    fn filled() -> Self;
+    fn cpus(&self) -> usize;
+    /// One pop and push on the caller's slot (`on` None) or on slot `on`;
+    /// what a push refused (a full buffer) goes to `held`.
+    fn shuffle(&self, on: Option<usize>, held: &mut Vec<usize>);
+    /// Every item's id, at most `limit` (a broken list may hold a cycle); the
+    /// structure is not dropped if the ids are not each there once.
+    fn take_all(self, held: Vec<usize>, limit: usize) -> Vec<usize>;
+}
+
+impl Collide for PerCpuList<u64> {
+    fn filled() -> Self {
+        let l = PerCpuList::new();
+        for cpu in 0..l.cpus() {
+            for i in 0..ITEMS_PER_SLOT {
+                l.push_node_on(cpu, Node::new((cpu * ITEMS_PER_SLOT + i) as u64))
+                    .expect("a CPU of the list");
+            }
+        }
+        l
+    }
+    fn cpus(&self) -> usize {
+        PerCpuList::cpus(self)
+    }
+    fn shuffle(&self, on: Option<usize>, _: &mut Vec<usize>) {
+        match on {
+            None => {
+                if let Some(n) = self.pop_node() {
+                    self.push_node(n);
+                }
+            }
+            Some(c) => {
+                if let Some(n) = self.pop_node_on(c).expect("a CPU of the list") {
+                    self.push_node_on(c, n)
+                        .unwrap_or_else(|_| panic!("CPU {c} is the list's"));
+                }
+            }
+        }
+    }
+    fn take_all(self, _: Vec<usize>, limit: usize) -> Vec<usize> {
+        let mut drain = self.drain_nodes();
+        let nodes: Vec<Node<u64>> = drain.by_ref().take(limit).collect();
+        let ids: Vec<usize> = nodes.iter().map(|n| **n as usize).collect();
+        if exactly_once(&ids, limit / 2) {
+            drop(drain);
+            drop(nodes);
+        } else {
+            // Two handles may share a node, and a list may hold a cycle:
+            // free nothing, walk nothing more.
+            core::mem::forget(drain);
+            core::mem::forget(nodes);
+            core::mem::forget(self);
+        }
+        ids
+    }
+}
+
+impl Collide for PerCpuBuffer<usize> {
+    fn filled() -> Self {
+        let cpus = cpulocal::possible_cpus();
+        // Room for every item on each slot: a doubled item is a refused
+        // push only in the broken runs.
+        let b = PerCpuBuffer::new(ITEMS_PER_SLOT * cpus);
+        for cpu in 0..b.cpus() {
+            for i in 0..ITEMS_PER_SLOT {
+                b.push_on(cpu, cpu * ITEMS_PER_SLOT + i)
+                    .expect("room on every CPU");
+            }
+        }
+        b
+    }
+    fn cpus(&self) -> usize {
+        PerCpuBuffer::cpus(self)
+    }
+    fn shuffle(&self, on: Option<usize>, held: &mut Vec<usize>) {
+        match on {
+            None => {
+                if let Some(w) = self.pop() {
+                    if let Err(w) = self.push(w) {
+                        held.push(w);
+                    }
+                }
+            }
+            Some(c) => {
+                if let Some(w) = self.pop_on(c).expect("a CPU of the buffer") {
+                    if let Err(e) = self.push_on(c, w) {
+                        held.push(e.value);
+                    }
+                }
+            }
+        }
+    }
+    fn take_all(self, mut held: Vec<usize>, limit: usize) -> Vec<usize> {
+        held.extend(self.drain().take(limit));
+        held
+    }
+}
+
+/// Whether `ids` holds each of `0..n` exactly once.
+fn exactly_once(ids: &[usize], n: usize) -> bool {
+    let mut seen = vec![0u32; n];
+    for &id in ids {
+        match seen.get_mut(id) {
+            Some(k) => *k += 1,
+            None => return false,
+        }
+    }
+    seen.iter().all(|&k| k == 1)
+}
+
+/// One collision round on a fresh `S`: true if every item is there once.
+fn structure_round<S: Collide>(cpus: &[usize]) -> bool {
+    let s = Arc::new(S::filled());
+    let n = ITEMS_PER_SLOT * s.cpus();
+    let locals_left = Arc::new(AtomicUsize::new(cpus.len()));
+    let start = Arc::new(Barrier::new(2 * cpus.len() + 1));
+    let mut threads = Vec::new();
+    for (i, &c) in cpus.iter().enumerate() {
+        let on = cpus[(i + 1) % cpus.len()];
+        for remote in [false, true] {
+            let (s, start, left) = (s.clone(), start.clone(), locals_left.clone());
+            threads.push(thread::spawn(move || {
+                common::pin_current(if remote { on } else { c });
+                let _ = cpulocal::current_cpu();
+                start.wait();
+                let mut held = Vec::new();
+                if remote {
+                    while left.load(SeqCst) > 0 {
+                        s.shuffle(Some(c), &mut held);
+                    }
+                } else {
+                    for _ in 0..MOVES_PER_ROUND {
+                        s.shuffle(None, &mut held);
+                    }
+                    left.fetch_sub(1, SeqCst);
+                }
+                held
+            }));
+        }
+    }
+    start.wait();
+    let held: Vec<usize> = threads
+        .into_iter()
+        .flat_map(|t| t.join().expect("a collision thread panicked"))
+        .collect();
+    let s = Arc::into_inner(s).expect("every thread joined");
+    let ids = s.take_all(held, 2 * n);
+    exactly_once(&ids, n)
+}
+
+/// With `what` broken, collision rounds on `S` lose or double an item within
+/// [`DETECTION_BUDGET`]; intact, before and after, they are exact.
+fn structure_detects<S: Collide>(what: Break) {
+    let _only_us = lock_switch();
+    let Some(cpus) = can_demonstrate() else {
+        return;
+    };
+    let name = std::any::type_name::<S>();
+    assert!(
+        structure_round::<S>(&cpus),
+        "{name}: control round with the protocol intact"
+    );
+    {
+        let _broken = Broken::new(what);
+        let started = Instant::now();
+        let mut rounds = 0u64;
+        while structure_round::<S>(&cpus) {
+            rounds += 1;
+            assert!(
+                started.elapsed() < DETECTION_BUDGET,
+                "{name} with {what:?}: still exact after {rounds} rounds ({:.1?})",
+                started.elapsed()
+            );
+        }
+        eprintln!(
+            "{name} with {what:?}: an item lost or doubled in round {} after {:.2?}",
+            rounds + 1,
+            started.elapsed()
+        );
+    }
+    assert!(
+        structure_round::<S>(&cpus),
+        "{name}: round after restoring the protocol"
+    );
+}
+
+#[test]
+fn list_detects_skipped_membarrier() {
+    structure_detects::<PerCpuList<u64>>(Break::SkipMembarrier);
+}
+
+#[test]
+fn list_detects_skipped_fence_check() {
+    structure_detects::<PerCpuList<u64>>(Break::SkipFenceCheck);
+}
+
+#[test]
+fn word_buffer_detects_skipped_membarrier() {
+    structure_detects::<PerCpuBuffer<usize>>(Break::SkipMembarrier);
+}
+
+#[test]
+fn word_buffer_detects_skipped_fence_check() {
+    structure_detects::<PerCpuBuffer<usize>>(Break::SkipFenceCheck);
 }
 
 /// Records written per writer and ring round.

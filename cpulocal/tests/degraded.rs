@@ -451,7 +451,9 @@ fn child_glibc_rseq_off() {
                     for _ in 0..2 {
                         let (a, b) = (rng.random_range(-50..=50), rng.random_range(-50..=50));
                         counter.add(a);
-                        counter.add_on(rng.random_range(0..cpus), b);
+                        counter
+                            .add_on(rng.random_range(0..cpus), b)
+                            .expect("a CPU of the counter");
                         tally = tally.wrapping_add(a).wrapping_add(b);
                     }
                     (reg, tally)

@@ -66,7 +66,9 @@ fn adder(counter: &PerCpuCounter, ops: u64, stop: &AtomicBool, done: &AtomicU64)
     let mut i = 0;
     while i < ops && !stop.load(Ordering::Relaxed) {
         if i % REMOTE_EVERY == REMOTE_EVERY - 1 {
-            counter.add_on((cpulocal::current_cpu() + 1) % cpus, 1);
+            counter
+                .add_on((cpulocal::current_cpu() + 1) % cpus, 1)
+                .expect("a CPU of the counter");
         } else {
             counter.add(1);
         }

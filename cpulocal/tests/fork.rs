@@ -54,7 +54,7 @@ fn child_takes_over_a_slot_another_thread_held() {
     let holder = {
         let slots = slots.clone();
         std::thread::spawn(move || {
-            let mut g = slots.lock(0);
+            let mut g = slots.lock_on(0).unwrap();
             *g = 41;
             held_tx.send(()).unwrap();
             done_rx.recv().unwrap(); // hold the fence across the fork
@@ -62,24 +62,24 @@ fn child_takes_over_a_slot_another_thread_held() {
         })
     };
     held_rx.recv().unwrap();
-    let own = slots.lock(slots.len() - 1); // held by the forking thread itself
+    let own = slots.lock_on(slots.cpus() - 1).unwrap(); // held by the forking thread itself
     let code = fork_and_wait(|| {
         // The forking thread still holds what it held...
-        if slots.try_lock(slots.len() - 1).unwrap_err()
+        if slots.try_lock_on(slots.cpus() - 1).unwrap_err()
             != (Error::HeldByThisThread {
-                cpu: slots.len() - 1,
+                cpu: slots.cpus() - 1,
             })
         {
             return 2;
         }
         // ...and takes over the slot the other (absent) thread held.
-        let mut g = slots.lock(0);
+        let mut g = slots.lock_on(0).unwrap();
         if *g != 41 {
             return 3;
         }
         *g += 100;
         drop(g);
-        if *slots.lock(0) != 141 {
+        if *slots.lock_on(0).unwrap() != 141 {
             return 4;
         }
         0
@@ -89,7 +89,7 @@ fn child_takes_over_a_slot_another_thread_held() {
     done_tx.send(()).unwrap();
     holder.join().unwrap();
     // The parent's slot is untouched by the child's takeover.
-    assert_eq!(*slots.lock(0), 42);
+    assert_eq!(*slots.lock_on(0).unwrap(), 42);
 }
 
 #[test]
@@ -103,7 +103,8 @@ fn children_of_a_busy_process_keep_counting() {
             std::thread::spawn(move || {
                 let mut k = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    c.add_on((i + k as usize) % c.cpus(), 1);
+                    c.add_on((i + k as usize) % c.cpus(), 1)
+                        .expect("a CPU of the counter");
                     c.add(1);
                     k += 1;
                 }
@@ -114,7 +115,7 @@ fn children_of_a_busy_process_keep_counting() {
         let code = fork_and_wait(|| {
             let before = c.per_cpu();
             for cpu in 0..c.cpus() {
-                c.add_on(cpu, 1000);
+                c.add_on(cpu, 1000).expect("a CPU of the counter");
             }
             c.add(7);
             // The child is single-threaded: each slot grew by exactly what

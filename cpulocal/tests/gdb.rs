@@ -1,4 +1,5 @@
-//! Line-level stepping under gdb (DESIGN.md §1 problem 1, as a user meets it).
+//! Line-level stepping under gdb: a debugger single-stepping critical
+//! sections, as a user meets it.
 //!
 //! `tests/singlestep.rs` drives `PTRACE_SINGLESTEP` by hand; this test runs
 //! the real debugger a user would: a scripted `gdb -batch` session on this
@@ -17,7 +18,11 @@
 //!    inlined into it) and `stepi`s until that call returns to its caller,
 //!    at most [`STEPI_BUDGET`] times: every instruction of the whole operation,
 //!    rseq attempts and fenced path included;
-//! 4. continues to the end and quits with the program's exit code.
+//! 4. the same two phases on a list: `next` through a loop of
+//!    `pop_node`/`push_node` ([`cpulocal_gdb_list_loop`]), then `stepi`
+//!    through one pop and push ([`cpulocal_gdb_list_once`]), the thread
+//!    pinned to one CPU;
+//! 5. continues to the end and quits with the program's exit code.
 //!
 //! The child checks the exact sum and, from `stats()`, that the stepping
 //! really crossed critical sections: each `next`ed iteration aborted at least
@@ -39,7 +44,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use cpulocal::{Engine, PathStats, PerCpuCounter, RSEQ_ATTEMPTS};
+use cpulocal::{Engine, Node, PathStats, PerCpuCounter, PerCpuList, RSEQ_ATTEMPTS};
 
 /// Selects the child's role; absent in the parent and in ordinary test runs.
 const CHILD_ENV: &str = "CPULOCAL_GDB_CHILD";
@@ -97,6 +102,27 @@ while !($pc == $ret && $sp > $entry_sp) && $steps < STEPI_BUDGET
 end
 printf "GDB-PHASE stepi steps=%d returned=%d\n", $steps, $pc == $ret && $sp > $entry_sp
 delete
+break cpulocal_gdb_list_loop
+break *cpulocal_gdb_list_once
+continue
+printf "GDB-PHASE list-breakpoint\n"
+set $nexts = 0
+while *(unsigned long *)&CPULOCAL_GDB_LIST_ITERATIONS < NEXT_ITERATIONS && $nexts < NEXT_BUDGET
+  next
+  set $nexts = $nexts + 1
+end
+printf "GDB-PHASE list-next iterations=%lu nexts=%d\n", *(unsigned long *)&CPULOCAL_GDB_LIST_ITERATIONS, $nexts
+continue
+printf "GDB-PHASE list-once-breakpoint\n"
+set $ret = *(unsigned long *)$sp
+set $entry_sp = $sp
+set $steps = 0
+while !($pc == $ret && $sp > $entry_sp) && $steps < STEPI_BUDGET
+  stepi
+  set $steps = $steps + 1
+end
+printf "GDB-PHASE list-stepi steps=%d returned=%d\n", $steps, $pc == $ret && $sp > $entry_sp
+delete
 continue
 if $_isvoid($_exitcode)
   printf "GDB-PHASE end: the program did not exit\n"
@@ -125,6 +151,53 @@ fn cpulocal_gdb_add_loop(counter: &PerCpuCounter, iterations: u64) {
 #[no_mangle]
 fn cpulocal_gdb_add_once(counter: &PerCpuCounter, n: i64) {
     counter.add(std::hint::black_box(n));
+}
+
+/// Iterations [`cpulocal_gdb_list_loop`] has completed; gdb reads it by name.
+#[no_mangle]
+static CPULOCAL_GDB_LIST_ITERATIONS: AtomicU64 = AtomicU64::new(0);
+
+/// The list loop gdb `next`s through: a node popped and pushed back.
+#[inline(never)]
+#[no_mangle]
+fn cpulocal_gdb_list_loop(list: &PerCpuList<u64>, iterations: u64) {
+    for i in 0..iterations {
+        if let Some(node) = list.pop_node() {
+            list.push_node(node);
+        }
+        CPULOCAL_GDB_LIST_ITERATIONS.store(i + 1, Ordering::Relaxed);
+    }
+}
+
+/// One node popped and pushed back, as a call gdb can `stepi` through.
+#[inline(never)]
+#[no_mangle]
+fn cpulocal_gdb_list_once(list: &PerCpuList<u64>) {
+    let node = list.pop_node().expect("the node is on this CPU's list");
+    list.push_node(std::hint::black_box(node));
+}
+
+/// Pins the calling thread to the first CPU it may run on.
+fn pin_to_first_allowed_cpu() {
+    // SAFETY: cpu_set_t is plain data; the calls read and write only the set
+    // passed, for the calling thread (pid 0).
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(
+            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set),
+            0
+        );
+        let cpu = (0..libc::CPU_SETSIZE as usize)
+            .find(|&c| libc::CPU_ISSET(c, &set))
+            .expect("an allowed CPU");
+        let mut one: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut one);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &one),
+            0
+        );
+        libc::sched_yield();
+    }
 }
 
 fn delta(after: PathStats, before: PathStats) -> PathStats {
@@ -188,6 +261,32 @@ fn gdb_child() {
             && after_loop.retried + after_loop.fenced >= NEXT_ITERATIONS,
         "each of the {NEXT_ITERATIONS} adds under `next` must abort and complete off the inline attempt: {after_loop:?}"
     );
+
+    // The list, pinned: the node survives every stepped pop and push, and
+    // the stepi'd pop and push each abort RSEQ_ATTEMPTS times, then complete
+    // fenced.
+    pin_to_first_allowed_cpu();
+    let list = PerCpuList::new();
+    let node = Node::new(41u64);
+    let at = &*node as *const u64;
+    list.push_node(node);
+    cpulocal_gdb_list_loop(&list, LOOP_ITERATIONS);
+    let before = list.stats();
+    cpulocal_gdb_list_once(&list);
+    let once = delta(list.stats(), before);
+    println!("the `stepi`ped pop and push: {once:?}");
+    assert_eq!(
+        (once.retried, once.aborts, once.fenced),
+        (0, 2 * attempts, 2),
+        "the stepi'd pop and push must each take the fenced path after RSEQ_ATTEMPTS aborts"
+    );
+    let node = list.pop_node().expect("the node is still there");
+    assert_eq!(
+        (&*node as *const u64, *node),
+        (at, 41),
+        "the same node, intact"
+    );
+    assert!(list.is_empty());
     println!("{SUM_MARKER} {sum}");
 }
 
@@ -286,6 +385,9 @@ fn stepping_through_add_under_gdb_completes_with_the_exact_sum() {
         "GDB-PHASE loop-breakpoint",
         &format!("GDB-PHASE next iterations={NEXT_ITERATIONS} "),
         "GDB-PHASE once-breakpoint",
+        "GDB-PHASE list-breakpoint",
+        &format!("GDB-PHASE list-next iterations={NEXT_ITERATIONS} "),
+        "GDB-PHASE list-once-breakpoint",
         "GDB-PHASE end exitcode=0",
     ] {
         assert!(
@@ -300,6 +402,14 @@ fn stepping_through_add_under_gdb_completes_with_the_exact_sum() {
     assert!(
         stepi.ends_with("returned=1"),
         "stepi did not return from the add within {STEPI_BUDGET} steps: {stepi}\n{log}"
+    );
+    let list_stepi = out
+        .lines()
+        .find_map(|l| l.strip_prefix("GDB-PHASE list-stepi steps="))
+        .unwrap_or_else(|| panic!("no list stepi phase\n{log}"));
+    assert!(
+        list_stepi.ends_with("returned=1"),
+        "stepi did not return from the pop and push within {STEPI_BUDGET} steps: {list_stepi}\n{log}"
     );
     let expected = LOOP_ITERATIONS as i64 + ONCE;
     assert!(

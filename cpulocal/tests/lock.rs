@@ -219,8 +219,9 @@ fn nested_lock_on_is_refused() {
     let got_it = AtomicBool::new(false);
     thread::scope(|s| {
         let waiter = s.spawn(|| {
-            assert!(
-                l.try_lock_on(0).unwrap().is_none(),
+            assert_eq!(
+                l.try_lock_on(0).unwrap_err(),
+                Error::WouldBlock { cpu: 0 },
                 "held by the main thread"
             );
             let mut g = l.lock_on(0).unwrap();

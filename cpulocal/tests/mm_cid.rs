@@ -39,7 +39,7 @@ fn slots_follow_the_allowed_cpus() {
         let p = PerCpu::with_index(Index::MmCid, |i| i);
         if c.index() == Index::MmCid {
             assert_eq!(c.cpus(), 1, "one allowed CPU, one concurrency id");
-            assert_eq!(p.len(), 1);
+            assert_eq!(p.cpus(), 1);
         } else {
             assert_eq!(c.cpus(), cpulocal::possible_cpus());
         }

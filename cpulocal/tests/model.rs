@@ -43,7 +43,7 @@ proptest! {
                     model[home] = model[home].wrapping_add(n);
                 }
                 Op::AddOn(cpu, n) => {
-                    c.add_on(cpu, n);
+                    c.add_on(cpu, n).expect("a CPU of the counter");
                     model[cpu] = model[cpu].wrapping_add(n);
                 }
                 Op::Take => {
@@ -59,29 +59,53 @@ proptest! {
 }
 
 #[test]
-#[should_panic(expected = "out of range")]
-fn add_on_out_of_range_panics() {
+fn add_on_out_of_range_is_an_error_and_adds_nothing() {
     let c = PerCpuCounter::new();
-    c.add_on(c.cpus(), 1);
+    assert_eq!(
+        c.add_on(c.cpus(), 1),
+        Err(cpulocal::Error::CpuOutOfRange {
+            cpu: c.cpus(),
+            slots: c.cpus()
+        })
+    );
+    assert_eq!(c.sum(), 0);
 }
 
 #[test]
 fn lock_errors_are_typed() {
     let p = cpulocal::PerCpu::new(|cpu| cpu);
+    for err in [
+        p.try_lock_on(p.cpus()).unwrap_err(),
+        p.lock_on(p.cpus()).unwrap_err(),
+    ] {
+        assert_eq!(
+            err,
+            cpulocal::Error::CpuOutOfRange {
+                cpu: p.cpus(),
+                slots: p.cpus()
+            }
+        );
+    }
+    let g = p.lock_on(0).unwrap();
     assert_eq!(
-        p.try_lock(p.len()).unwrap_err(),
-        cpulocal::Error::CpuOutOfRange {
-            cpu: p.len(),
-            slots: p.len()
-        }
-    );
-    let g = p.lock(0);
-    assert_eq!(
-        p.try_lock(0).unwrap_err(),
+        p.try_lock_on(0).unwrap_err(),
         cpulocal::Error::HeldByThisThread { cpu: 0 }
     );
+    assert_eq!(
+        p.lock_on(0).unwrap_err(),
+        cpulocal::Error::HeldByThisThread { cpu: 0 }
+    );
+    // Another thread is told, without waiting, that the slot is held.
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            assert_eq!(
+                p.try_lock_on(0).unwrap_err(),
+                cpulocal::Error::WouldBlock { cpu: 0 }
+            )
+        });
+    });
     drop(g);
-    assert_eq!(*p.lock(0), 0);
+    assert_eq!(*p.lock_on(0).unwrap(), 0);
 }
 
 #[test]
@@ -93,8 +117,8 @@ fn percpu_lock_excludes_across_threads() {
             let p = p.clone();
             std::thread::spawn(move || {
                 for k in 0..5_000 {
-                    let cpu = (i + k) % p.len();
-                    let mut g = p.lock(cpu);
+                    let cpu = (i + k) % p.cpus();
+                    let mut g = p.lock_on(cpu).unwrap();
                     let v = *g;
                     std::hint::spin_loop();
                     *g = v + 1;

@@ -86,7 +86,7 @@ fn is_refusal(r: &Result<(), OpError>) -> bool {
 fn both(ops: &[MOp], init: &[u8], src: &[u8]) -> (Result<(), OpError>, Vec<u8>) {
     assert_eq!(init.len(), SLOT_LEN);
     let slots: PerCpu<Slot> = PerCpu::new(|_| [0; 512]);
-    let cpu = slots.len() - 1;
+    let cpu = slots.cpus() - 1;
     write_slot(&slots, cpu, init);
     let slot_ops: Vec<SlotOp<'_>> = ops.iter().map(|op| op.slot(src)).collect();
     let by_slot = slots.run_ops(cpu, &slot_ops);
@@ -106,7 +106,7 @@ fn both(ops: &[MOp], init: &[u8], src: &[u8]) -> (Result<(), OpError>, Vec<u8>) 
     // SAFETY: the tests give offsets that keep every operation that passes
     // the checks inside `buf` (the target part for `x`, the source part for
     // `y`, so copies do not overlap); `buf` is used only through `domain`.
-    let by_domain = unsafe { domain.run_ops(cpu.min(domain.len() - 1), &raw_ops) };
+    let by_domain = unsafe { domain.run_ops(cpu.min(domain.cpus() - 1), &raw_ops) };
 
     let mut want = init.to_vec();
     let by_model = model(ops, true, 0, 1, &mut want, src);
@@ -364,7 +364,7 @@ fn a_slot_out_of_range_is_refused() {
     let domain = Domain::new(Index::Cpu);
     let mut word = 0u64;
     let p = (&raw mut word).cast::<u8>();
-    for cpu in [domain.len(), domain.len() + 1, usize::MAX] {
+    for cpu in [domain.cpus(), domain.cpus() + 1, usize::MAX] {
         let ops = [Op::Add {
             p,
             size: 8,
@@ -376,14 +376,14 @@ fn a_slot_out_of_range_is_refused() {
             r,
             Err(OpError::CpuOutOfRange {
                 cpu,
-                slots: domain.len()
+                slots: domain.cpus()
             })
         );
     }
     assert_eq!(word, 0);
 
     let slots: PerCpu<[u64; 2]> = PerCpu::new(|_| [7, 7]);
-    for cpu in [slots.len(), usize::MAX] {
+    for cpu in [slots.cpus(), usize::MAX] {
         let r = slots.run_ops(
             cpu,
             &[SlotOp::Add {
@@ -396,7 +396,7 @@ fn a_slot_out_of_range_is_refused() {
             r,
             Err(OpError::CpuOutOfRange {
                 cpu,
-                slots: slots.len()
+                slots: slots.cpus()
             })
         );
     }
@@ -406,7 +406,7 @@ fn a_slot_out_of_range_is_refused() {
 #[test]
 fn refusals_come_in_the_documented_order() {
     let slots: PerCpu<[u64; 2]> = PerCpu::new(|_| [7, 7]);
-    let far = slots.len();
+    let far = slots.cpus();
     let many = [SlotOp::Add {
         at: 99,
         size: 3,
@@ -421,7 +421,7 @@ fn refusals_come_in_the_documented_order() {
         slots.run_ops(far, &many[..2]),
         Err(OpError::CpuOutOfRange {
             cpu: far,
-            slots: slots.len()
+            slots: slots.cpus()
         })
     );
     assert_eq!(
@@ -470,7 +470,7 @@ fn refusals_come_in_the_documented_order() {
         })
     );
     // Held is found last, after the vector passed its checks.
-    let guard = slots.lock(0);
+    let guard = slots.lock_on(0).unwrap();
     assert_eq!(
         slots.run_ops(0, &many[..2]),
         Err(OpError::BadSize { op: 0, size: 3 })
@@ -487,7 +487,7 @@ fn a_slot_held_by_this_thread_is_refused() {
         size: 8,
         count: 1,
     }];
-    let mut guard = slots.lock(1 % slots.len());
+    let mut guard = slots.lock_on(1 % slots.cpus()).unwrap();
     let cpu = guard.cpu();
     assert_eq!(
         slots.run_ops(cpu, &ops),
@@ -498,7 +498,7 @@ fn a_slot_held_by_this_thread_is_refused() {
     drop(guard);
     // Released, and the refusal left the fence as it found it.
     slots.run_ops(cpu, &ops).unwrap();
-    assert_eq!(*slots.lock(cpu), [2, 3]);
+    assert_eq!(*slots.lock_on(cpu).unwrap(), [2, 3]);
 }
 
 #[test]
@@ -539,7 +539,11 @@ fn out_of_bounds_at_the_slot_edge() {
             let slots: PerCpu<Slot> = PerCpu::new(|_| [0x0101_0101_0101_0101; 512]);
             let ops = [add(0, 8, 1).slot(&src), past.slot(&src)];
             assert_eq!(slots.run_ops(0, &ops), Err(err), "{past:?}");
-            assert!(slots.lock(0).iter().all(|&w| w == 0x0101_0101_0101_0101));
+            assert!(slots
+                .lock_on(0)
+                .unwrap()
+                .iter()
+                .all(|&w| w == 0x0101_0101_0101_0101));
         }
     }
 }
@@ -763,7 +767,7 @@ fn adds_wrap_at_every_width() {
 fn each_op_against_rust_on_a_u64_slot() {
     // The same, on a typed slot, as a user would write it.
     let slots: PerCpu<[u64; 4]> = PerCpu::new(|_| [0; 4]);
-    *slots.lock(0) = [10, 0xf0f0, 0xff, 1];
+    *slots.lock_on(0).unwrap() = [10, 0xf0f0, 0xff, 1];
     slots
         .run_ops(
             0,
@@ -801,7 +805,7 @@ fn each_op_against_rust_on_a_u64_slot() {
             ],
         )
         .unwrap();
-    assert_eq!(*slots.lock(0), [7, 0xf000, 0xf0, 0x12]);
+    assert_eq!(*slots.lock_on(0).unwrap(), [7, 0xf000, 0xf0, 0x12]);
 }
 
 // ---- signals and waiting -----------------------------------------------------------
@@ -854,7 +858,7 @@ fn the_signal_mask_is_restored_after_every_outcome() {
         }],
     );
     assert_eq!(blocked_signals(), before, "after a refusal");
-    let guard = slots.lock(0);
+    let guard = slots.lock_on(0).unwrap();
     let held = slots.run_ops(
         0,
         &[SlotOp::Add {
@@ -891,7 +895,7 @@ fn a_vector_waits_for_a_lock_held_elsewhere() {
     let slots: PerCpu<[u64; 2]> = PerCpu::new(|_| [0, 0]);
     let released = AtomicBool::new(false);
     thread::scope(|s| {
-        let mut guard = slots.lock(0);
+        let mut guard = slots.lock_on(0).unwrap();
         let runner = s.spawn(|| {
             slots
                 .run_ops(
@@ -905,7 +909,7 @@ fn a_vector_waits_for_a_lock_held_elsewhere() {
                 .unwrap();
             // The vector ran after the holder's update, never in its middle.
             assert!(released.load(Ordering::Acquire));
-            *slots.lock(0)
+            *slots.lock_on(0).unwrap()
         });
         guard[0] = 41;
         thread::sleep(Duration::from_millis(50));
@@ -946,7 +950,7 @@ fn concurrent_ops() -> usize {
 /// slot. Returns every slot whose sums are not exact (empty: all exact).
 fn vectors_against_sections(ops: usize) -> Vec<String> {
     let domain = Domain::new(Index::Cpu);
-    let n = domain.len();
+    let n = domain.cpus();
     let lines: Vec<Line> = (0..n)
         .map(|_| Line {
             hits: AtomicUsize::new(0),
@@ -1099,7 +1103,7 @@ fn without_the_membarrier_the_concurrent_test_fails() {
 #[test]
 fn remote_vectors_exclude_locks_on_the_slot() {
     let slots: PerCpu<[u64; 2]> = PerCpu::new(|_| [0, 0]);
-    let n = slots.len();
+    let n = slots.cpus();
     let threads = 4 * n.max(2);
     let per_slot: Vec<Vec<u64>> = thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
@@ -1126,7 +1130,7 @@ fn remote_vectors_exclude_locks_on_the_slot() {
                             slots.run_ops(there, &ops).unwrap();
                             mine[there] += 1;
                         } else {
-                            let mut g = slots.lock(here);
+                            let mut g = slots.lock_on(here).unwrap();
                             g[0] += 1;
                             g[1] += 2;
                             mine[here] += 1;
@@ -1140,7 +1144,7 @@ fn remote_vectors_exclude_locks_on_the_slot() {
     });
     for cpu in 0..n {
         let want: u64 = per_slot.iter().map(|m| m[cpu]).sum();
-        assert_eq!(*slots.lock(cpu), [want, 2 * want], "slot {cpu}");
+        assert_eq!(*slots.lock_on(cpu).unwrap(), [want, 2 * want], "slot {cpu}");
     }
 }
 

@@ -69,7 +69,10 @@ fn zero_length_and_oversized_are_typed_errors() {
         RingConfig::new().sub_buffers(3),
     ] {
         assert!(
-            matches!(PerCpuRing::with_config(bad), Err(RingError::Config(_))),
+            matches!(
+                PerCpuRing::with_config(bad),
+                Err(cpulocal::Error::InvalidArgument { .. })
+            ),
             "{bad:?}"
         );
     }

@@ -65,7 +65,7 @@
 //! The tests of this file take [`RUN_LOCK`] one at a time: the signal handler's
 //! target and the protocol switch are process-wide. Size:
 //! `CPULOCAL_STRESS_SCALE` scales the work (never an assertion);
-//! `CPULOCAL_STRESS_SEED` fixes the seed.
+//! `CPULOCAL_STRESS_SEED` fixes the random seed.
 
 #![warn(clippy::undocumented_unsafe_blocks)]
 
@@ -175,7 +175,7 @@ fn local(v: &usize) -> *const u8 {
 impl Scene {
     fn new(by: Index) -> Scene {
         let domain = Domain::new(by);
-        let n = domain.len();
+        let n = domain.cpus();
         let slots: Box<[SlotData]> = (0..n).map(|_| SlotData::default()).collect();
         let nodes: Box<[Node]> = (0..NODES)
             .map(|id| Node {

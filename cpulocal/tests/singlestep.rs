@@ -1,5 +1,4 @@
-//! Forward progress under a debugger (DESIGN.md §1 problem 1, §6 "Forward
-//! progress").
+//! Forward progress under a debugger.
 //!
 //! Single-stepping traps after every instruction, every trap is a ptrace stop,
 //! and every stop aborts an rseq critical section the thread is inside: a bare
@@ -29,7 +28,9 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use cpulocal::{PathStats, PerCpuCounter, RSEQ_ATTEMPTS};
+use cpulocal::{
+    Node, PathStats, PerCpuBuffer, PerCpuCounter, PerCpuList, PerCpuLock, RSEQ_ATTEMPTS,
+};
 
 /// Selects the child's role; absent in the parent.
 const CHILD_ENV: &str = "CPULOCAL_SINGLESTEP_CHILD";
@@ -105,6 +106,7 @@ fn singlestep_child() {
     match mode.as_str() {
         "counter-pinned" => child_counter(true),
         "counter-migrating" => child_counter(false),
+        "structures" => child_structures(),
         "bare" => child_bare(),
         other => panic!("unknown {CHILD_ENV}={other}"),
     }
@@ -208,7 +210,7 @@ fn child_counter(pinned: bool) {
         c.add(1);
     }
     for cpu in 0..cpus {
-        c.add_on(cpu, 1);
+        c.add_on(cpu, 1).expect("a CPU of the counter");
     }
     assert_eq!(c.take(), 1000 + cpus as i64);
     let status = cpulocal::status();
@@ -228,8 +230,12 @@ fn child_counter(pinned: bool) {
         match op {
             Op::Nothing => {}
             Op::Add(n) => c.add(n),
-            Op::AddOnHere(n) => c.add_on(cpulocal::current_cpu(), n),
-            Op::AddOnOther(n) => c.add_on((cpulocal::current_cpu() + 1) % cpus, n),
+            Op::AddOnHere(n) => c
+                .add_on(cpulocal::current_cpu(), n)
+                .expect("a CPU of the counter"),
+            Op::AddOnOther(n) => c
+                .add_on((cpulocal::current_cpu() + 1) % cpus, n)
+                .expect("a CPU of the counter"),
         }
         marker.raise(libc::SIGUSR1);
     }
@@ -308,6 +314,138 @@ fn child_counter(pinned: bool) {
             "no operation may abort more than RSEQ_ATTEMPTS times: {aborts} > {}",
             attempts * n_ops
         );
+    }
+}
+
+/// One stepped operation of the structures child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StructOp {
+    /// A marker-only segment.
+    Nothing,
+    /// `PerCpuList::push_node`.
+    PushNode,
+    /// `PerCpuList::pop_node`.
+    PopNode,
+    /// `PerCpuBuffer::push` of a box.
+    PushWord,
+    /// `PerCpuBuffer::pop`.
+    PopWord,
+    /// `PerCpuLock::lock`, an increment, the guard dropped.
+    Lock,
+}
+
+/// The structures child's plan: baseline segments, then 8 rounds of a node
+/// pushed and popped, a box pushed and popped, and a lock taken.
+fn structures_plan() -> Vec<StructOp> {
+    let mut ops = vec![StructOp::Nothing; BASELINE_SEGMENTS];
+    for _ in 0..8 {
+        ops.extend([
+            StructOp::PushNode,
+            StructOp::PopNode,
+            StructOp::PushWord,
+            StructOp::PopWord,
+            StructOp::Lock,
+        ]);
+    }
+    ops
+}
+
+/// The structures child, pinned: every stepped list, buffer and lock
+/// operation completes on the fenced path after `RSEQ_ATTEMPTS` aborts, and
+/// each pop gives back exactly what was pushed (the same node, the same box).
+fn child_structures() {
+    pin_to_first_allowed_cpu();
+    let list = PerCpuList::new();
+    let buffer = PerCpuBuffer::new(4);
+    let lock = PerCpuLock::new(|_| 0u64);
+    // Warm up every path once.
+    for _ in 0..100 {
+        list.push_node(Node::new(0u64));
+        drop(list.pop_node());
+        buffer.push(Box::new(0u64)).unwrap();
+        drop(buffer.pop());
+        *lock.lock() += 1;
+    }
+    let rseq = cpulocal::status().engine == cpulocal::Engine::Rseq;
+    let before = (list.stats(), buffer.stats(), lock.stats());
+    let ops = structures_plan();
+    let mut node = Some(Node::new(7u64));
+    let node_at = node.as_deref().map(|v| v as *const u64);
+    let mut word = Some(Box::new(9u64));
+    let word_at = word.as_deref().map(|v| v as *const u64);
+    let (mut node_pops, mut word_pops) = (0, 0);
+
+    let marker = become_tracee();
+    for &op in &ops {
+        match op {
+            StructOp::Nothing => {}
+            StructOp::PushNode => list.push_node(node.take().expect("held")),
+            StructOp::PopNode => node = list.pop_node(),
+            StructOp::PushWord => buffer.push(word.take().expect("held")).expect("room"),
+            StructOp::PopWord => word = buffer.pop(),
+            StructOp::Lock => *lock.lock() += 1,
+        }
+        marker.raise(libc::SIGUSR1);
+        node_pops += usize::from(op == StructOp::PopNode && node.is_some());
+        word_pops += usize::from(op == StructOp::PopWord && word.is_some());
+    }
+    marker.raise(libc::SIGUSR2);
+
+    let count = |k: StructOp| ops.iter().filter(|&&o| o == k).count() as u64;
+    assert_eq!(
+        node_pops as u64,
+        count(StructOp::PopNode),
+        "every pop found the node"
+    );
+    assert_eq!(
+        word_pops as u64,
+        count(StructOp::PopWord),
+        "every pop found the box"
+    );
+    assert_eq!(
+        node.as_deref().map(|v| v as *const u64),
+        node_at,
+        "the same node"
+    );
+    assert_eq!(
+        word.as_deref().map(|v| v as *const u64),
+        word_at,
+        "the same box"
+    );
+    let after = (list.stats(), buffer.stats(), lock.stats());
+    assert_eq!(
+        lock.into_vec().iter().sum::<u64>(),
+        100 + count(StructOp::Lock),
+        "every lock counted once"
+    );
+    for (name, b, a, n) in [
+        (
+            "list",
+            before.0,
+            after.0,
+            count(StructOp::PushNode) + count(StructOp::PopNode),
+        ),
+        (
+            "buffer",
+            before.1,
+            after.1,
+            count(StructOp::PushWord) + count(StructOp::PopWord),
+        ),
+        ("lock", before.2, after.2, count(StructOp::Lock)),
+    ] {
+        let (retried, aborts, fenced) = stats_delta(a, b);
+        eprintln!("child: {name}: {n} stepped operations: retried {retried}, aborts {aborts}, fenced {fenced}");
+        assert_eq!(fenced, n, "{name}: every stepped operation must be fenced");
+        assert_eq!(
+            retried, 0,
+            "{name}: no section may commit while single-stepped"
+        );
+        let want = if rseq {
+            u64::from(RSEQ_ATTEMPTS) * n
+        } else {
+            0
+        };
+        assert_eq!(aborts, want, "{name}: RSEQ_ATTEMPTS aborts per operation");
     }
 }
 
@@ -832,6 +970,65 @@ fn run_counter_child(mode: &str) {
             net[0],
             net[n - 1]
         );
+    }
+}
+
+/// The list's node moves, the word buffer and the lock, single-stepped on a
+/// pinned thread: each completes, fenced after `RSEQ_ATTEMPTS` aborts, in a
+/// bounded number of steps.
+#[test]
+fn singlestepped_structure_ops_complete() {
+    let mut t = Tracee::start("structures");
+    let end = t.step_to_end();
+    let segments = match end {
+        StepEnd::Completed(s) => s,
+        StepEnd::Livelock { segments, steps } => panic!(
+            "livelock: {steps} steps without completing operation #{} ({:?})",
+            segments.len(),
+            structures_plan().get(segments.len())
+        ),
+    };
+    t.detach();
+    let done = t.finish();
+    assert!(
+        done.status.success(),
+        "the child failed ({}):\n{}",
+        done.status,
+        done.output()
+    );
+    let ops = structures_plan();
+    assert_eq!(
+        segments.len(),
+        ops.len() + 1,
+        "markers out of step: {segments:?}"
+    );
+    let baseline = *segments[..BASELINE_SEGMENTS]
+        .iter()
+        .min()
+        .expect("baseline");
+    for line in &done.stderr {
+        println!("[structures]   {line}");
+    }
+    for kind in [
+        StructOp::PushNode,
+        StructOp::PopNode,
+        StructOp::PushWord,
+        StructOp::PopWord,
+        StructOp::Lock,
+    ] {
+        let mut net: Vec<u64> = ops
+            .iter()
+            .zip(&segments)
+            .filter(|(op, _)| **op == kind)
+            .map(|(_, &s)| s.saturating_sub(baseline))
+            .collect();
+        let med = median(&mut net);
+        println!(
+            "[structures] {kind:?}: steps/op min {} median {med} max {}",
+            net[0],
+            net[net.len() - 1]
+        );
+        assert!(net.iter().all(|&n| n < STEP_BUDGET), "{kind:?}: {net:?}");
     }
 }
 

@@ -328,7 +328,7 @@ extern "C" fn on_sigusr1(_sig: libc::c_int) {
         let v2 = ((r >> 8) & 0xff) as i64 - 127;
         let cpu = ((r >> 32) as usize) % counter.cpus();
         counter.add(v1);
-        counter.add_on(cpu, v2);
+        counter.add_on(cpu, v2).expect("a CPU of the counter");
         HANDLER_TALLY.fetch_add(v1.wrapping_add(v2), Relaxed);
         HANDLER_OPS.fetch_add(2, Relaxed);
     }
@@ -429,6 +429,24 @@ impl Drop for Tracked {
     }
 }
 
+/// An item like [`Tracked`] whose drop panics (after counting) when its id is
+/// `panics_at`: for the tests that a structure dropping its items drops the
+/// others all the same.
+pub struct Bomb {
+    pub id: u64,
+    pub drops: Arc<Vec<AtomicU64>>,
+    pub panics_at: u64,
+}
+
+impl Drop for Bomb {
+    fn drop(&mut self) {
+        self.drops[self.id as usize].fetch_add(1, SeqCst);
+        if self.id == self.panics_at {
+            panic!("item {} panics when dropped", self.id);
+        }
+    }
+}
+
 /// A tally of `n` drop counts, all zero.
 pub fn tally(n: usize) -> Arc<Vec<AtomicU64>> {
     Arc::new((0..n).map(|_| AtomicU64::new(0)).collect())
@@ -496,7 +514,9 @@ fn worker(
     for _ in 0..ops {
         let v: i64 = rng.random_range(-1000..=1000);
         if rng.random_ratio(add_on_percent, 100) {
-            counter.add_on(rng.random_range(0..cpus), v);
+            counter
+                .add_on(rng.random_range(0..cpus), v)
+                .expect("a CPU of the counter");
         } else {
             counter.add(v);
         }
@@ -721,7 +741,9 @@ pub fn run(cfg: &Cfg) -> Outcome {
             for _ in 0..256 {
                 let v: i64 = rng.random_range(-1000..=1000);
                 if rng.random_ratio(cfg.add_on_percent, 100) {
-                    counter.add_on(rng.random_range(0..cpus), v);
+                    counter
+                        .add_on(rng.random_range(0..cpus), v)
+                        .expect("a CPU of the counter");
                 } else {
                     counter.add(v);
                 }

@@ -593,7 +593,7 @@ pub enum Outcome {
 
 /// Sets `cpu`'s slot to `bytes`.
 pub fn write_slot(slots: &PerCpu<Slot>, cpu: usize, bytes: &[u8]) {
-    let mut guard = slots.lock(cpu);
+    let mut guard = slots.lock_on(cpu).unwrap();
     for (w, b) in guard.iter_mut().zip(bytes.chunks_exact(8)) {
         *w = u64::from_ne_bytes(b.try_into().unwrap());
     }
@@ -602,7 +602,8 @@ pub fn write_slot(slots: &PerCpu<Slot>, cpu: usize, bytes: &[u8]) {
 /// The bytes of `cpu`'s slot.
 pub fn read_slot(slots: &PerCpu<Slot>, cpu: usize) -> Vec<u8> {
     slots
-        .lock(cpu)
+        .lock_on(cpu)
+        .expect("a slot in range, not held")
         .iter()
         .flat_map(|w| w.to_ne_bytes())
         .collect()
@@ -613,16 +614,16 @@ pub fn read_slot(slots: &PerCpu<Slot>, cpu: usize) -> Vec<u8> {
 pub fn check(case: &Case, domain: &Domain, slots: &PerCpu<Slot>) -> Outcome {
     let mut want = case.init.clone();
     let (got, after) = if case.slot_mode {
-        let cpu = case.cpu(slots.len());
-        let probe = cpu.min(slots.len() - 1);
+        let cpu = case.cpu(slots.cpus());
+        let probe = cpu.min(slots.cpus() - 1);
         write_slot(slots, probe, &case.init);
         let ops: Vec<SlotOp<'_>> = case.ops.iter().map(|op| op.slot(&case.src)).collect();
         let got = slots.run_ops(cpu, &ops);
-        let expect = model(&case.ops, true, cpu, slots.len(), &mut want, &case.src);
+        let expect = model(&case.ops, true, cpu, slots.cpus(), &mut want, &case.src);
         assert_eq!(got, expect, "result of {case:?}");
         (got, read_slot(slots, probe))
     } else {
-        let cpu = case.cpu(domain.len());
+        let cpu = case.cpu(domain.cpus());
         let mut mem = case.init.clone();
         let base = mem.as_mut_ptr();
         let ops: Vec<Op> = case.ops.iter().map(|op| op.raw(base)).collect();
@@ -631,7 +632,7 @@ pub fn check(case: &Case, domain: &Domain, slots: &PerCpu<Slot>) -> Outcome {
         // ends lie in different halves, and `mem` is this case's alone, used
         // only through `domain` until the call returns.
         let got = unsafe { domain.run_ops(cpu, &ops) };
-        let expect = model(&case.ops, false, cpu, domain.len(), &mut want, &[]);
+        let expect = model(&case.ops, false, cpu, domain.cpus(), &mut want, &[]);
         assert_eq!(got, expect, "result of {case:?}");
         (got, mem)
     };
