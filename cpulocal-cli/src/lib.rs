@@ -38,6 +38,7 @@
 
 #[cfg(cpulocal_c_baseline)]
 pub mod baseline;
+pub mod loops;
 pub mod peers;
 pub mod ring_bench;
 pub mod runner;

@@ -31,6 +31,7 @@ fn main() -> ExitCode {
         }
         Some(Command::Demo(args)) => cli::demo::run(&mut out, &args),
         Some(Command::Bench(args)) => cli::bench::run(&mut out, &args),
+        Some(Command::ParamTest(args)) => cli::param::run(&mut out, &args),
         Some(Command::Step(args)) => cli::step::run(&mut out, &args),
         Some(Command::StepChild(args)) => cli::step::child(&mut out, &args),
         Some(Command::Stress(args)) => cli::stress::run(&mut out, &args),
@@ -65,6 +66,7 @@ fn main_job(out: &mut impl Write, cli: &Cli) -> Result<(), Failure> {
         threads: None,
         rounds: None,
         placement: PlacementArg::Pinned,
+        only: None,
     };
     cli::bench::run(out, &bench)
 }

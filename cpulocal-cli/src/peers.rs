@@ -398,7 +398,7 @@ impl FencedAddOn {
         let (c, cpu) = (self.counter.clone(), self.target);
         self.runner.run(move |_| {
             for _ in 0..ops {
-                c.add_on(cpu, 1);
+                c.add_on(cpu, 1).expect("a CPU of the counter");
             }
         })
     }
@@ -413,7 +413,7 @@ impl FencedAddOn {
             let mut v = Vec::with_capacity(samples);
             let mut t0 = Instant::now();
             for _ in 0..samples {
-                c.add_on(cpu, 1);
+                c.add_on(cpu, 1).expect("a CPU of the counter");
                 let t1 = Instant::now();
                 v.push(t1 - t0);
                 t0 = t1;

@@ -26,8 +26,8 @@ pub enum Structure {
     /// `cpulocal::PerCpuList<u64>`: a per-CPU LIFO of heap nodes (one
     /// allocation per push, freed by the pop).
     List,
-    /// `cpulocal::PerCpuBuffer<u64>` of [`BUFFER_CAPACITY`] values per CPU: a
-    /// bounded per-CPU stack of boxed values (one allocation per push).
+    /// `cpulocal::PerCpuBuffer<usize>` of [`BUFFER_CAPACITY`] words per CPU:
+    /// a bounded per-CPU stack of words stored as they are (no allocation).
     Buffer,
     /// `cpulocal::PerCpuMemcpyBuffer<u64>` of [`BUFFER_CAPACITY`] values per
     /// CPU: a bounded per-CPU stack of values stored inline (no allocation).
@@ -113,14 +113,14 @@ impl PushPop for PerCpuList<u64> {
     }
 }
 
-impl PushPop for PerCpuBuffer<u64> {
+impl PushPop for PerCpuBuffer<usize> {
     #[inline]
     fn push(&self, value: u64) -> Result<(), u64> {
-        PerCpuBuffer::push(self, value)
+        PerCpuBuffer::push(self, value as usize).map_err(|v| v as u64)
     }
     #[inline]
     fn pop(&self) -> Option<u64> {
-        PerCpuBuffer::pop(self)
+        PerCpuBuffer::pop(self).map(|v| v as u64)
     }
 }
 
@@ -248,7 +248,7 @@ fn pairs_loop<Q: PushPop>(q: &Q, pairs: u64) -> Tally {
 /// One structure's state.
 enum State {
     List(PerCpuList<u64>),
-    Buffer(PerCpuBuffer<u64>),
+    Buffer(PerCpuBuffer<usize>),
     MemcpyBuffer(PerCpuMemcpyBuffer<u64>),
     SegQueue(SegQueue<u64>),
     ArrayQueue(ArrayQueue<u64>),
@@ -327,7 +327,7 @@ impl Workload {
         };
         match &self.state {
             State::List(q) => q.drain().for_each(&mut take),
-            State::Buffer(q) => q.drain().for_each(&mut take),
+            State::Buffer(q) => q.drain().map(|v| v as u64).for_each(&mut take),
             State::MemcpyBuffer(q) => q.drain().for_each(&mut take),
             State::SegQueue(q) => std::iter::from_fn(|| q.pop()).for_each(&mut take),
             State::ArrayQueue(q) => std::iter::from_fn(|| q.pop()).for_each(&mut take),

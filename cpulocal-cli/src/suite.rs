@@ -54,6 +54,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::loops::{self, Loop, Mode, Side};
 use crate::peers::{FencedAddOn, Peer, Target, Workload};
 use crate::ring_bench::{self, Outcome, RingPeer, Scenario};
 use crate::runner::{allowed_cpus, Placement, Runner};
@@ -90,6 +91,16 @@ pub struct Config {
     pub ring_threads: Vec<usize>,
     /// Interleaved rounds per thread count of the ring section.
     pub ring_rounds: usize,
+    /// `param_test`'s loops, each against its hand-written C rseq version
+    /// ([`crate::loops`]), in report order.
+    pub loops: Vec<Loop>,
+    /// The index modes the loops run in.
+    pub loop_modes: Vec<Mode>,
+    /// Thread counts of the loops, in increasing order.
+    pub loop_threads: Vec<usize>,
+    /// Rounds per loop, mode and thread count: each round one batch of the C
+    /// loop and one of cpulocal's, in alternating order.
+    pub loop_rounds: usize,
 }
 
 /// The counters' thread counts of both presets.
@@ -104,6 +115,13 @@ pub const GOAL: f64 = 3.0;
 
 /// The thread counts the structures' [`GOAL`] is judged at.
 pub const GOAL_THREADS: [usize; 2] = [2, 8];
+
+/// The loops' thread counts of both presets.
+pub const LOOP_THREADS: [usize; 3] = [1, 2, 8];
+
+/// The loops' goal: each cpulocal loop takes at most this many times its C
+/// version's time, at every thread count, in both index modes.
+pub const LOOP_GOAL: f64 = 1.10;
 
 /// The ring section's producer thread counts of both presets.
 pub const RING_THREADS: [usize; 3] = [1, 2, 8];
@@ -150,6 +168,10 @@ impl Config {
             ring_peers: RingPeer::ALL.to_vec(),
             ring_threads: RING_THREADS.to_vec(),
             ring_rounds: 15,
+            loops: Loop::ALL.to_vec(),
+            loop_modes: Mode::ALL.to_vec(),
+            loop_threads: LOOP_THREADS.to_vec(),
+            loop_rounds: 15,
         }
     }
 
@@ -163,6 +185,7 @@ impl Config {
             fenced_samples: 2_000,
             structure_rounds: 3,
             ring_rounds: 3,
+            loop_rounds: 3,
             ..Self::full()
         }
     }
@@ -174,9 +197,12 @@ impl Config {
         let per_count = peers * (1 + self.rounds as u64);
         let structures = self.structures.len() as u64 * (1 + self.structure_rounds as u64);
         let ring = self.ring_peers.len() as u64 * (1 + self.ring_rounds as u64);
+        let modes = self.loop_modes.iter().filter(|m| m.available()).count() as u64;
+        let loops = self.loops.len() as u64 * modes * 2 * (1 + self.loop_rounds as u64);
         self.threads.len() as u64 * per_count
             + self.structure_threads.len() as u64 * structures
             + self.ring_threads.len() as u64 * ring
+            + self.loop_threads.len() as u64 * loops
             + 2
     }
 }
@@ -235,6 +261,20 @@ pub enum Progress {
         round: usize,
         /// The ring or its peer.
         peer: RingPeer,
+    },
+    /// Sizing a loop's batch on `threads` threads (also its warm-up), or,
+    /// with `round`, one timed batch.
+    Loop {
+        /// Worker threads.
+        threads: usize,
+        /// The loop.
+        lp: Loop,
+        /// Its index mode.
+        mode: Mode,
+        /// The side that runs.
+        side: Side,
+        /// None while sizing; the round (from 0) after.
+        round: Option<usize>,
     },
 }
 
@@ -342,6 +382,35 @@ impl RingGoals {
     }
 }
 
+/// One of `param_test`'s loops in one index mode at one thread count: the C
+/// loop's times and cpulocal's, batches alternating.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoopCell {
+    /// The loop.
+    pub lp: Loop,
+    /// The index mode.
+    pub mode: Mode,
+    /// Worker threads.
+    pub threads: usize,
+    /// The hand-written C loop.
+    pub c: Cell<Side>,
+    /// cpulocal's; its `ratio` is *its* time over the C loop's of the same
+    /// round (median over rounds): above 1, the C loop is faster.
+    pub cpulocal: Cell<Side>,
+}
+
+impl LoopCell {
+    /// cpulocal's time over the C loop's (median of the rounds' ratios).
+    pub fn ratio(&self) -> f64 {
+        self.cpulocal.ratio.unwrap_or(f64::NAN)
+    }
+
+    /// Whether cpulocal's loop is within [`LOOP_GOAL`] of the C loop.
+    pub fn goal_met(&self) -> bool {
+        self.ratio() <= LOOP_GOAL
+    }
+}
+
 /// The latency of cpulocal's fenced path: `add_on` to a CPU the caller is not
 /// on, one call at a time.
 #[derive(Debug, Clone, PartialEq)]
@@ -383,6 +452,12 @@ pub struct Report {
     /// The CPU the ring section's consumer was pinned to (the last allowed
     /// one); None when floating.
     pub ring_consumer_cpu: Option<usize>,
+    /// Every loop against its C version, thread count major, then loop, then
+    /// mode, in [`Config`] order.
+    pub loops: Vec<LoopCell>,
+    /// The index modes the loops could not run in here (no C baseline, no
+    /// rseq, no `mm_cid`).
+    pub loop_modes_unavailable: Vec<Mode>,
     /// Wall time of the run.
     pub elapsed: Duration,
 }
@@ -439,6 +514,19 @@ impl Report {
             .min_by(|a, b| a.1.total_cmp(&b.1))
     }
 
+    /// The loop cell of `lp` in `mode` at `threads`, if it ran.
+    pub fn loop_cell(&self, lp: Loop, mode: Mode, threads: usize) -> Option<&LoopCell> {
+        self.loops
+            .iter()
+            .find(|c| c.lp == lp && c.mode == mode && c.threads == threads)
+    }
+
+    /// Whether every loop that ran is within [`LOOP_GOAL`] of its C version
+    /// (None: none ran).
+    pub fn loop_goal_met(&self) -> Option<bool> {
+        (!self.loops.is_empty()).then(|| self.loops.iter().all(LoopCell::goal_met))
+    }
+
     /// Whether the [`GOAL`] is met at every one of [`GOAL_THREADS`]:
     /// `Some(false)` as soon as one falls short, `Some(true)` when all were
     /// run and none does, None when one was not run and the others are met.
@@ -489,6 +577,18 @@ pub enum Error {
         /// What does not add up.
         what: String,
     },
+    /// One of `param_test`'s loops could not run, or its structure does not
+    /// add up after it.
+    Loop {
+        /// The loop.
+        lp: Loop,
+        /// Its index mode.
+        mode: Mode,
+        /// Worker threads.
+        threads: usize,
+        /// What went wrong.
+        what: String,
+    },
 }
 
 impl fmt::Display for Error {
@@ -524,6 +624,18 @@ impl fmt::Display for Error {
                 f,
                 "{} with {threads} producer{}: {what}",
                 peer.name(),
+                if *threads == 1 { "" } else { "s" },
+            ),
+            Error::Loop {
+                lp,
+                mode,
+                threads,
+                what,
+            } => write!(
+                f,
+                "the {} loop ({}) on {threads} thread{}: {what}",
+                lp.name(),
+                mode.name(),
                 if *threads == 1 { "" } else { "s" },
             ),
         }
@@ -564,7 +676,12 @@ pub fn run(config: &Config, progress: &mut dyn FnMut(Progress)) -> Result<Report
         cells.extend(one_count(config, &runner, progress)?);
     }
     let mut fenced = Vec::new();
-    for target in [Target::Idle, Target::Busy] {
+    let targets = if config.peers.is_empty() {
+        &[][..]
+    } else {
+        &[Target::Idle, Target::Busy][..]
+    };
+    for &target in targets {
         progress(Progress::Fenced(target));
         if let Some(f) = FencedAddOn::new(target)? {
             let samples = config.fenced_samples.max(1);
@@ -619,6 +736,30 @@ pub fn run(config: &Config, progress: &mut dyn FnMut(Progress)) -> Result<Report
             )?);
         }
     }
+    let modes: Vec<Mode> = config
+        .loop_modes
+        .iter()
+        .copied()
+        .filter(|m| m.available())
+        .collect();
+    let loop_modes_unavailable = config
+        .loop_modes
+        .iter()
+        .copied()
+        .filter(|m| !modes.contains(m))
+        .collect();
+    let mut loop_cells = Vec::new();
+    for &threads in &config.loop_threads {
+        let runner = Runner::with_placement(threads, config.placement)?;
+        if !max_per_cpu.iter().any(|&(t, _)| t == threads) {
+            max_per_cpu.push((threads, runner.max_per_cpu()));
+        }
+        for &lp in &config.loops {
+            for &mode in &modes {
+                loop_cells.push(loop_at(config, &runner, lp, mode, progress)?);
+            }
+        }
+    }
     max_per_cpu.sort_unstable_by_key(|&(t, _)| t);
     Ok(Report {
         config: config.clone(),
@@ -630,6 +771,8 @@ pub fn run(config: &Config, progress: &mut dyn FnMut(Progress)) -> Result<Report
         structures,
         ring,
         ring_consumer_cpu,
+        loops: loop_cells,
+        loop_modes_unavailable,
         elapsed: started.elapsed(),
     })
 }
@@ -924,6 +1067,73 @@ fn ring_at(
         .collect())
 }
 
+/// `lp` in `mode` at one thread count: the C loop and cpulocal's, one batch
+/// of each per round, in alternating order; each structure checked after.
+fn loop_at(
+    config: &Config,
+    runner: &Runner,
+    lp: Loop,
+    mode: Mode,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<LoopCell, Error> {
+    let threads = runner.threads();
+    let rounds = config.loop_rounds;
+    let mut workloads = Vec::new();
+    let mut entries = Vec::new();
+    for side in [Side::C, Side::Cpulocal] {
+        let w = Arc::new(loops::Workload::new(lp, mode, side).ok_or(Error::Loop {
+            lp,
+            mode,
+            threads,
+            what: format!("the {side:?} side cannot run here"),
+        })?);
+        let job = w.clone();
+        entries.push(Entry::new(
+            side,
+            on_workers(move |ops| job.run(ops)),
+            rounds,
+        ));
+        workloads.push(w);
+    }
+    interleave(
+        runner,
+        &mut entries,
+        rounds,
+        config.batch,
+        &mut |side, round| {
+            progress(Progress::Loop {
+                threads,
+                lp,
+                mode,
+                side,
+                round,
+            })
+        },
+    );
+    let reference = entries[0].rounds_ns.clone();
+    let mut cells = cells(entries, threads, Some(&reference)).into_iter();
+    // The batches (the entries' jobs) are gone: each workload is ours again.
+    for w in workloads {
+        let w = Arc::into_inner(w).expect("no batch runs after the rounds");
+        w.check().map_err(|what| Error::Loop {
+            lp,
+            mode,
+            threads,
+            what,
+        })?;
+    }
+    let (Some(c), Some(cpulocal)) = (cells.next(), cells.next()) else {
+        unreachable!("two entries, two cells")
+    };
+    Ok(LoopCell {
+        lp,
+        mode,
+        threads,
+        c,
+        cpulocal,
+    })
+}
+
 /// One batch of `ops` operations per thread; returns its wall time.
 fn batch<P>(runner: &Runner, e: &mut Entry<P>, ops: u64) -> Duration {
     e.ran += ops * runner.threads() as u64;
@@ -984,6 +1194,8 @@ mod tests {
             structure_rounds: 2,
             ring_threads: vec![1, 3],
             ring_rounds: 2,
+            loop_threads: vec![1, 3],
+            loop_rounds: 2,
             ..Config::quick()
         };
         let mut steps = 0u64;
@@ -1024,6 +1236,18 @@ mod tests {
             assert!(!peer.is_cpulocal() && ratio > 0.0);
         }
         assert_eq!(report.goal(2), None);
+        // Every loop in every mode that can run here, against its C version.
+        let modes = Mode::ALL.iter().filter(|m| m.available()).count();
+        assert_eq!(report.loop_modes_unavailable.len(), Mode::ALL.len() - modes);
+        assert_eq!(report.loops.len(), 2 * Loop::ALL.len() * modes);
+        for c in &report.loops {
+            for side in [&c.c, &c.cpulocal] {
+                assert_eq!(side.rounds_ns.len(), 2);
+                assert!(side.median_ns > 0.0 && side.ops_per_thread > 0);
+            }
+            assert!(c.ratio() > 0.0, "{c:?}");
+            assert_eq!(c.c.ratio, Some(1.0), "the C loop is the reference");
+        }
         assert_eq!(report.ring.len(), 2 * RingPeer::ALL.len());
         for c in &report.ring {
             assert_eq!(c.cell.rounds_ns.len(), 2);

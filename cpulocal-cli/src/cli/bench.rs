@@ -11,16 +11,17 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
+use cpulocal_cli::loops::{Loop, Mode, Side};
 use cpulocal_cli::ring_bench::{self, Outcome, RingPeer, Scenario, RING_RECORDS_PER_CPU};
 use cpulocal_cli::structures::{Structure, ARRAY_QUEUE_PER_THREAD, BUFFER_CAPACITY};
 use cpulocal_cli::suite::{
-    self, Cell, Config, Progress, Report, GOAL, GOAL_THREADS, RING_GOAL_NS, RING_GOAL_NS_THREADS,
-    RING_GOAL_RATIO, RING_GOAL_RATIO_THREADS,
+    self, Cell, Config, Progress, Report, GOAL, GOAL_THREADS, LOOP_GOAL, RING_GOAL_NS,
+    RING_GOAL_NS_THREADS, RING_GOAL_RATIO, RING_GOAL_RATIO_THREADS,
 };
 use cpulocal_cli::{Peer, Placement, Target};
 
 use super::chart::{self, Files};
-use super::{grouped, BenchArgs, Failure, PlacementArg};
+use super::{grouped, BenchArgs, Failure, PlacementArg, SectionArg};
 
 /// Where the chart goes by default, relative to the working directory.
 pub const DEFAULT_OUT: &str = "target/cpulocal-bench";
@@ -40,17 +41,33 @@ pub fn config(args: &BenchArgs) -> Config {
         t.dedup();
         config.structure_threads = t.clone();
         config.ring_threads = t.clone();
+        config.loop_threads = t.clone();
         config.threads = t;
     }
     if let Some(rounds) = args.rounds {
         config.rounds = rounds as usize;
         config.structure_rounds = rounds as usize;
         config.ring_rounds = rounds as usize;
+        config.loop_rounds = rounds as usize;
     }
     config.placement = match args.placement {
         PlacementArg::Pinned => Placement::Pinned,
         PlacementArg::Floating => Placement::Floating,
     };
+    if let Some(only) = &args.only {
+        if !only.contains(&SectionArg::C) {
+            config.loops.clear();
+        }
+        if !only.contains(&SectionArg::Counters) {
+            config.peers.clear();
+        }
+        if !only.contains(&SectionArg::Structures) {
+            config.structures.clear();
+        }
+        if !only.contains(&SectionArg::Ring) {
+            config.ring_peers.clear();
+        }
+    }
     config
 }
 
@@ -68,13 +85,17 @@ pub fn run(out: &mut impl Write, args: &BenchArgs) -> Result<(), Failure> {
     });
     bar.finish_and_clear();
     let report = report.map_err(|e| Failure::Broken(e.to_string()))?;
-    let files = chart::write(&report, &args.out).map_err(Failure::Broken)?;
+    let files = if report.cells.is_empty() {
+        None
+    } else {
+        Some(chart::write(&report, &args.out).map_err(Failure::Broken)?)
+    };
     if args.json {
-        let json = serde_json::to_string_pretty(&to_json(&report, &files, args.quick))
+        let json = serde_json::to_string_pretty(&to_json(&report, files.as_ref(), args.quick))
             .map_err(|e| Failure::Broken(format!("cannot encode the results: {e}")))?;
         writeln!(out, "{json}")?;
     } else {
-        write_report(out, &report, &files)?;
+        write_report(out, &report, files.as_ref())?;
     }
     Ok(())
 }
@@ -142,6 +163,34 @@ fn describe(p: Progress, config: &Config) -> String {
             config.ring_rounds,
             peer.name()
         ),
+        Progress::Loop {
+            threads: t,
+            lp,
+            mode,
+            side,
+            round,
+        } => {
+            let side = match side {
+                Side::C => "C",
+                Side::Cpulocal => "cpulocal",
+            };
+            match round {
+                None => format!(
+                    "{}: sizing {} ({}), {side}",
+                    threads(t),
+                    lp.name(),
+                    mode.name()
+                ),
+                Some(r) => format!(
+                    "{}: round {}/{} {} ({}), {side}",
+                    threads(t),
+                    r + 1,
+                    config.loop_rounds,
+                    lp.name(),
+                    mode.name()
+                ),
+            }
+        }
     }
 }
 
@@ -248,7 +297,108 @@ fn write_structure_table(
     })
 }
 
-fn write_report(out: &mut impl Write, report: &Report, files: &Files) -> std::io::Result<()> {
+/// The loops against their C versions: cpulocal's time over the C loop's,
+/// then both times, and the verdict on the goal.
+fn write_loops(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
+    let config = &report.config;
+    if config.loops.is_empty() || config.loop_threads.is_empty() {
+        return Ok(());
+    }
+    writeln!(out)?;
+    if report.loops.is_empty() {
+        return writeln!(
+            out,
+            "against hand-written C rseq: not measured here (the C loops need Linux x86_64, glibc's rseq area and cpulocal's rseq engine)"
+        );
+    }
+    writeln!(
+        out,
+        "against hand-written C rseq (param_test's loops, the C loop and cpulocal's in alternating batches, median of {} rounds)",
+        config.loop_rounds
+    )?;
+    writeln!(
+        out,
+        "cpulocal's time / the C loop's (goal: at most {LOOP_GOAL:.2}; below 1: cpulocal is faster)"
+    )?;
+    let modes: Vec<Mode> = config
+        .loop_modes
+        .iter()
+        .copied()
+        .filter(|m| !report.loop_modes_unavailable.contains(m))
+        .collect();
+    let rows: Vec<((Loop, Mode), String)> = config
+        .loops
+        .iter()
+        .flat_map(|&lp| {
+            modes
+                .iter()
+                .map(move |&m| ((lp, m), format!("{}, {}", lp.label(), m.name())))
+        })
+        .collect();
+    let labelled: Vec<((Loop, Mode), &str)> = rows.iter().map(|(k, l)| (*k, l.as_str())).collect();
+    write_table(out, &config.loop_threads, &labelled, |(lp, m), t| {
+        report.loop_cell(lp, m, t).map(|c| num(c.ratio()))
+    })?;
+    writeln!(out)?;
+    writeln!(out, "ns per iteration: C loop / cpulocal")?;
+    write_table(out, &config.loop_threads, &labelled, |(lp, m), t| {
+        report
+            .loop_cell(lp, m, t)
+            .map(|c| format!("{}/{}", num(c.c.median_ns), num(c.cpulocal.median_ns)))
+    })?;
+    if !report.loop_modes_unavailable.is_empty() {
+        let names: Vec<&str> = report
+            .loop_modes_unavailable
+            .iter()
+            .map(|m| m.name())
+            .collect();
+        writeln!(out, "  not run here in: {}", names.join(", "))?;
+    }
+    let over: Vec<String> = report
+        .loops
+        .iter()
+        .filter(|c| !c.goal_met())
+        .map(|c| {
+            format!(
+                "{} ({}) at {}: {}",
+                c.lp.name(),
+                c.mode.name(),
+                c.threads,
+                num(c.ratio())
+            )
+        })
+        .collect();
+    if over.is_empty() {
+        writeln!(
+            out,
+            "  goal met: every loop within {LOOP_GOAL:.2}x of its C version"
+        )
+    } else {
+        writeln!(out, "  goal not met for: {}", over.join("; "))
+    }
+}
+
+fn write_report(
+    out: &mut impl Write,
+    report: &Report,
+    files: Option<&Files>,
+) -> std::io::Result<()> {
+    write_loops(out, report)?;
+    write_counters(out, report)?;
+    write_structures(out, report)?;
+    write_ring(out, report)?;
+    writeln!(out)?;
+    if let Some(files) = files {
+        write_chart_paths(out, files)?;
+    }
+    writeln!(out, "time: {:.1} s", report.elapsed.as_secs_f64())
+}
+
+/// The counters' tables and the fenced path.
+fn write_counters(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
+    if report.config.peers.is_empty() {
+        return Ok(());
+    }
     let ran: Vec<Peer> = report
         .config
         .peers
@@ -326,11 +476,7 @@ fn write_report(out: &mut impl Write, report: &Report, files: &Files) -> std::io
             )?;
         }
     }
-    write_structures(out, report)?;
-    write_ring(out, report)?;
-    writeln!(out)?;
-    write_chart_paths(out, files)?;
-    writeln!(out, "time: {:.1} s", report.elapsed.as_secs_f64())
+    Ok(())
 }
 
 /// The structures' tables and the verdict on their goal.
@@ -646,8 +792,32 @@ struct Json<'a> {
     fenced_add_on: Vec<JsonFenced>,
     structures: JsonStructures<'a>,
     ring: JsonRing<'a>,
-    chart: JsonChart,
+    versus_c: JsonLoops<'a>,
+    chart: Option<JsonChart>,
     elapsed_s: f64,
+}
+
+#[derive(Serialize)]
+struct JsonLoops<'a> {
+    threads: &'a [usize],
+    rounds: usize,
+    goal: f64,
+    met: Option<bool>,
+    modes_unavailable: &'a [Mode],
+    results: Vec<JsonLoop>,
+}
+
+#[derive(Serialize)]
+struct JsonLoop {
+    #[serde(rename = "loop")]
+    lp: Loop,
+    param_test: String,
+    mode: Mode,
+    threads: usize,
+    c_ns: f64,
+    cpulocal_ns: f64,
+    ratio: f64,
+    met: bool,
 }
 
 #[derive(Serialize)]
@@ -891,7 +1061,7 @@ fn goals_json(report: &Report, scenario: Scenario) -> JsonRingGoals {
     }
 }
 
-fn to_json<'a>(report: &'a Report, files: &Files, quick: bool) -> Json<'a> {
+fn to_json<'a>(report: &'a Report, files: Option<&Files>, quick: bool) -> Json<'a> {
     let per_cpu = |t: usize| {
         report
             .max_per_cpu
@@ -963,10 +1133,31 @@ fn to_json<'a>(report: &'a Report, files: &Files, quick: bool) -> Json<'a> {
             goal: goal_json(report),
         },
         ring: ring_json(report, per_cpu),
-        chart: JsonChart {
+        versus_c: JsonLoops {
+            threads: &report.config.loop_threads,
+            rounds: report.config.loop_rounds,
+            goal: LOOP_GOAL,
+            met: report.loop_goal_met(),
+            modes_unavailable: &report.loop_modes_unavailable,
+            results: report
+                .loops
+                .iter()
+                .map(|c| JsonLoop {
+                    lp: c.lp,
+                    param_test: format!("-T {}", c.lp.letter()),
+                    mode: c.mode,
+                    threads: c.threads,
+                    c_ns: c.c.median_ns,
+                    cpulocal_ns: c.cpulocal.median_ns,
+                    ratio: c.ratio(),
+                    met: c.goal_met(),
+                })
+                .collect(),
+        },
+        chart: files.map(|files| JsonChart {
             png: shown(&files.png),
             svg: shown(&files.svg),
-        },
+        }),
         elapsed_s: report.elapsed.as_secs_f64(),
     }
 }

@@ -351,14 +351,18 @@ fn add(counter: &PerCpuCounter, ops: u64, seed: u64) -> Worker {
             local += 1;
         } else if i % (2 * REMOTE_EVERY) == REMOTE_EVERY - 1 {
             next = next.wrapping_add(1);
-            counter.add_on(other_cpu(next, cpus), 1);
+            counter
+                .add_on(other_cpu(next, cpus), 1)
+                .expect("a CPU of the counter");
             round_robin += 1;
         } else {
             // xorshift64: cheap, and good enough to scatter targets.
             rng ^= rng << 13;
             rng ^= rng >> 7;
             rng ^= rng << 17;
-            counter.add_on(other_cpu(rng as usize, cpus), 1);
+            counter
+                .add_on(other_cpu(rng as usize, cpus), 1)
+                .expect("a CPU of the counter");
             random += 1;
         }
     }

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod chart;
 pub mod demo;
 pub mod info;
+pub mod param;
 pub mod step;
 pub mod stress;
 
@@ -131,6 +132,17 @@ pub enum Command {
     /// per event kept), met, value_per_attempted_event}; null when not
     /// run)}), chart ({png, svg}: paths), elapsed_s.
     Bench(BenchArgs),
+    /// Run one of librseq's param_test loops on cpulocal, as
+    /// `param_test_benchmark -T <loop> -t <threads> -r <reps>` runs it.
+    ///
+    /// Loops (-T): i (counter add), s (lock, +1, unlock), l (list pop + push
+    /// of a node), b (pointer buffer pop + push), m (memcpy buffer pop + push
+    /// of 16 bytes); 100 items per slot, as param_test sets them up. The
+    /// threads are not pinned. Prints the wall and CPU time and checks the
+    /// structure afterwards (exit status 1 if it does not add up). --c runs
+    /// the hand-written C version instead. Run it alternately with
+    /// param_test_benchmark to time the two side by side.
+    ParamTest(ParamTestArgs),
     /// Show why the fallback exists: single-step a child through N adds.
     ///
     /// Runs this binary as a child under PTRACE_SINGLESTEP performing N
@@ -179,6 +191,19 @@ pub struct DemoArgs {
     pub ops: u64,
 }
 
+/// A section of `cpulocal bench`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SectionArg {
+    /// param_test's five loops against hand-written C rseq versions.
+    C,
+    /// The per-CPU counters against their peers, the fenced path.
+    Counters,
+    /// The structures against crossbeam's queues and a Mutex<Vec>.
+    Structures,
+    /// The ring buffer against crossbeam's ArrayQueue.
+    Ring,
+}
+
 /// Where `cpulocal bench` runs its threads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum PlacementArg {
@@ -215,6 +240,34 @@ pub struct BenchArgs {
     /// Where the threads run.
     #[arg(long, value_enum, default_value_t = PlacementArg::Pinned)]
     pub placement: PlacementArg,
+
+    /// Run only these sections, comma-separated [default: all]. The chart
+    /// is drawn when the counters run.
+    #[arg(long, value_enum, value_name = "SECTION,...", value_delimiter = ',')]
+    pub only: Option<Vec<SectionArg>>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ParamTestArgs {
+    /// The loop: i, s, l, b or m (param_test's -T letters).
+    #[arg(short = 'T', value_name = "LOOP", value_parser = loop_letter)]
+    pub test: cpulocal_cli::loops::Loop,
+
+    /// Threads, none pinned.
+    #[arg(short = 't', value_name = "N", value_parser = at_least_one, default_value_t = 200)]
+    pub threads: u64,
+
+    /// Repetitions per thread.
+    #[arg(short = 'r', value_name = "N", value_parser = at_least_one, default_value_t = 5000)]
+    pub reps: u64,
+
+    /// Index the slots by concurrency id (mm_cid) instead of CPU.
+    #[arg(long)]
+    pub mm_cid: bool,
+
+    /// Run the hand-written C rseq loop instead of cpulocal's.
+    #[arg(long)]
+    pub c: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -348,6 +401,15 @@ pub struct StepChildArgs {
 }
 
 /// A count of at least one, with a message that says so.
+fn loop_letter(s: &str) -> Result<cpulocal_cli::loops::Loop, String> {
+    let mut chars = s.trim().chars();
+    match (chars.next(), chars.next()) {
+        (Some(c), None) => cpulocal_cli::loops::Loop::from_letter(c),
+        _ => None,
+    }
+    .ok_or_else(|| "expected one of i, s, l, b, m".into())
+}
+
 fn at_least_one(s: &str) -> Result<u64, String> {
     match s.trim().parse::<u64>() {
         Ok(0) => Err("must be at least 1".into()),

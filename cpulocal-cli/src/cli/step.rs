@@ -165,7 +165,7 @@ fn counter_child(ops: u64, cpu: usize) -> Result<ChildReport, Failure> {
         c.add(1);
     }
     for other in 0..c.cpus() {
-        c.add_on(other, 1);
+        c.add_on(other, 1).expect("a CPU of the counter");
     }
     c.take();
     let engine = engine_name();

@@ -40,8 +40,8 @@ use std::time::{Duration, Instant};
 use clap::ValueEnum;
 use cpulocal::opv::Op;
 use cpulocal::{
-    Domain, Index, Order, PerCpuBuffer, PerCpuCounter, PerCpuList, PerCpuLock, PerCpuMemcpyBuffer,
-    RseqOff,
+    Domain, Index, Node, Order, PerCpuBuffer, PerCpuCounter, PerCpuList, PerCpuLock,
+    PerCpuMemcpyBuffer, RseqOff,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -53,9 +53,9 @@ use cpulocal_cli::runner;
 pub enum TestArg {
     /// PerCpuCounter: add, add_on, take.
     Counter,
-    /// PerCpuList: pop, push, pop_on, drain.
+    /// PerCpuList: pop_node, push_node, pop_node_on, push_node_on, drain_nodes.
     List,
-    /// PerCpuBuffer: pop, push, pop_on, drain.
+    /// PerCpuBuffer of boxes: pop, push, pop_on, push_on, drain.
     Buffer,
     /// PerCpuMemcpyBuffer: the same with copied, checksummed items.
     Memcpy,
@@ -64,7 +64,8 @@ pub enum TestArg {
     /// A Domain: add_store shapes and Op::Add vectors on the same words.
     Opv,
     /// PerCpuRing: reserve, write, commit (sometimes after a migration), a
-    /// concurrent consumer (the fence-storm thread, when asked for).
+    /// concurrent flush (fenced padding of every CPU's buffer) and consumer
+    /// (the fence-storm thread, when asked for).
     Ring,
     /// Each of the above in turn.
     All,
@@ -625,7 +626,8 @@ fn counter(cfg: &Cfg) -> Result<Report, String> {
                 // Always positive, so a lost or doubled slot always shows.
                 let v = 1 + (pass % 7) as i64;
                 if r.is_multiple_of(8) {
-                    c.add_on((r >> 8) as usize % c.cpus(), v);
+                    c.add_on((r >> 8) as usize % c.cpus(), v)
+                        .expect("CPU in range");
                 } else {
                     c.add(v);
                 }
@@ -681,10 +683,30 @@ impl Item {
     }
 }
 
+/// The structure under test, holding items as its API moves them: list
+/// nodes (allocated once, moved without the allocator), boxes (one word
+/// each), inline copies.
 enum Items {
     List(PerCpuList<Item>),
-    Buffer(PerCpuBuffer<Item>),
+    Buffer(PerCpuBuffer<Box<Item>>),
     Memcpy(PerCpuMemcpyBuffer<Item>),
+}
+
+/// An item as it circulates: in its list node, its box, or by value.
+enum Held {
+    Node(Node<Item>),
+    Boxed(Box<Item>),
+    Plain(Item),
+}
+
+impl Held {
+    fn item(&self) -> &Item {
+        match self {
+            Held::Node(n) => n,
+            Held::Boxed(b) => b,
+            Held::Plain(i) => i,
+        }
+    }
 }
 
 impl Items {
@@ -696,33 +718,54 @@ impl Items {
         }
     }
 
-    fn push(&self, item: Item) -> Result<(), Item> {
+    /// A new item in the form this structure moves.
+    fn hold(&self, item: Item) -> Held {
         match self {
-            Items::List(s) => {
-                s.push(item);
+            Items::List(_) => Held::Node(Node::new(item)),
+            Items::Buffer(_) => Held::Boxed(Box::new(item)),
+            Items::Memcpy(_) => Held::Plain(item),
+        }
+    }
+
+    /// Pushes on the current CPU (`on` None) or on CPU `on`; a full buffer
+    /// gives the item back.
+    fn push(&self, held: Held, on: Option<usize>) -> Result<(), Held> {
+        match (self, held, on) {
+            (Items::List(s), Held::Node(n), None) => {
+                s.push_node(n);
                 Ok(())
             }
-            Items::Buffer(s) => s.push(item),
-            Items::Memcpy(s) => s.push(item),
+            (Items::List(s), Held::Node(n), Some(c)) => s
+                .push_node_on(c, n)
+                .map_err(|e| panic!("push_node_on: {}", e.error)),
+            (Items::Buffer(s), Held::Boxed(b), None) => s.push(b).map_err(Held::Boxed),
+            (Items::Buffer(s), Held::Boxed(b), Some(c)) => {
+                s.push_on(c, b).map_err(|e| Held::Boxed(e.value))
+            }
+            (Items::Memcpy(s), Held::Plain(i), None) => s.push(i).map_err(Held::Plain),
+            (Items::Memcpy(s), Held::Plain(i), Some(c)) => {
+                s.push_on(c, i).map_err(|e| Held::Plain(e.value))
+            }
+            _ => unreachable!("items are held as their structure moves them"),
         }
     }
 
-    fn pop(&self, on: Option<usize>) -> Option<Item> {
+    fn pop(&self, on: Option<usize>) -> Option<Held> {
         match (self, on) {
-            (Items::List(s), None) => s.pop(),
-            (Items::Buffer(s), None) => s.pop(),
-            (Items::Memcpy(s), None) => s.pop(),
-            (Items::List(s), Some(c)) => s.pop_on(c).expect("CPU in range"),
-            (Items::Buffer(s), Some(c)) => s.pop_on(c).expect("CPU in range"),
-            (Items::Memcpy(s), Some(c)) => s.pop_on(c).expect("CPU in range"),
+            (Items::List(s), None) => s.pop_node().map(Held::Node),
+            (Items::Buffer(s), None) => s.pop().map(Held::Boxed),
+            (Items::Memcpy(s), None) => s.pop().map(Held::Plain),
+            (Items::List(s), Some(c)) => s.pop_node_on(c).expect("CPU in range").map(Held::Node),
+            (Items::Buffer(s), Some(c)) => s.pop_on(c).expect("CPU in range").map(Held::Boxed),
+            (Items::Memcpy(s), Some(c)) => s.pop_on(c).expect("CPU in range").map(Held::Plain),
         }
     }
 
-    fn drain(&self) -> Vec<Item> {
+    fn drain(&self) -> Vec<Held> {
         match self {
-            Items::List(s) => s.drain().collect(),
-            Items::Buffer(s) => s.drain().collect(),
-            Items::Memcpy(s) => s.drain().collect(),
+            Items::List(s) => s.drain_nodes().map(Held::Node).collect(),
+            Items::Buffer(s) => s.drain().map(Held::Boxed).collect(),
+            Items::Memcpy(s) => s.drain().map(Held::Plain).collect(),
         }
     }
 }
@@ -733,8 +776,8 @@ fn items(cfg: &Cfg, s: Items) -> Result<Report, String> {
     let ids = 48 * s.cpus() as u64;
     let side = Arc::new(Mutex::new(Vec::new()));
     for id in 0..ids {
-        if let Err(item) = s.push(Item::new(id)) {
-            side.lock().unwrap().push(item);
+        if let Err(held) = s.push(s.hold(Item::new(id)), None) {
+            side.lock().unwrap().push(held);
         }
     }
     let s = Arc::new(s);
@@ -745,25 +788,26 @@ fn items(cfg: &Cfg, s: Items) -> Result<Report, String> {
         drive(
             cfg,
             move |_, _, r| {
-                let remote = r.is_multiple_of(8);
+                // One pop in 8 and one push in 8 on a random CPU's slot:
+                // fenced operations racing the others' critical sections.
                 let cpu = (r >> 8) as usize % s.cpus();
-                let got = s
-                    .pop(remote.then_some(cpu))
-                    .or_else(|| side.lock().unwrap().pop());
-                if let Some(item) = got {
-                    if !item.intact() {
+                let pop_on = r.is_multiple_of(8).then_some(cpu);
+                let push_on = (r % 8 == 1).then_some(cpu);
+                let got = s.pop(pop_on).or_else(|| side.lock().unwrap().pop());
+                if let Some(held) = got {
+                    if !held.item().intact() {
                         torn.fetch_add(1, SeqCst);
                     }
-                    if let Err(item) = s.push(item) {
-                        side.lock().unwrap().push(item);
+                    if let Err(held) = s.push(held, push_on) {
+                        side.lock().unwrap().push(held);
                     }
                 }
             },
             move || {
                 // Drain every CPU under its fence, then put it all back.
-                for item in ss.drain() {
-                    if let Err(item) = ss.push(item) {
-                        sside.lock().unwrap().push(item);
+                for held in ss.drain() {
+                    if let Err(held) = ss.push(held, None) {
+                        sside.lock().unwrap().push(held);
                     }
                 }
             },
@@ -775,7 +819,8 @@ fn items(cfg: &Cfg, s: Items) -> Result<Report, String> {
     all.append(&mut side.lock().unwrap());
     let mut seen = vec![0u32; ids as usize];
     let mut bad = 0;
-    for item in &all {
+    for held in &all {
+        let item = held.item();
         match seen.get_mut(item.id as usize) {
             Some(n) if item.intact() => *n += 1,
             _ => bad += 1,
@@ -859,7 +904,7 @@ struct Word(AtomicU64);
 
 fn opv(cfg: &Cfg) -> Result<Report, String> {
     let d = Arc::new(Domain::new(cfg.index));
-    let words: Arc<Vec<Word>> = Arc::new((0..d.len()).map(|_| Word(AtomicU64::new(0))).collect());
+    let words: Arc<Vec<Word>> = Arc::new((0..d.cpus()).map(|_| Word(AtomicU64::new(0))).collect());
     let increments = Arc::new(AtomicU64::new(0));
     let run = {
         let (d, words, increments) = (d.clone(), words.clone(), increments.clone());
@@ -868,7 +913,7 @@ fn opv(cfg: &Cfg) -> Result<Report, String> {
             cfg,
             move |_, _, r| {
                 if r.is_multiple_of(4) {
-                    let i = (r >> 8) as usize % d.len();
+                    let i = (r >> 8) as usize % d.cpus();
                     let p = words[i].0.as_ptr().cast::<u8>();
                     let ops = [Op::Add {
                         p,
@@ -885,7 +930,7 @@ fn opv(cfg: &Cfg) -> Result<Report, String> {
                 increments.fetch_add(1, SeqCst);
             },
             move || {
-                for i in 0..ds.len() {
+                for i in 0..ds.cpus() {
                     let p = ws[i].0.as_ptr().cast::<u8>();
                     // SAFETY: as above.
                     unsafe {
@@ -977,6 +1022,10 @@ fn ring(cfg: &Cfg) -> Result<Report, String> {
                 }
             },
             move || {
+                // Pads every CPU's open sub-buffer through its fence (the
+                // remote operation that races the writers' reservations),
+                // then reads what is complete.
+                rs.flush();
                 rs.consume(&storm_collect);
             },
         )
