@@ -15,7 +15,7 @@ use cpulocal_cli::loops::{Loop, Mode, Side};
 use cpulocal_cli::ring_bench::{self, Outcome, RingPeer, Scenario, RING_RECORDS_PER_CPU};
 use cpulocal_cli::structures::{Structure, ARRAY_QUEUE_PER_THREAD, BUFFER_CAPACITY};
 use cpulocal_cli::suite::{
-    self, Cell, Config, Progress, Report, GOAL, GOAL_THREADS, LOOP_GOAL, RING_GOAL_NS,
+    self, Cell, Config, LoopCell, Progress, Report, GOAL, GOAL_THREADS, LOOP_GOAL, RING_GOAL_NS,
     RING_GOAL_NS_THREADS, RING_GOAL_RATIO, RING_GOAL_RATIO_THREADS,
 };
 use cpulocal_cli::{Peer, Placement, Target};
@@ -255,16 +255,33 @@ fn write_table<P: Copy>(
     peers: &[(P, &str)],
     value: impl Fn(P, usize) -> Option<String>,
 ) -> std::io::Result<()> {
+    let cells: Vec<Vec<String>> = peers
+        .iter()
+        .map(|&(peer, _)| {
+            threads
+                .iter()
+                .map(|&t| value(peer, t).unwrap_or_else(|| "-".into()))
+                .collect()
+        })
+        .collect();
+    // A column is as wide as its widest cell, two spaces apart from the last.
+    let widths: Vec<usize> = (0..threads.len())
+        .map(|i| {
+            cells
+                .iter()
+                .map(|row| row[i].len() + 2)
+                .fold(CELL_WIDTH, usize::max)
+        })
+        .collect();
     write!(out, "  {:<LABEL_WIDTH$}", "threads")?;
-    for t in threads {
-        write!(out, "{t:>CELL_WIDTH$}")?;
+    for (t, &width) in threads.iter().zip(&widths) {
+        write!(out, "{t:>width$}")?;
     }
     writeln!(out)?;
-    for &(peer, label) in peers {
+    for (&(_, label), row) in peers.iter().zip(&cells) {
         write!(out, "  {label:<LABEL_WIDTH$}")?;
-        for &t in threads {
-            let v = value(peer, t).unwrap_or_else(|| "-".into());
-            write!(out, "{v:>CELL_WIDTH$}")?;
+        for (v, &width) in row.iter().zip(&widths) {
+            write!(out, "{v:>width$}")?;
         }
         writeln!(out)?;
     }
@@ -354,27 +371,24 @@ fn write_loops(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
             .collect();
         writeln!(out, "  not run here in: {}", names.join(", "))?;
     }
-    let over: Vec<String> = report
-        .loops
-        .iter()
-        .filter(|c| !c.goal_met())
-        .map(|c| {
-            format!(
-                "{} ({}) at {}: {}",
-                c.lp.name(),
-                c.mode.name(),
-                c.threads,
-                num(c.ratio())
-            )
-        })
-        .collect();
-    if over.is_empty() {
-        writeln!(
+    let over: Vec<&LoopCell> = report.loops.iter().filter(|c| !c.goal_met()).collect();
+    let worst = over.iter().max_by(|a, b| a.ratio().total_cmp(&b.ratio()));
+    match worst {
+        None => writeln!(
             out,
             "  goal met: every loop within {LOOP_GOAL:.2}x of its C version"
-        )
-    } else {
-        writeln!(out, "  goal not met for: {}", over.join("; "))
+        ),
+        Some(w) => writeln!(
+            out,
+            "  goal not met in {} of {} cells; the farthest: {} ({}), {} thread{}: {}",
+            over.len(),
+            report.loops.len(),
+            w.lp.name(),
+            w.mode.name(),
+            w.threads,
+            if w.threads == 1 { "" } else { "s" },
+            num(w.ratio())
+        ),
     }
 }
 

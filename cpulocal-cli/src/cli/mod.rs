@@ -58,9 +58,19 @@ pub enum Command {
     /// Every add must be counted exactly once: taken + what remains = threads ×
     /// ops, or the command fails with exit status 1.
     Demo(DemoArgs),
-    /// Compare cpulocal's counter with its peers, side by side in one process.
+    /// Compare cpulocal with hand-written C rseq and with its peers, side by
+    /// side in one process.
     ///
-    /// Peers: the hand-written C rseq add (with and without cpulocal's fence
+    /// First (section `c`), librseq's param_test loops against the same loops
+    /// written by hand in C: counter add, lock +1 unlock, list pop + push,
+    /// pointer buffer pop + push and memcpy buffer pop + push of 16 bytes,
+    /// each in cpu_id and mm_cid index modes, at 1 and 2 threads, the C loop
+    /// and cpulocal's in alternating batches on the same thread. Prints
+    /// cpulocal's time over the C loop's (goal: at most 1.10) and both times
+    /// in ns per iteration; not run where the C loops cannot (not Linux
+    /// x86_64, or no rseq).
+    ///
+    /// Then the counters against their peers: the hand-written C rseq add (with and without cpulocal's fence
     /// check), a shared AtomicI64, sched_getcpu() + per-CPU atomic, the
     /// thread_local crate with cache-padded atomics (fetch_add; load+store)
     /// and the fast-counter crate; at 1, 2, 4, 8 and 16 threads (above the
@@ -117,7 +127,10 @@ pub enum Command {
     /// the fastest cpulocal structure's in the same round), goal ({ratio
     /// (3.0), threads ([2, 8]), met (bool; null when a thread count was not
     /// run), at (list of {threads, fastest_peer, ratio}; null when not
-    /// run)})}), ring ({operation, payload_bytes (64), threads (list), rounds,
+    /// run)})}), versus_c ({threads, rounds, goal (1.1), met (null when
+    /// not run), modes_unavailable, results (list of {loop, param_test (its
+    /// -T letter), mode ("cpu_id" or "mm_cid"), threads, c_ns, cpulocal_ns,
+    /// ratio, met})}), ring ({operation, payload_bytes (64), threads (list), rounds,
     /// consumer_cpu (the streaming consumer's; null when floating), scenarios
     /// (list of {name ("recorder" or "streaming"), reference (its ring's
     /// name), goals (as below, measured in that scenario)}), peers (list of
