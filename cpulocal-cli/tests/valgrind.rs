@@ -3,9 +3,9 @@
 //! valgrind does not implement the rseq system call (it answers ENOSYS), so
 //! glibc does not register rseq (`__rseq_size` = 0), cpulocal's own attempt is
 //! refused, and the engine must fall back to the fenced path by itself: every
-//! operation exact, no memory error. These tests run the demo and `info`
-//! (text and JSON) under `valgrind --error-exitcode=99 --leak-check=no` and
-//! check: exit status 0 (not 99: no error; not 1: exact sums), the
+//! operation exact, no memory error. These tests run the demo, `info`
+//! (text and JSON) and each structure's stress (with a leak check) under
+//! `valgrind --error-exitcode=99` and check: exit status 0 (not 99: no error; not 1: exact sums), the
 //! `ERROR SUMMARY: 0 errors` line, the exact-sum line, and that the status
 //! says nobody registered rseq (ENOSYS) and the fenced engine runs.
 //!
@@ -30,10 +30,16 @@ const OPS: u64 = 2_000;
 
 /// Runs the binary under memcheck with `args`; panics on a timeout.
 fn valgrind(args: &[&str]) -> Output {
+    valgrind_with(&["--leak-check=no"], args)
+}
+
+/// As [`valgrind`], with memcheck's options `options`.
+fn valgrind_with(options: &[&str], args: &[&str]) -> Output {
     let started = Instant::now();
     let mut child = match Command::new("valgrind")
         // memcheck (valgrind's default tool, named so it stays so).
-        .args(["--tool=memcheck", "--leak-check=no"])
+        .arg("--tool=memcheck")
+        .args(options)
         .arg(format!("--error-exitcode={ERROR_EXIT}"))
         .arg(env!("CARGO_BIN_EXE_cpulocal"))
         .args(args)
@@ -170,6 +176,44 @@ fn demo_under_memcheck_is_exact_and_fenced() {
         )),
         "the adding threads did not all run the fenced engine:\n{out}"
     );
+}
+
+/// Every structure's stress under memcheck, with a fence storm (remote
+/// operations on every CPU): exact invariants, no memory error, and no block
+/// definitely lost (`--errors-for-leak-kinds=definite` makes a leak an error,
+/// so a structure that forgot a node or a word on drop fails here).
+#[test]
+fn structures_under_memcheck_are_exact_and_leak_nothing() {
+    for test in ["list", "buffer", "memcpy", "lock", "ring"] {
+        let threads = THREADS.to_string();
+        let o = valgrind_with(
+            &["--leak-check=full", "--errors-for-leak-kinds=definite"],
+            &[
+                "stress",
+                "--test",
+                test,
+                "--threads",
+                &threads,
+                "--reps",
+                "1000",
+                "--fence-storm",
+            ],
+        );
+        assert_clean(&o);
+        let (out, err) = (text(&o.stdout), text(&o.stderr));
+        assert!(
+            out.contains("cpulocal stress (fenced,"),
+            "{test}: not the fenced engine:\n{out}"
+        );
+        assert!(
+            out.lines().any(|l| l.trim_start().starts_with(test) && l.contains(" ok ")),
+            "{test}: no ok line:\n{out}"
+        );
+        assert!(
+            err.contains("definitely lost: 0 bytes in 0 blocks") || err.contains("All heap blocks were freed"),
+            "{test}: memcheck found a leak:\n{err}"
+        );
+    }
 }
 
 #[test]
