@@ -11,7 +11,7 @@
 #![cfg(all(target_os = "linux", target_arch = "x86_64", target_env = "gnu"))]
 
 use std::ffi::CString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod child;
@@ -19,15 +19,26 @@ use std::sync::{Arc, Barrier};
 
 const MODE: &str = "CPULOCAL_DLOPEN_CHILD";
 
+/// Builds the fixture library and returns its path: copies
+/// `tests/dlopen-fixture` out of the source tree, names its manifest
+/// `Cargo.toml` with the path of the cpulocal under test, and builds it.
 fn build_fixture() -> PathBuf {
-    let manifest = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/dlopen-fixture/Cargo.toml"
-    );
-    let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dlopen-fixture");
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let source = here.join("tests/dlopen-fixture");
+    let scratch = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let crate_dir = scratch.join("dlopen-fixture-src");
+    std::fs::create_dir_all(&crate_dir).expect("create the fixture's directory");
+    let manifest = std::fs::read_to_string(source.join("fixture.toml"))
+        .expect("read tests/dlopen-fixture/fixture.toml")
+        .replace("@CPULOCAL_DIR@", &here.display().to_string());
+    std::fs::write(crate_dir.join("Cargo.toml"), manifest).expect("write the fixture's manifest");
+    std::fs::copy(source.join("lib.rs"), crate_dir.join("lib.rs"))
+        .expect("copy the fixture's lib.rs");
+    let target = scratch.join("dlopen-fixture");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
-        .args(["build", "--release", "--quiet", "--manifest-path", manifest])
+        .args(["build", "--release", "--quiet", "--manifest-path"])
+        .arg(crate_dir.join("Cargo.toml"))
         .env("CARGO_TARGET_DIR", &target)
         .output()
         .expect("run cargo to build the fixture");

@@ -705,8 +705,10 @@ mod tests {
     fn check_descriptor(cs: &RseqCs) {
         assert_eq!((cs.version, cs.flags), (0, 0));
         let (start, end) = (cs.start_ip, cs.start_ip + cs.post_commit_offset);
-        // The injection build adds three delay loops to every section.
-        let longest = if cfg!(feature = "inject") { 192 } else { 128 };
+        // The longest is the memcpy shape's (its specialised copies: 125-129
+        // bytes, as the compiler allocates registers); the injection build
+        // adds three delay loops to every section.
+        let longest = if cfg!(feature = "inject") { 256 } else { 192 };
         assert!(
             cs.post_commit_offset > 0 && cs.post_commit_offset < longest,
             "{cs:?}"
