@@ -16,7 +16,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{BenchArgs, Cli, Command, Failure, PlacementArg};
+use cli::{Cli, Command, Failure};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -52,21 +52,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// The command without a subcommand: the status, a short exactness demo, and
-/// a quick benchmark with its chart.
+/// The command without a subcommand: a first run in plain words.
 fn main_job(out: &mut impl Write, cli: &Cli) -> Result<(), Failure> {
-    cli::info::print_text(out, true)?;
-    writeln!(out)?;
-    cli::demo::run_summary(out, &cli.demo)?;
-    writeln!(out)?;
-    let bench = BenchArgs {
-        quick: true,
-        json: false,
-        out: cli.out.clone(),
-        threads: None,
-        rounds: None,
-        placement: PlacementArg::Pinned,
-        only: None,
-    };
-    cli::bench::run(out, &bench)
+    cli::first::run(out, cli)
 }

@@ -64,36 +64,82 @@ const STATUS_LINES: [&str; 10] = [
     "current CPU:",
 ];
 
-/// The README's `cargo run --release`: status, a short exact demo, a quick
-/// benchmark, and where its chart went (relative to the working directory).
+/// The chart paths the output names on its "chart:" lines.
+fn chart_paths(out: &str) -> (PathBuf, PathBuf) {
+    let mut lines = out.lines().skip_while(|l| !l.starts_with("chart: "));
+    let png = lines.next().and_then(|l| l.strip_prefix("chart: "));
+    let svg = lines.next().map(str::trim_start);
+    match (png, svg) {
+        (Some(png), Some(svg)) => (PathBuf::from(png), PathBuf::from(svg)),
+        _ => panic!("no chart lines in:\n{out}"),
+    }
+}
+
+/// The README's `cargo run --release`: a first run in plain words, at most
+/// 30 lines: the engine and why, the exact demo with what its paths mean,
+/// the headline speed table, and where the chart went, which is under cargo's
+/// target directory (the one holding this binary), whatever the working
+/// directory.
 #[test]
-fn default_command_prints_status_demo_bench_and_chart() {
+fn default_command_is_a_short_first_run() {
     let dir = scratch("default");
-    let o = cpulocal_in(&dir, &[]);
+    let o = Command::new(env!("CARGO_BIN_EXE_cpulocal"))
+        .current_dir(&dir)
+        .env_remove("CARGO_TARGET_DIR")
+        .output()
+        .expect("run the cpulocal binary");
     assert_success(&o);
     let out = stdout(&o);
-    assert!(out.starts_with("cpulocal status\n"), "{out}");
-    for line in STATUS_LINES {
-        assert!(out.contains(line), "no {line:?} in:\n{out}");
+    let lines = out.lines().count();
+    assert!(lines <= 30, "{lines} lines:\n{out}");
+    for want in [
+        "This machine: ",
+        "Engine: ",
+        "Counter demo: ",
+        " counted (taken ",
+        "exact, none lost or doubled",
+        "% fast: ",
+        "% retried: ",
+        "% fenced: ",
+        "cpulocal PerCpuCounter::add",
+        "shared AtomicI64::fetch_add",
+        "More: cpulocal info",
+    ] {
+        assert!(out.contains(want), "no {want:?} in:\n{out}");
     }
-    assert!(out.contains("counter demo:"), "{out}");
-    assert!(out.contains(" exact ("), "{out}");
-    assert!(!out.contains("NOT EXACT"), "{out}");
-    assert!(out.contains("cpulocal bench --quick:"), "{out}");
-    check_bench_text(&out);
-    let png = Path::new("target/cpulocal-bench/counter-throughput.png");
-    let svg = Path::new("target/cpulocal-bench/counter-throughput.svg");
-    assert!(
-        out.contains(&format!("chart: {}\n", png.display())),
-        "{out}"
-    );
-    assert!(
-        out.contains(&format!("       {}\n", svg.display())),
-        "{out}"
-    );
-    check_png(&dir.join(png));
-    check_svg(&dir.join(svg));
+    // No internal verdicts on the first screen.
+    for unwanted in ["goal", "NOT", "met"] {
+        assert!(!out.contains(unwanted), "{unwanted:?} in:\n{out}");
+    }
+    let exe = Path::new(env!("CARGO_BIN_EXE_cpulocal"));
+    let target = exe
+        .ancestors()
+        .find(|d| d.join("CACHEDIR.TAG").is_file())
+        .expect("the test binary sits in cargo's target directory");
+    let (png, svg) = chart_paths(&out);
+    assert_eq!(png, target.join("cpulocal-bench/counter-throughput.png"));
+    assert_eq!(svg, target.join("cpulocal-bench/counter-throughput.svg"));
+    check_png(&png);
+    check_svg(&svg);
+    assert!(!dir.join("target").exists(), "wrote into the working directory");
     assert!(stderr(&o).is_empty(), "{}", stderr(&o));
+}
+
+/// With `CARGO_TARGET_DIR` set, the chart goes there.
+#[test]
+fn the_chart_follows_cargo_target_dir() {
+    let dir = scratch("target-dir");
+    let o = Command::new(env!("CARGO_BIN_EXE_cpulocal"))
+        .args(["--threads", "2", "--ops", "500"])
+        .current_dir(&dir)
+        .env("CARGO_TARGET_DIR", dir.join("elsewhere"))
+        .output()
+        .expect("run the cpulocal binary");
+    assert_success(&o);
+    let (png, svg) = chart_paths(&stdout(&o));
+    assert_eq!(png, dir.join("elsewhere/cpulocal-bench/counter-throughput.png"));
+    check_png(&png);
+    check_svg(&svg);
 }
 
 #[test]
@@ -207,9 +253,9 @@ fn demo_and_out_options_work_without_the_subcommand() {
     );
     assert_success(&o);
     let out = stdout(&o);
-    assert!(out.contains("cpulocal status"), "{out}");
-    assert!(out.contains("2 threads × 500 ops"), "{out}");
-    assert!(out.contains(" exact ("), "{out}");
+    assert!(out.contains("Engine: "), "{out}");
+    assert!(out.contains("2 threads each add 1 to one PerCpuCounter 500 times"), "{out}");
+    assert!(out.contains("exact, none lost or doubled"), "{out}");
     check_png(&charts.join("counter-throughput.png"));
     check_svg(&charts.join("counter-throughput.svg"));
     assert!(
@@ -952,9 +998,8 @@ fn check_ring_json(ring: &Value, threads: &[u64], rounds: u64, cpus: usize) {
 #[test]
 fn bench_floating_threads_have_no_cpu_of_their_own() {
     let dir = scratch("bench-floating");
-    let o = cpulocal_in(
-        &dir,
-        &[
+    let o = Command::new(env!("CARGO_BIN_EXE_cpulocal"))
+        .args([
             "bench",
             "--json",
             "--threads",
@@ -963,8 +1008,11 @@ fn bench_floating_threads_have_no_cpu_of_their_own() {
             "1",
             "--placement",
             "floating",
-        ],
-    );
+        ])
+        .current_dir(&dir)
+        .env("CARGO_TARGET_DIR", dir.join("t"))
+        .output()
+        .expect("run the cpulocal binary");
     assert_success(&o);
     let v: Value = serde_json::from_str(&stdout(&o)).expect("bench --json is JSON");
     assert_eq!(v["placement"], "floating");
@@ -976,8 +1024,10 @@ fn bench_floating_threads_have_no_cpu_of_their_own() {
     for r in v["ring"]["results"].as_array().unwrap() {
         assert!(r["max_threads_per_cpu"].is_null(), "{r}");
     }
-    // The default output directory, relative to the working directory.
-    check_png(&dir.join("target/cpulocal-bench/counter-throughput.png"));
+    // The default output directory: cpulocal-bench in $CARGO_TARGET_DIR.
+    let png = dir.join("t/cpulocal-bench/counter-throughput.png");
+    assert_eq!(v["chart"]["png"], png.display().to_string());
+    check_png(&png);
 }
 
 // --- step --------------------------------------------------------------------

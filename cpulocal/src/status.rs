@@ -200,7 +200,10 @@ impl fmt::Display for Status {
             writeln!(f, "fenced because:      {why}")?;
         }
         match self.feature_size {
-            Some(s) => writeln!(f, "rseq feature size:   {s} bytes")?,
+            Some(s) => writeln!(
+                f,
+                "rseq feature size:   {s} bytes (the fields of struct rseq this kernel fills)"
+            )?,
             None => writeln!(
                 f,
                 "rseq feature size:   unknown (a kernel before 6.3, which fills 20 bytes, \
@@ -226,10 +229,11 @@ impl fmt::Display for Status {
             Some(s) => writeln!(
                 f,
                 "glibc __rseq_size:   {s}{}",
-                if s == 0 {
-                    " (glibc did not register)"
-                } else {
-                    ""
+                match s {
+                    0 => " (glibc did not register)",
+                    20 => " (this glibc publishes the original 20-byte ABI; the area it \
+                           registers is 32 bytes, so the kernel fills the newer fields too)",
+                    _ => "",
                 }
             )?,
             None => writeln!(f, "glibc __rseq_size:   not published by this libc")?,

@@ -5,7 +5,7 @@
 //! as a chart of the counters, or printed as JSON.
 
 use std::io::{IsTerminal, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -23,8 +23,28 @@ use cpulocal_cli::{Peer, Placement, Target};
 use super::chart::{self, Files};
 use super::{grouped, BenchArgs, Failure, PlacementArg, SectionArg};
 
-/// Where the chart goes by default, relative to the working directory.
-pub const DEFAULT_OUT: &str = "target/cpulocal-bench";
+/// Where the chart goes without `--out`: `cpulocal-bench` in cargo's target
+/// directory. That is `$CARGO_TARGET_DIR` if set, else the directory above
+/// this binary that holds cargo's `CACHEDIR.TAG` (`target/` for a binary at
+/// `target/release/cpulocal`), else the system's temporary directory (an
+/// installed binary).
+pub fn default_out() -> PathBuf {
+    const DIR: &str = "cpulocal-bench";
+    if let Some(target) = std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(target).join(DIR);
+    }
+    let built_by_cargo = std::env::current_exe().ok().and_then(|exe| {
+        // <target>/<profile>/cpulocal or <target>/<triple>/<profile>/cpulocal
+        exe.ancestors()
+            .skip(1)
+            .take(3)
+            .find(|d| d.join("CACHEDIR.TAG").is_file())
+            .map(Path::to_path_buf)
+    });
+    built_by_cargo
+        .unwrap_or_else(std::env::temp_dir)
+        .join(DIR)
+}
 
 /// The suite's configuration for these arguments: `--threads` sets the
 /// thread counts of the counters, the structures and the ring, `--rounds` the
@@ -88,7 +108,8 @@ pub fn run(out: &mut impl Write, args: &BenchArgs) -> Result<(), Failure> {
     let files = if report.cells.is_empty() {
         None
     } else {
-        Some(chart::write(&report, &args.out).map_err(Failure::Broken)?)
+        let dir = args.out.clone().unwrap_or_else(default_out);
+        Some(chart::write(&report, &dir).map_err(Failure::Broken)?)
     };
     if args.json {
         let json = serde_json::to_string_pretty(&to_json(&report, files.as_ref(), args.quick))
@@ -232,7 +253,7 @@ fn write_header(out: &mut impl Write, config: &Config, quick: bool) -> std::io::
 }
 
 /// A time or ratio with 3 significant digits or so.
-fn num(v: f64) -> String {
+pub(super) fn num(v: f64) -> String {
     if !v.is_finite() {
         "-".into()
     } else if v < 10.0 {
@@ -249,7 +270,7 @@ const CELL_WIDTH: usize = 8;
 
 /// A table of one value per peer (row) and thread count (column), as
 /// `value` writes it ("-" for None).
-fn write_table<P: Copy>(
+pub(super) fn write_table<P: Copy>(
     out: &mut impl Write,
     threads: &[usize],
     peers: &[(P, &str)],

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod chart;
 pub mod demo;
+pub mod first;
 pub mod info;
 pub mod param;
 pub mod step;
@@ -28,9 +29,10 @@ pub struct Cli {
     #[command(flatten)]
     pub demo: DemoArgs,
 
-    /// Directory for the quick benchmark's chart (created if missing).
-    #[arg(long, value_name = "DIR", default_value = bench::DEFAULT_OUT)]
-    pub out: PathBuf,
+    /// Directory for the quick benchmark's chart (created if missing)
+    /// [default: cpulocal-bench in cargo's target directory].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -239,8 +241,10 @@ pub struct BenchArgs {
     pub json: bool,
 
     /// Directory for the chart files (created if missing).
-    #[arg(long, value_name = "DIR", default_value = bench::DEFAULT_OUT)]
-    pub out: PathBuf,
+    /// [default: cpulocal-bench in cargo's target directory, or in the
+    /// temporary directory for an installed binary].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
 
     /// Thread counts, comma-separated [default: 1,2,4,8,16].
     #[arg(long, value_name = "N,...", value_delimiter = ',', value_parser = at_least_one)]

@@ -644,18 +644,18 @@ fn counter(cfg: &Cfg) -> Result<Report, String> {
     let observed = taken.load(SeqCst) + c.sum();
     if expected != observed {
         return Err(format!(
-            "counter sum: added {expected} but taken + sum = {observed} (difference {}); stats {:?}",
+            "counter sum: added {expected} but taken + sum = {observed} (difference {}); {}",
             observed - expected,
-            c.stats()
+            paths(c.stats())
         ));
     }
     Ok(Report {
         ops: run.passes,
         detail: format!(
-            "exact sum {expected} ({} by signal handlers; {}); {:?}",
+            "exact sum {expected} ({} by signal handlers; {}); {}",
             HANDLER_ADDS.load(SeqCst),
             run.helpers(),
-            c.stats()
+            paths(c.stats())
         ),
     })
 }
@@ -957,14 +957,14 @@ fn opv(cfg: &Cfg) -> Result<Report, String> {
     let total: u64 = words.iter().map(|w| w.0.load(SeqCst)).sum();
     if total != increments {
         return Err(format!(
-            "opv sum: {total} in the words for {increments} increments (difference {}); stats {:?}",
+            "opv sum: {total} in the words for {increments} increments (difference {}); {}",
             total as i64 - increments as i64,
-            d.stats()
+            paths(d.stats())
         ));
     }
     Ok(Report {
         ops: run.passes,
-        detail: format!("exact sum {total}; {:?}; {}", d.stats(), run.helpers()),
+        detail: format!("exact sum {total}; {}; {}", paths(d.stats()), run.helpers()),
     })
 }
 
@@ -1072,9 +1072,18 @@ fn ring(cfg: &Cfg) -> Result<Report, String> {
     Ok(Report {
         ops: run.passes,
         detail: format!(
-            "{written} records: {} delivered, {lost} lost (buffer full), none twice; {}",
+            "{written} records: {} delivered, {lost} refused and counted lost (discard mode: \
+             a full CPU buffer refuses new records until the consumer frees room), none twice; {}",
             written - lost,
             run.helpers()
         ),
     })
+}
+
+/// How many operations left the fast path, in words.
+fn paths(s: cpulocal::PathStats) -> String {
+    format!(
+        "{} retried after an abort ({} aborts), {} on the fenced path",
+        s.retried, s.aborts, s.fenced
+    )
 }
