@@ -44,7 +44,9 @@ fn main() {
         }
     });
     let left = jobs.drain().count() as u64;
-    println!("40000 jobs: {done} taken by the workers, {left} left in the buffers, {refused} refused");
+    println!(
+        "40000 jobs: {done} taken by the workers, {left} left in the buffers, {refused} refused"
+    );
     assert_eq!(done + left + refused, 40_000);
 
     // A word is one pointer: Arc<String>, not the two-word Arc<str>.

@@ -27,7 +27,11 @@ fn main() {
                 s.spawn(move || {
                     (0..500u64)
                         .filter(|&seq| {
-                            let e = Event { thread, seq, payload: [thread ^ seq; 2] };
+                            let e = Event {
+                                thread,
+                                seq,
+                                payload: [thread ^ seq; 2],
+                            };
                             events.push_from(&e).is_err()
                         })
                         .count()
@@ -43,7 +47,10 @@ fn main() {
         assert_eq!(e.payload, [e.thread ^ e.seq; 2], "never torn");
         read += 1;
     }
-    read += events.drain().inspect(|e| assert_eq!(e.payload, [e.thread ^ e.seq; 2])).count();
+    read += events
+        .drain()
+        .inspect(|e| assert_eq!(e.payload, [e.thread ^ e.seq; 2]))
+        .count();
     println!("2000 events: {read} read back whole, {refused} refused (a CPU's buffer was full)");
     assert_eq!(read + refused, 2000);
 }
