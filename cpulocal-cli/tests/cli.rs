@@ -121,7 +121,10 @@ fn default_command_is_a_short_first_run() {
     assert_eq!(svg, target.join("cpulocal-bench/counter-throughput.svg"));
     check_png(&png);
     check_svg(&svg);
-    assert!(!dir.join("target").exists(), "wrote into the working directory");
+    assert!(
+        !dir.join("target").exists(),
+        "wrote into the working directory"
+    );
     assert!(stderr(&o).is_empty(), "{}", stderr(&o));
 }
 
@@ -137,7 +140,10 @@ fn the_chart_follows_cargo_target_dir() {
         .expect("run the cpulocal binary");
     assert_success(&o);
     let (png, svg) = chart_paths(&stdout(&o));
-    assert_eq!(png, dir.join("elsewhere/cpulocal-bench/counter-throughput.png"));
+    assert_eq!(
+        png,
+        dir.join("elsewhere/cpulocal-bench/counter-throughput.png")
+    );
     check_png(&png);
     check_svg(&svg);
 }
@@ -254,7 +260,10 @@ fn demo_and_out_options_work_without_the_subcommand() {
     assert_success(&o);
     let out = stdout(&o);
     assert!(out.contains("Engine: "), "{out}");
-    assert!(out.contains("2 threads each add 1 to one PerCpuCounter 500 times"), "{out}");
+    assert!(
+        out.contains("2 threads each add 1 to one PerCpuCounter 500 times"),
+        "{out}"
+    );
     assert!(out.contains("exact, none lost or doubled"), "{out}");
     check_png(&charts.join("counter-throughput.png"));
     check_svg(&charts.join("counter-throughput.svg"));

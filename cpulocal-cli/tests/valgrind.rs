@@ -206,11 +206,13 @@ fn structures_under_memcheck_are_exact_and_leak_nothing() {
             "{test}: not the fenced engine:\n{out}"
         );
         assert!(
-            out.lines().any(|l| l.trim_start().starts_with(test) && l.contains(" ok ")),
+            out.lines()
+                .any(|l| l.trim_start().starts_with(test) && l.contains(" ok ")),
             "{test}: no ok line:\n{out}"
         );
         assert!(
-            err.contains("definitely lost: 0 bytes in 0 blocks") || err.contains("All heap blocks were freed"),
+            err.contains("definitely lost: 0 bytes in 0 blocks")
+                || err.contains("All heap blocks were freed"),
             "{test}: memcheck found a leak:\n{err}"
         );
     }

@@ -231,7 +231,8 @@ impl fmt::Display for Status {
                 "glibc __rseq_size:   {s}{}",
                 match s {
                     0 => " (glibc did not register)",
-                    20 => " (this glibc publishes the original 20-byte ABI; the area it \
+                    20 =>
+                        " (this glibc publishes the original 20-byte ABI; the area it \
                            registers is 32 bytes, so the kernel fills the newer fields too)",
                     _ => "",
                 }

@@ -41,9 +41,7 @@ pub fn default_out() -> PathBuf {
             .find(|d| d.join("CACHEDIR.TAG").is_file())
             .map(Path::to_path_buf)
     });
-    built_by_cargo
-        .unwrap_or_else(std::env::temp_dir)
-        .join(DIR)
+    built_by_cargo.unwrap_or_else(std::env::temp_dir).join(DIR)
 }
 
 /// The suite's configuration for these arguments: `--threads` sets the
