@@ -63,89 +63,27 @@ pub enum Command {
     /// Compare cpulocal with hand-written C rseq and with its peers, side by
     /// side in one process.
     ///
-    /// First (section `c`), librseq's param_test loops against the same loops
-    /// written by hand in C: counter add, lock +1 unlock, list pop + push,
-    /// pointer buffer pop + push and memcpy buffer pop + push of 16 bytes,
-    /// each in cpu_id and mm_cid index modes, at 1 and 2 threads, the C loop
-    /// and cpulocal's in alternating batches on the same thread. Prints
-    /// cpulocal's time over the C loop's (goal: at most 1.10) and both times
-    /// in ns per iteration; not run where the C loops cannot (not Linux
-    /// x86_64, or no rseq).
+    /// Sections, in order (pick with --only):
     ///
-    /// Then the counters against their peers: the hand-written C rseq add (with and without cpulocal's fence
-    /// check), a shared AtomicI64, sched_getcpu() + per-CPU atomic, the
-    /// thread_local crate with cache-padded atomics (fetch_add; load+store)
-    /// and the fast-counter crate; at 1, 2, 4, 8 and 16 threads (above the
-    /// CPU count threads share CPUs). Peers run in interleaved rounds, so
-    /// their ratios to cpulocal hold on a noisy machine. Also the latency of
-    /// cpulocal's fenced path (add_on to another CPU).
+    /// - c: librseq's param_test loops (counter, lock, list, pointer buffer,
+    ///   memcpy buffer) against the same loops written in C, both index
+    ///   modes, in alternating batches; cpulocal's time over C's.
     ///
-    /// Then the structures: every thread loops push(x); pop() on one
-    /// PerCpuList, PerCpuBuffer (64 per CPU) or PerCpuMemcpyBuffer (64 per
-    /// CPU) of u64, or on the peers crossbeam's SegQueue, crossbeam's
-    /// ArrayQueue (64 per thread) and std's Mutex<Vec>; at 1, 2 and 8
-    /// threads, in interleaved rounds (3 with --quick). Each peer's ratio is
-    /// to the fastest cpulocal structure of the same round; the goal is at
-    /// least 3x the fastest peer at 2 and 8 threads, and a line says whether
-    /// it is met.
+    /// - counters: PerCpuCounter::add against the C rseq add, a shared
+    ///   atomic, sched_getcpu + atomic, thread_local shards and fast-counter;
+    ///   then the fenced path's latency (add_on to another CPU).
     ///
-    /// Then the ring: every producer thread loops reserve(64), write 64 B,
-    /// commit() on one PerCpuRing (8 x 4 KiB per CPU: 448 events per CPU),
-    /// or puts the same [u8; 64] on one crossbeam ArrayQueue with as many
-    /// slots as the ring holds events on all CPUs, in two scenarios. Flight
-    /// recorder: the producers alone, the ring in overwrite mode, the queue
-    /// with force_push (both displace their oldest events), what is left read
-    /// after each batch. Streaming: one consumer thread (pinned to the last
-    /// allowed CPU, spinning 1 us after a poll that finds nothing) drains
-    /// each batch while it runs, the ring in discard mode, the queue with
-    /// push (a full queue's refusal counted lost, as the ring's discard is).
-    /// At 1, 2 and 8 producers, in interleaved rounds (3 with --quick), per
-    /// scenario: ns per event attempted, the percentage kept (delivered or
-    /// overwritten; the rest refused, counted lost), ns per event kept, the
-    /// ArrayQueue's time / the ring's per event attempted and per event
-    /// kept, and lines on the goals, judged in the recorder per event kept
-    /// (the streaming numbers are shown against them, not judged): at most
-    /// 15 ns/event with 1 producer, at least 5x ArrayQueue's throughput with
-    /// 8. --threads and --rounds apply to every section.
+    /// - structures: push + pop on cpulocal's list and buffers against
+    ///   crossbeam's SegQueue and ArrayQueue and a Mutex<Vec>.
     ///
-    /// Prints tables of ns per operation (per push+pop pair for the
-    /// structures) and of ratios to cpulocal, and writes a chart of the
-    /// counters' throughput vs threads to DIR/counter-throughput.png and
-    /// .svg. A progress bar runs on stderr when it is a terminal.
+    /// - ring: PerCpuRing against crossbeam's ArrayQueue, as a flight
+    ///   recorder and streaming to a consumer.
     ///
-    /// With --json, prints one JSON object instead of the tables. Keys:
-    /// quick, cpus, placement ("pinned" or "floating"), threads (list),
-    /// rounds, batch_ms, reference ("cpulocal_add"), peers (list of {name,
-    /// label, available}), results (list of {peer, threads, ns_per_op,
-    /// ns_per_op_min, ns_per_op_max, mops_per_s, ratio_to_cpulocal (peer
-    /// time / cpulocal time; null without cpulocal), ops_per_thread,
-    /// max_threads_per_cpu (null when floating)}), fenced_add_on (list of
-    /// {target ("idle" or "busy"), samples, median_ns, p90_ns}; empty with
-    /// one CPU), structures ({operation, threads (list), rounds, reference
-    /// ("fastest_cpulocal"), peers (list of {name, label, cpulocal (bool),
-    /// capacity (per CPU for cpulocal's buffers, per thread for the
-    /// ArrayQueue, else null)}), results (list like the counters' results,
-    /// one operation being a push+pop pair and ratio_to_cpulocal the time /
-    /// the fastest cpulocal structure's in the same round), goal ({ratio
-    /// (3.0), threads ([2, 8]), met (bool; null when a thread count was not
-    /// run), at (list of {threads, fastest_peer, ratio}; null when not
-    /// run)})}), versus_c ({threads, rounds, goal (1.1), met (null when
-    /// not run), modes_unavailable, results (list of {loop, param_test (its
-    /// -T letter), mode ("cpu_id" or "mm_cid"), threads, c_ns, cpulocal_ns,
-    /// ratio, met})}), ring ({operation, payload_bytes (64), threads (list), rounds,
-    /// consumer_cpu (the streaming consumer's; null when floating), scenarios
-    /// (list of {name ("recorder" or "streaming"), reference (its ring's
-    /// name), goals (as below, measured in that scenario)}), peers (list of
-    /// {name, label, scenario, operation, capacity_events}), results (list
-    /// like the counters' results, one operation being one event attempted
-    /// and ratio_to_cpulocal the time / the ring's of its scenario in the
-    /// same round, plus scenario, events, delivered, overwritten, lost, kept
-    /// (delivered + overwritten), kept_fraction, lost_fraction over the
-    /// timed rounds, ns_per_kept_event and kept_ratio_to_ring), goals (the
-    /// recorder's: {ns_per_event, ratio}: each {goal (15.0; 5.0), threads
-    /// (1; 8), value (the ring's ns per event kept; the ArrayQueue's ratio
-    /// per event kept), met, value_per_attempted_event}; null when not
-    /// run)}), chart ({png, svg}: paths), elapsed_s.
+    /// Peers run in interleaved rounds and each ratio is taken within a
+    /// round, so ratios hold on a noisy machine. Prints tables of ns per
+    /// operation and of ratios, and writes a chart of the counters'
+    /// throughput (PNG and SVG). --threads and --rounds apply to every
+    /// section. docs/bench.md describes each workload and every --json key.
     Bench(BenchArgs),
     /// Run one of librseq's param_test loops on cpulocal, as
     /// `param_test_benchmark -T <loop> -t <threads> -r <reps>` runs it.
@@ -236,7 +174,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub quick: bool,
 
-    /// Print the results as one JSON object (keys above); no progress bar.
+    /// Print the results as one JSON object (keys in docs/bench.md); no
+    /// progress bar.
     #[arg(long)]
     pub json: bool,
 
