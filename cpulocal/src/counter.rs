@@ -118,10 +118,10 @@ impl PerCpuCounter {
     }
 
     /// Adds `n` to the slot of `cpu` (a concurrency id for [`Index::MmCid`]),
-    /// from any CPU: the library form of a `percpu_addv(v, count, cpu)` that
-    /// tries rseq and falls back by itself. A critical section when the
-    /// caller runs on `cpu`, otherwise the fenced path on that CPU's slot.
-    /// The caller never retries.
+    /// from any CPU: a critical section when the caller runs on `cpu`,
+    /// otherwise the fenced path on that CPU's slot (ordinary code under the
+    /// slot's fence word, which first stops any critical section running on
+    /// it). The caller never retries.
     ///
     /// Async-signal-safe, as [`add`](Self::add).
     ///
