@@ -6,8 +6,10 @@
 //!
 //! # Safety
 //!
-//! This module calls `libc::syscall` and `dlsym`. Each call documents the
-//! pointers it passes and why they stay valid for the call.
+//! This module calls `libc::syscall` and `dlsym`, and in static programs
+//! reads glibc's rseq variables through weak references in assembly. Each
+//! call documents the pointers it passes and why they stay valid for the
+//! call.
 #![allow(unsafe_code)]
 
 use core::ffi::CStr;
@@ -227,14 +229,27 @@ pub struct GlibcRseq {
     pub flags: u32,
 }
 
-/// Looks up `__rseq_offset`, `__rseq_size` and `__rseq_flags` at run time, so the
-/// crate also works with a libc that lacks them (then None).
+/// Finds glibc's `__rseq_offset`, `__rseq_size` and `__rseq_flags`, or None
+/// with a libc that lacks them.
+///
+/// A dynamically linked program looks them up at run time with `dlsym`, so
+/// the crate also runs with a glibc older than 2.35 (no symbol version is
+/// required at load time). A statically linked one (`+crt-static`) cannot:
+/// `dlsym` finds nothing there. It refers to them weakly instead (see
+/// [`static_glibc`]), which the static link resolves to glibc's variables,
+/// or to null when the libc has none.
 pub fn glibc_rseq() -> Option<GlibcRseq> {
     static CACHE: OnceLock<Option<GlibcRseq>> = OnceLock::new();
     *CACHE.get_or_init(|| {
-        let offset = dlsym(c"__rseq_offset")?;
-        let size = dlsym(c"__rseq_size")?;
-        let flags = dlsym(c"__rseq_flags");
+        let (offset, size, flags) = if cfg!(target_feature = "crt-static") {
+            static_glibc::addresses()?
+        } else {
+            (
+                dlsym(c"__rseq_offset")?,
+                dlsym(c"__rseq_size")?,
+                dlsym(c"__rseq_flags"),
+            )
+        };
         // SAFETY: glibc defines these as `const ptrdiff_t` and `const unsigned
         // int`, written once before the program starts and read-only after.
         unsafe {
@@ -247,10 +262,60 @@ pub fn glibc_rseq() -> Option<GlibcRseq> {
     })
 }
 
+/// The addresses of `__rseq_offset`, `__rseq_size` and (if defined)
+/// `__rseq_flags`.
+type Addresses = (*mut libc::c_void, *mut libc::c_void, Option<*mut libc::c_void>);
+
 fn dlsym(name: &CStr) -> Option<*mut libc::c_void> {
     // SAFETY: RTLD_DEFAULT searches the global scope; `name` is NUL-terminated.
     let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
     (!p.is_null()).then_some(p)
+}
+
+/// glibc's rseq variables in a statically linked program, by weak reference.
+///
+/// Rust has no stable weak-linkage attribute, so the reference is made in
+/// assembly: `.weak` declares the symbols, and each address is loaded from
+/// the GOT entry the linker fills with the variable's address, or with 0
+/// when no object defines it. Static glibc defines the three in the startup
+/// code that registers rseq, which every static program links.
+#[cfg(all(target_feature = "crt-static", target_arch = "x86_64"))]
+mod static_glibc {
+    core::arch::global_asm!(".weak __rseq_offset", ".weak __rseq_size", ".weak __rseq_flags");
+
+    macro_rules! weak_address {
+        ($sym:literal) => {{
+            let p: *mut libc::c_void;
+            // SAFETY: reads this program's own GOT entry for the symbol: no
+            // memory of the caller's, no stack, no flags.
+            unsafe {
+                core::arch::asm!(
+                    concat!("mov {p}, qword ptr [rip + ", $sym, "@GOTPCREL]"),
+                    p = out(reg) p,
+                    options(pure, readonly, nostack, preserves_flags),
+                );
+            }
+            (!p.is_null()).then_some(p)
+        }};
+    }
+
+    /// The three addresses, or None where glibc does not define the first two.
+    pub(super) fn addresses() -> Option<super::Addresses> {
+        Some((
+            weak_address!("__rseq_offset")?,
+            weak_address!("__rseq_size")?,
+            weak_address!("__rseq_flags"),
+        ))
+    }
+}
+
+/// Elsewhere a static program finds none (cpulocal registers its own area
+/// where glibc did not, and otherwise reports the foreign registration).
+#[cfg(not(all(target_feature = "crt-static", target_arch = "x86_64")))]
+mod static_glibc {
+    pub(super) fn addresses() -> Option<super::Addresses> {
+        None
+    }
 }
 
 /// Number of possible CPUs: one past the highest id in

@@ -1,0 +1,35 @@
+//! A statically linked program gets the rseq fast path in glibc's area.
+//!
+//! Meaningful only when built with `-C target-feature=+crt-static` (CI does,
+//! for `x86_64-unknown-linux-gnu`): a static program cannot `dlsym` glibc's
+//! `__rseq_offset`, so cpulocal finds it by weak reference. Without that it
+//! would see an area it cannot locate (glibc registered one) and fall back to
+//! the fenced engine. Built dynamically, the test checks nothing and says so.
+#![cfg(all(target_os = "linux", target_arch = "x86_64", target_env = "gnu"))]
+
+use cpulocal::{Engine, PerCpuCounter, Registration};
+
+#[test]
+fn static_glibc_program_uses_glibc_area_and_rseq() {
+    if !cfg!(target_feature = "crt-static") {
+        eprintln!("not a static build: nothing to check (CI runs this with +crt-static)");
+        return;
+    }
+    let status = cpulocal::status();
+    if status.glibc_rseq_size == Some(0) {
+        // glibc's registration was refused or turned off: not this test's case.
+        panic!("glibc did not register rseq here: {status}");
+    }
+    assert_eq!(status.registration, Registration::Glibc, "{status}");
+    assert_eq!(status.engine, Engine::Rseq, "{status}");
+    let c = PerCpuCounter::new();
+    for _ in 0..10_000 {
+        c.add(1);
+    }
+    assert_eq!(c.sum(), 10_000);
+    assert!(
+        c.stats().fenced < 10_000,
+        "every add took the fenced path: {:?}",
+        c.stats()
+    );
+}
