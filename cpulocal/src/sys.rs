@@ -264,7 +264,11 @@ pub fn glibc_rseq() -> Option<GlibcRseq> {
 
 /// The addresses of `__rseq_offset`, `__rseq_size` and (if defined)
 /// `__rseq_flags`.
-type Addresses = (*mut libc::c_void, *mut libc::c_void, Option<*mut libc::c_void>);
+type Addresses = (
+    *mut libc::c_void,
+    *mut libc::c_void,
+    Option<*mut libc::c_void>,
+);
 
 fn dlsym(name: &CStr) -> Option<*mut libc::c_void> {
     // SAFETY: RTLD_DEFAULT searches the global scope; `name` is NUL-terminated.
@@ -281,7 +285,11 @@ fn dlsym(name: &CStr) -> Option<*mut libc::c_void> {
 /// code that registers rseq, which every static program links.
 #[cfg(all(target_feature = "crt-static", target_arch = "x86_64"))]
 mod static_glibc {
-    core::arch::global_asm!(".weak __rseq_offset", ".weak __rseq_size", ".weak __rseq_flags");
+    core::arch::global_asm!(
+        ".weak __rseq_offset",
+        ".weak __rseq_size",
+        ".weak __rseq_flags"
+    );
 
     macro_rules! weak_address {
         ($sym:literal) => {{
