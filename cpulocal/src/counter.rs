@@ -12,9 +12,7 @@
 use core::fmt;
 use core::sync::atomic::{AtomicI64, Ordering};
 
-use crate::domain::Order;
-use crate::shape::Shape;
-use crate::slots::{At, Follow, Slot, Slots};
+use crate::slots::{At, Follow, Slots};
 use crate::stats::PathStats;
 use crate::{Error, Index};
 
@@ -147,7 +145,9 @@ impl PerCpuCounter {
     /// The add shape on slot `at`; after a migration, on the thread's new
     /// slot if `follow` says so (a plain `add`).
     #[inline(always)]
+    #[cfg(target_pointer_width = "64")]
     fn add_at(&self, at: At<'_, AtomicI64>, follow: Follow, n: i64) {
+        use crate::{domain::Order, shape::Shape, slots::Slot};
         let shape = move |slot: &Slot<AtomicI64>| Shape::AddStore {
             vo: Shape::offset(&slot.fence, slot.data.as_ptr().cast()),
             count: n as usize,
@@ -156,6 +156,16 @@ impl PerCpuCounter {
         // shape and by `take` under the fence (module docs). An add cannot
         // fail a compare.
         let _ = unsafe { self.slots.perform(at, Order::Relaxed, follow, shape) };
+    }
+
+    /// Where a word is 32 bits the add shape cannot add an i64: the add runs
+    /// under the slot's fence, as `take` does. These targets have no critical
+    /// sections, so every add took the fenced path anyway.
+    #[cfg(not(target_pointer_width = "64"))]
+    fn add_at(&self, at: At<'_, AtomicI64>, _follow: Follow, n: i64) {
+        self.slots.fenced_counted(at.index, |value| {
+            value.fetch_add(n, Ordering::Relaxed);
+        });
     }
 
     /// The sum of all slots (wrapping). Concurrent adds may or may not be

@@ -81,16 +81,31 @@
 //!
 //! # Platform support
 //!
-//! The rseq engine exists for Linux x86_64. Every other target, and any
-//! process where rseq or `membarrier(PRIVATE_EXPEDITED_RSEQ)` is unavailable
-//! (seccomp, valgrind, old kernels), runs the fenced engine alone, with the
-//! same results. [`status()`] says which engine runs and why.
+//! cpulocal is for Linux only: it stands on the kernel's rseq and
+//! `membarrier` system calls, and on another operating system it does not
+//! compile (a `compile_error!` says so).
+//!
+//! | Linux target | engine | tested |
+//! |---|---|---|
+//! | `x86_64-unknown-linux-gnu` (dynamic or `+crt-static`) | rseq, the fenced path as fallback | every test, in CI |
+//! | `i686-unknown-linux-gnu` | fenced | the structures, shapes, ring and model tests, in CI |
+//! | `aarch64-unknown-linux-gnu` and other 64-bit Linux targets | fenced | built in CI |
+//!
+//! The rseq engine has critical sections for x86_64 only. Every other
+//! target, and any process where rseq or `membarrier(PRIVATE_EXPEDITED_RSEQ)`
+//! is unavailable (seccomp, valgrind, old kernels), runs the fenced engine
+//! alone, with the same results. [`status()`] says which engine runs and
+//! why. Where a word is 32 bits, a [`PerCpuRing`] holds at most 512 KiB per
+//! CPU (its record headers are one word).
 #![deny(unsafe_code)]
 #![warn(
     unsafe_op_in_unsafe_fn,
     missing_docs,
     clippy::undocumented_unsafe_blocks
 )]
+
+#[cfg(not(target_os = "linux"))]
+compile_error!("cpulocal runs on Linux only: it is built on the rseq and membarrier system calls");
 
 mod abi;
 mod arch;

@@ -44,7 +44,6 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
 use crate::domain::{CompareFailed, Domain, Order};
-use crate::fence::Fence;
 use crate::shape::Shape;
 use crate::slots::Slots;
 use crate::{engine, Index, PathStats, RSEQ_ATTEMPTS};
@@ -474,7 +473,7 @@ mod rseq {
     use super::*;
     use crate::abi::Rseq;
     use crate::arch::{self, Outcome};
-    use crate::fence::HELD;
+    use crate::fence::{Fence, HELD};
 
     fn index() -> impl Strategy<Value = Index> {
         prop_oneof![Just(Index::Cpu), Just(Index::MmCid)]

@@ -357,6 +357,15 @@ impl<D> Slots<D> {
         fence::with_signals_blocked(&slot.fence, index, self.by, || op(&slot.data))
     }
 
+    /// As [`fenced`](Self::fenced), counted in the stats as an operation
+    /// that took the fenced path: for an operation that no shape can express
+    /// on this target (a 64-bit add where a word is 32 bits).
+    #[cfg_attr(target_pointer_width = "64", allow(dead_code))]
+    pub(crate) fn fenced_counted<R>(&self, index: usize, op: impl FnOnce(&D) -> R) -> R {
+        self.stats.fenced(0);
+        self.fenced(index, op)
+    }
+
     /// Takes slot `index`'s fence for the calling thread, without the
     /// membarrier and without blocking signals: for data that no critical
     /// section touches. Waits while another thread holds it.

@@ -47,11 +47,14 @@ impl core::fmt::Display for Errno {
     }
 }
 
-fn check(ret: libc::c_long) -> Result<libc::c_long, Errno> {
+/// A raw `syscall` return (a `long`, 32 bits on 32-bit targets) as a Result.
+fn check(ret: libc::c_long) -> Result<i64, Errno> {
     if ret < 0 {
         Err(Errno::last())
     } else {
-        Ok(ret)
+        // The identity on 64-bit targets, a widening on 32-bit ones.
+        #[allow(clippy::useless_conversion)]
+        Ok(i64::from(ret))
     }
 }
 

@@ -13,8 +13,26 @@ mod child;
 use cpulocal::{Error, PerCpuBuffer, PerCpuMemcpyBuffer, PerCpuRing, RingConfig};
 
 const CHILD_ENV: &str = "CPULOCAL_ALLOC_CHILD";
+/// The child's address-space limit: 8 GiB, or 3 GiB where a word is 32 bits.
+#[cfg(target_pointer_width = "64")]
+const AS_LIMIT: libc::rlim_t = 8 << 30;
+#[cfg(not(target_pointer_width = "64"))]
+const AS_LIMIT: libc::rlim_t = 3 << 30;
+/// log2 of the pointer buffer's capacity: 8 TiB per CPU, or 4 GiB on 32 bits.
+const BUFFER_LOG2: u32 = if cfg!(target_pointer_width = "64") {
+    40
+} else {
+    30
+};
+/// log2 of the 64-byte memcpy buffer's capacity: 4 TiB per CPU, or 4 GiB.
+const MEMCPY_LOG2: u32 = if cfg!(target_pointer_width = "64") {
+    36
+} else {
+    26
+};
 
 /// The resident set of this process, in bytes.
+#[cfg(target_pointer_width = "64")]
 fn rss() -> usize {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
     let kib: usize = status
@@ -31,24 +49,29 @@ fn alloc_child() {
         return;
     }
     let limit = libc::rlimit {
-        rlim_cur: 8 << 30,
-        rlim_max: 8 << 30,
+        rlim_cur: AS_LIMIT,
+        rlim_max: AS_LIMIT,
     };
     // SAFETY: a valid rlimit for the calling process.
     assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) }, 0);
     let report = |what: &str, r: Result<(), Error>| println!("ALLOC {what}: {r:?}");
     report(
-        "buffer 2^40",
-        PerCpuBuffer::<usize>::try_new(1 << 40).map(drop),
+        "buffer",
+        PerCpuBuffer::<usize>::try_new(1 << BUFFER_LOG2).map(drop),
     );
     report(
-        "memcpy 2^36 x 64 B",
-        PerCpuMemcpyBuffer::<[u8; 64]>::try_new(1 << 36).map(drop),
+        "memcpy",
+        PerCpuMemcpyBuffer::<[u8; 64]>::try_new(1 << MEMCPY_LOG2).map(drop),
     );
-    let huge = RingConfig::new()
-        .sub_buffer_size(1 << 24)
-        .sub_buffers(1 << 15);
-    report("ring 512 GiB", PerCpuRing::with_config(huge).map(drop));
+    // A ring's header tags limit it to 512 KiB per CPU where a word is 32
+    // bits: no ring there is too large to allocate.
+    #[cfg(target_pointer_width = "64")]
+    {
+        let huge = RingConfig::new()
+            .sub_buffer_size(1 << 24)
+            .sub_buffers(1 << 15);
+        report("ring 512 GiB", PerCpuRing::with_config(huge).map(drop));
+    }
     // Still usable after the refusals: nothing was left half-built.
     let b = PerCpuBuffer::<usize>::try_new(16).expect("a small buffer");
     b.push(1).unwrap();
@@ -64,7 +87,12 @@ fn impossible_sizes_are_typed_errors_not_aborts() {
         text.contains("ALLOC DONE"),
         "the child did not finish:\n{text}"
     );
-    for what in ["buffer 2^40", "memcpy 2^36 x 64 B", "ring 512 GiB"] {
+    let whats: &[&str] = if cfg!(target_pointer_width = "64") {
+        &["buffer", "memcpy", "ring 512 GiB"]
+    } else {
+        &["buffer", "memcpy"]
+    };
+    for what in whats {
         let line = text
             .lines()
             .find(|l| l.contains(&format!("ALLOC {what}:")))
@@ -101,7 +129,9 @@ fn sizes_that_overflow_are_typed_errors() {
 }
 
 /// A ring of 256 MiB per CPU builds without committing it: the resident set
-/// grows by far less than the ring's size until records are written.
+/// grows by far less than the ring's size until records are written. (Where
+/// a word is 32 bits a ring holds at most 512 KiB per CPU.)
+#[cfg(target_pointer_width = "64")]
 #[test]
 fn large_rings_are_not_zeroed_up_front() {
     let config = RingConfig::new().sub_buffer_size(1 << 20).sub_buffers(256);

@@ -161,7 +161,10 @@ word_buffer!(Arc<Tracked>, |item| item.id, |item| {
 });
 
 word_buffer!(usize, |item| *item as u64, |item| {
-    assert!(*item < 1 << 40, "a word that was never pushed: {item:#x}");
+    assert!(
+        (*item as u64) < 1 << 40,
+        "a word that was never pushed: {item:#x}"
+    );
 });
 
 impl<const N: usize> Buffer for PerCpuMemcpyBuffer<Sealed<N>> {

@@ -20,7 +20,15 @@
 //! The parent asserts the child ran its test and exited 0, and prints the
 //! child's output when it did not. Children run one at a time (each stress
 //! wants the machine to itself).
+//!
+//! The filters are built with seccompiler, which knows x86_64, aarch64 and
+//! riscv64 only; on other targets this file is empty.
 
+#![cfg(any(
+    target_arch = "x86_64",
+    target_arch = "aarch64",
+    target_arch = "riscv64"
+))]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod common;

@@ -96,9 +96,12 @@ pub fn tokens(slots: usize) -> usize {
 }
 /// What each slot's pair of words always sums to (wrapping).
 pub const PAIR_SUM: usize = 1_000_000_007;
-/// A value no counter reaches in a run (they stay within ± 10^12 of 0): the
-/// operand of the `CompareNe` that always passes.
-const NEVER: usize = 0x5555_5555_5555_5555;
+/// A value no counter reaches in a run (they stay within a few million of 0):
+/// the operand of the `CompareNe` that always passes. 0x5555...55 in any word
+/// size.
+const NEVER: usize = usize::MAX / 3;
+/// The bytes of a word: every operand of the vectors is a `usize`.
+const W: usize = size_of::<usize>();
 /// Shape operations per worker at scale 1.
 const BASE_OPS_PER_WORKER: u64 = 300_000;
 
@@ -270,17 +273,17 @@ impl Scene {
             Op::CompareEq {
                 a: bytes(head),
                 b: local(&h),
-                len: 8,
+                len: W,
             },
             Op::CompareEq {
                 a: bytes(&node.next),
                 b: local(&n),
-                len: 8,
+                len: W,
             },
             Op::Memcpy {
                 dst: bytes(head),
                 src: local(&n),
-                len: 8,
+                len: W,
             },
         ];
         match self.run_ops(i, &ops) {
@@ -301,12 +304,12 @@ impl Scene {
             Op::CompareEq {
                 a: bytes(head),
                 b: local(&old),
-                len: 8,
+                len: W,
             },
             Op::MemcpyRelease {
                 dst: bytes(head),
                 src: local(&addr),
-                len: 8,
+                len: W,
             },
         ];
         match self.run_ops(i, &ops) {
@@ -384,17 +387,17 @@ impl Scene {
             Op::CompareEq {
                 a: bytes(&b.count),
                 b: local(&c),
-                len: 8,
+                len: W,
             },
             Op::Memcpy {
                 dst: bytes(&b.items[c]),
                 src: local(&token),
-                len: 8,
+                len: W,
             },
             Op::MemcpyRelease {
                 dst: bytes(&b.count),
                 src: local(&c1),
-                len: 8,
+                len: W,
             },
         ];
         match self.run_ops(i, &ops) {
@@ -416,17 +419,17 @@ impl Scene {
             Op::CompareEq {
                 a: bytes(&b.count),
                 b: local(&c),
-                len: 8,
+                len: W,
             },
             Op::CompareEq {
                 a: bytes(&b.items[c - 1]),
                 b: local(&item),
-                len: 8,
+                len: W,
             },
             Op::Memcpy {
                 dst: bytes(&b.count),
                 src: local(&c0),
-                len: 8,
+                len: W,
             },
         ];
         match self.run_ops(i, &ops) {
@@ -1022,11 +1025,11 @@ fn counter_vector(scene: &Scene, rng: &mut SmallRng, i: usize, t: &mut Tally) {
                 Op::CompareNe {
                     a: counter,
                     b: local(&never),
-                    len: 8,
+                    len: W,
                 },
                 Op::Add {
                     p: counter,
-                    size: 8,
+                    size: W,
                     count: v,
                 },
             ];
@@ -1040,13 +1043,13 @@ fn counter_vector(scene: &Scene, rng: &mut SmallRng, i: usize, t: &mut Tally) {
             let op = if rng.random_bool(0.5) {
                 Op::Add {
                     p: counter,
-                    size: 8,
+                    size: W,
                     count: v,
                 }
             } else {
                 Op::AddRelease {
                     p: counter,
-                    size: 8,
+                    size: W,
                     count: v,
                 }
             };
@@ -1063,11 +1066,11 @@ fn counter_vector(scene: &Scene, rng: &mut SmallRng, i: usize, t: &mut Tally) {
                 Op::CompareEq {
                     a: counter,
                     b: local(&snap),
-                    len: 8,
+                    len: W,
                 },
                 Op::Add {
                     p: counter,
-                    size: 8,
+                    size: W,
                     count: v,
                 },
                 Op::Mb,
@@ -1083,12 +1086,12 @@ fn counter_vector(scene: &Scene, rng: &mut SmallRng, i: usize, t: &mut Tally) {
             let ops = [
                 Op::Add {
                     p: a,
-                    size: 8,
+                    size: W,
                     count: -x,
                 },
                 Op::Add {
                     p: b,
-                    size: 8,
+                    size: W,
                     count: x,
                 },
             ];
@@ -1106,21 +1109,21 @@ fn counter_vector(scene: &Scene, rng: &mut SmallRng, i: usize, t: &mut Tally) {
                 Op::CompareEq {
                     a,
                     b: local(&a0),
-                    len: 8,
+                    len: W,
                 },
                 Op::CompareEq {
                     a: b,
                     b: local(&b0),
-                    len: 8,
+                    len: W,
                 },
                 Op::AddRelease {
                     p: a,
-                    size: 8,
+                    size: W,
                     count: -x,
                 },
                 Op::Add {
                     p: b,
-                    size: 8,
+                    size: W,
                     count: x,
                 },
             ];
