@@ -200,7 +200,12 @@ fn info_json_has_the_documented_fields() {
     for key in ["node_id_valid", "mm_cid_valid", "mm_cid_indexing"] {
         assert!(obj[key].is_boolean(), "{key} in {v}");
     }
-    for key in ["feature_size", "glibc_rseq_size", "rseq_off_errno"] {
+    for key in [
+        "feature_size",
+        "glibc_rseq_size",
+        "rseq_area_len",
+        "rseq_off_errno",
+    ] {
         assert!(obj.contains_key(key), "no {key} in {v}");
         assert!(
             obj[key].is_null() || obj[key].is_u64() || obj[key].is_i64(),

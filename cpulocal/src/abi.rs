@@ -78,11 +78,69 @@ pub const RSEQ_SIG: u32 = 0x5305_3053;
 /// `rseq(2)` flag that unregisters an area.
 pub const RSEQ_FLAG_UNREGISTER: i32 = 1;
 
-/// Size of the original ABI, the length cpulocal registers.
+/// Size of the original ABI: the length cpulocal registers where the kernel
+/// fills no more than it (see [`OwnArea`]).
 pub const RSEQ_ORIG_SIZE: u32 = 32;
 
 /// `getauxval` key: how much of `struct rseq` this kernel fills (Linux 6.3+).
 pub const AT_RSEQ_FEATURE_SIZE: libc::c_ulong = 27;
+/// `getauxval` key: the alignment this kernel requires of an area registered
+/// with a length other than 32 (Linux 6.3+).
+pub const AT_RSEQ_ALIGN: libc::c_ulong = 28;
+
+/// The area cpulocal registers for a thread when glibc did not: `struct
+/// rseq`'s original fields, then room for the fields newer kernels add.
+/// Registered with [`own_area_len`]'s length.
+#[repr(C, align(256))]
+pub struct OwnArea {
+    /// The fields cpulocal reads (and `rseq_cs`, the one it writes).
+    pub rseq: Rseq,
+    /// Written by the kernel only: fields past the original 32 bytes.
+    pub newer: [u8; OWN_AREA_MAX - 32],
+}
+
+/// The largest feature size and alignment [`OwnArea`] can hold.
+pub const OWN_AREA_MAX: usize = 256;
+
+impl OwnArea {
+    /// An area in the "never registered" state.
+    pub const fn unregistered() -> Self {
+        OwnArea {
+            rseq: Rseq::unregistered(),
+            newer: [0; OWN_AREA_MAX - 32],
+        }
+    }
+}
+
+/// The length to register an [`OwnArea`] with, given the kernel's
+/// `AT_RSEQ_FEATURE_SIZE` and `AT_RSEQ_ALIGN`: the feature size rounded up
+/// to the alignment, as the kernel requires of any length but 32 (it must
+/// cover the fields the kernel fills, and the area must be aligned to
+/// `AT_RSEQ_ALIGN`); 32 where the kernel fills no more than the original
+/// fields, where it supplies neither key, or where the sizes exceed
+/// [`OWN_AREA_MAX`].
+///
+/// From Linux 6.19 the length chooses the kernel's mode for the thread: 32
+/// bytes keep the original behaviour, a length of at least the feature size
+/// gets the mode that writes the ids only when they change (and is needed
+/// for time-slice extension). cpulocal relies on neither behaviour.
+pub const fn own_area_len(feature_size: Option<u64>, align: Option<u64>) -> u32 {
+    let Some(size) = feature_size else {
+        return RSEQ_ORIG_SIZE;
+    };
+    if size <= RSEQ_ORIG_SIZE as u64 {
+        return RSEQ_ORIG_SIZE;
+    }
+    let align = match align {
+        Some(a) if a.is_power_of_two() => a,
+        _ => RSEQ_ORIG_SIZE as u64,
+    };
+    let len = size.div_ceil(align) * align;
+    if len > OWN_AREA_MAX as u64 || align > OWN_AREA_MAX as u64 {
+        return RSEQ_ORIG_SIZE;
+    }
+    len as u32
+}
 /// `membarrier(2)` commands and flags.
 pub mod membarrier {
     /// Bitmask of supported commands.
@@ -104,8 +162,34 @@ const _: () = {
     assert!(offset_of!(Rseq, flags) == 16);
     assert!(offset_of!(Rseq, node_id) == 20);
     assert!(offset_of!(Rseq, mm_cid) == 24);
+    assert!(size_of::<OwnArea>() == OWN_AREA_MAX && align_of::<OwnArea>() == OWN_AREA_MAX);
     assert!(size_of::<RseqCs>() == 32 && align_of::<RseqCs>() == 32);
     assert!(offset_of!(RseqCs, start_ip) == 8);
     assert!(offset_of!(RseqCs, post_commit_offset) == 16);
     assert!(offset_of!(RseqCs, abort_ip) == 24);
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_area_len_follows_the_kernel() {
+        // Before 6.3 (no keys), and kernels that fill the original fields.
+        assert_eq!(own_area_len(None, None), 32);
+        assert_eq!(own_area_len(Some(20), Some(32)), 32);
+        assert_eq!(own_area_len(Some(28), Some(32)), 32);
+        assert_eq!(own_area_len(Some(32), Some(32)), 32);
+        // Linux 7.3: feature size 33, alignment 64.
+        assert_eq!(own_area_len(Some(33), Some(64)), 64);
+        assert_eq!(own_area_len(Some(64), Some(64)), 64);
+        assert_eq!(own_area_len(Some(65), Some(64)), 128);
+        // No alignment key, or a nonsensical one: 32.
+        assert_eq!(own_area_len(Some(40), None), 64);
+        assert_eq!(own_area_len(Some(40), Some(48)), 64);
+        // More than the area holds: the original size.
+        assert_eq!(own_area_len(Some(257), Some(64)), 32);
+        assert_eq!(own_area_len(Some(40), Some(512)), 32);
+        assert_eq!(own_area_len(Some(256), Some(256)), 256);
+    }
+}

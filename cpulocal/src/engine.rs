@@ -23,10 +23,10 @@
 #![allow(unsafe_code)]
 
 use core::cell::{Cell, UnsafeCell};
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::OnceLock;
 
-use crate::abi::{self, Rseq, CPU_ID_REGISTRATION_FAILED};
+use crate::abi::{self, OwnArea, Rseq, CPU_ID_REGISTRATION_FAILED};
 use crate::status::{Registration, RseqOff};
 use crate::sys::{self, Errno};
 use crate::{arch, fence};
@@ -63,6 +63,7 @@ pub(crate) fn process() -> &'static Process {
 }
 
 fn decide() -> Process {
+    own_len(); // chosen here, outside any signal handler
     let glibc = sys::glibc_rseq();
     let feature_size = sys::getauxval(abi::AT_RSEQ_FEATURE_SIZE);
     // SAFETY: the handler only touches atomics and a const-initialised
@@ -152,8 +153,8 @@ thread_local! {
     /// Who registered rseq for this thread, and why its operations are fenced
     /// (None: they are not), for `status()`.
     static THREAD: Cell<Option<(Registration, Option<RseqOff>)>> = const { Cell::new(None) };
-    /// The area cpulocal registers when glibc did not.
-    static OWN_AREA: UnsafeCell<Rseq> = const { UnsafeCell::new(Rseq::unregistered()) };
+    /// The area cpulocal registers when glibc did not, [`own_len`] bytes of it.
+    static OWN_AREA: UnsafeCell<OwnArea> = const { UnsafeCell::new(OwnArea::unregistered()) };
     /// Whether `OWN_AREA` is registered with the kernel.
     static OWN_REGISTERED: Cell<bool> = const { Cell::new(false) };
     /// Unregisters `OWN_AREA` when the thread exits.
@@ -268,18 +269,43 @@ fn glibc_registered_thread(g: sys::GlibcRseq) -> bool {
     !arch::HAS_RSEQ || cpu_id(glibc_area(g)) as i32 >= 0
 }
 
+/// The length cpulocal registers its own areas with (0: not chosen yet).
+static OWN_LEN: AtomicU32 = AtomicU32::new(0);
+
+/// The length cpulocal registers its own areas with: sized from the
+/// kernel's `AT_RSEQ_FEATURE_SIZE` and `AT_RSEQ_ALIGN`
+/// ([`abi::own_area_len`]), the same for every thread of the process.
+pub(crate) fn own_len() -> u32 {
+    match OWN_LEN.load(Ordering::Relaxed) {
+        0 => {
+            let feature = crate::testing::own_feature_size()
+                .or_else(|| sys::getauxval(abi::AT_RSEQ_FEATURE_SIZE));
+            let len = abi::own_area_len(feature, sys::getauxval(abi::AT_RSEQ_ALIGN));
+            OWN_LEN.store(len, Ordering::Relaxed);
+            len
+        }
+        len => len,
+    }
+}
+
+/// This thread's own area, as the `struct rseq` the sections read.
+fn own_area() -> *mut Rseq {
+    OWN_AREA.with(UnsafeCell::get).cast()
+}
+
 /// Registers this thread's own area; returns it.
 fn register_own() -> Result<*const Rseq, Errno> {
-    let own = OWN_AREA.with(UnsafeCell::get);
+    let own = own_area();
     if OWN_REGISTERED.with(Cell::get) {
         return Ok(own); // the probe in `decide` registered this thread already
     }
     // Install the destructor before registering, so no registered area can
     // outlive the thread's storage.
     OWN_GUARD.with(|_| ());
-    // SAFETY: OWN_AREA lives as long as this thread's TLS; OwnRegistration's
-    // destructor unregisters it before that storage is freed.
-    match unsafe { sys::rseq_register(own) } {
+    // SAFETY: OWN_AREA (256 bytes, at least `own_len()`) lives as long as
+    // this thread's TLS; OwnRegistration's destructor unregisters it before
+    // that storage is freed.
+    match unsafe { sys::rseq_register(own, own_len()) } {
         // EBUSY: this same area is registered already, by a signal handler
         // that interrupted this function between the check above and here.
         Ok(()) | Err(Errno(libc::EBUSY)) => {
@@ -296,9 +322,11 @@ fn unregister_own() {
         .try_with(|c| c.replace(false))
         .unwrap_or(false)
     {
-        let own = OWN_AREA.with(UnsafeCell::get);
-        // SAFETY: `own` is this thread's registered area.
-        let r = unsafe { sys::rseq_unregister(own) };
+        // SAFETY: this thread's registered area, with its length.
+        let r = unsafe { sys::rseq_unregister(own_area(), own_len()) };
+        if r.is_err() {
+            crate::testing::unregister_failed();
+        }
         debug_assert!(r.is_ok(), "rseq unregistration failed: {r:?}");
     }
 }
@@ -317,7 +345,7 @@ impl Drop for OwnRegistration {
         // Poisoned, so a test can see that the kernel no longer writes it.
         #[cfg(feature = "testing")]
         {
-            let own = OWN_AREA.with(UnsafeCell::get);
+            let own = own_area();
             // SAFETY: the area is ours; once unregistered nothing else writes
             // it (with `SkipUnregister` the kernel still may: what the test
             // detects).
@@ -388,7 +416,7 @@ pub(crate) fn area_u32(offset: usize) -> Option<usize> {
 /// `(cpu_id_start, cpu_id)` of the calling thread's own area (for tests).
 #[cfg(feature = "testing")]
 pub(crate) fn own_area_cpu_ids() -> (u32, u32) {
-    let own = OWN_AREA.with(UnsafeCell::get);
+    let own = own_area();
     // SAFETY: our own area, alive as long as the thread's TLS; volatile reads
     // of fields the kernel may write between our instructions.
     unsafe {

@@ -105,6 +105,18 @@ pub struct Status {
     pub membarrier_rseq: Result<(), Errno>,
     /// glibc's `__rseq_size`, or None when the libc does not publish it.
     pub glibc_rseq_size: Option<u32>,
+    /// The length this thread's rseq area is registered with, where it is
+    /// known: cpulocal's own area's ([`AT_RSEQ_FEATURE_SIZE`] rounded up to
+    /// `AT_RSEQ_ALIGN`, or 32), or 32 for a glibc that publishes
+    /// `__rseq_size` = 20 (glibc 2.35 to 2.39 register 32 bytes). From Linux
+    /// 6.19 the kernel keeps its original behaviour for a 32-byte area and
+    /// gives a longer one its optimised mode (ids written only when they
+    /// change; needed for time-slice extension). cpulocal works the same in
+    /// both: it reads `cpu_id`, `cpu_id_start`, `node_id` and `mm_cid`, and
+    /// writes only `rseq_cs`.
+    ///
+    /// [`AT_RSEQ_FEATURE_SIZE`]: Status::feature_size
+    pub rseq_area_len: Option<u32>,
     /// [`possible_cpus()`](crate::possible_cpus).
     pub possible_cpus: usize,
     /// The CPU the thread ran on when the status was taken.
@@ -131,6 +143,11 @@ impl Status {
             mm_cid_indexing: crate::index::mm_cid_indexing(),
             membarrier_rseq: p.membarrier,
             glibc_rseq_size: p.glibc.map(|g| g.size),
+            rseq_area_len: match registration {
+                Registration::Cpulocal => Some(engine::own_len()),
+                Registration::Glibc => p.glibc.filter(|g| g.size == 20).map(|_| 32),
+                Registration::Nobody(_) => None,
+            },
             possible_cpus: sys::possible_cpus(),
             cpu: engine::current_cpu(),
         }
@@ -238,6 +255,20 @@ impl fmt::Display for Status {
                 }
             )?,
             None => writeln!(f, "glibc __rseq_size:   not published by this libc")?,
+        }
+        match (self.rseq_area_len, &self.registration) {
+            (_, Registration::Nobody(_)) => {}
+            (Some(32), _) => writeln!(
+                f,
+                "rseq area length:    32 bytes (the original size; Linux 6.19+ keeps its \
+                 original behaviour for it)"
+            )?,
+            (Some(n), _) => writeln!(
+                f,
+                "rseq area length:    {n} bytes (the kernel's feature size, aligned; Linux \
+                 6.19+ gives it the optimised mode)"
+            )?,
+            (None, _) => writeln!(f, "rseq area length:    unknown (glibc does not say)")?,
         }
         writeln!(f, "possible CPUs:       {}", self.possible_cpus)?;
         write!(f, "current CPU:         {}", self.cpu)

@@ -58,32 +58,35 @@ fn check(ret: libc::c_long) -> Result<i64, Errno> {
     }
 }
 
-/// `rseq(area, 32, 0, RSEQ_SIG)`: registers `area` for the calling thread.
+/// `rseq(area, len, 0, RSEQ_SIG)`: registers `area` for the calling thread.
 ///
 /// # Safety
 ///
-/// `area` must stay valid and writable until [`rseq_unregister`] is called for
-/// it or the thread exits its last user-space instruction.
-pub unsafe fn rseq_register(area: *mut Rseq) -> Result<(), Errno> {
-    // SAFETY: the caller keeps `area` alive while registered; the kernel
-    // validates length, alignment and signature.
-    let ret = unsafe { libc::syscall(libc::SYS_rseq, area, abi::RSEQ_ORIG_SIZE, 0, abi::RSEQ_SIG) };
+/// `area` must hold `len` bytes and stay valid and writable until
+/// [`rseq_unregister`] is called for it or the thread exits its last
+/// user-space instruction.
+pub unsafe fn rseq_register(area: *mut Rseq, len: u32) -> Result<(), Errno> {
+    // SAFETY: the caller keeps `len` bytes at `area` alive while registered;
+    // the kernel validates length, alignment and signature.
+    let ret = unsafe { libc::syscall(libc::SYS_rseq, area, len, 0, abi::RSEQ_SIG) };
     check(ret).map(drop)
 }
 
-/// `rseq(area, 32, RSEQ_FLAG_UNREGISTER, RSEQ_SIG)`.
+/// `rseq(area, len, RSEQ_FLAG_UNREGISTER, RSEQ_SIG)`; `len` must be the
+/// length `area` was registered with (the kernel answers EINVAL otherwise).
 ///
 /// # Safety
 ///
 /// `area` must be an area this thread registered; after the call the kernel
 /// no longer writes it.
-pub unsafe fn rseq_unregister(area: *mut Rseq) -> Result<(), Errno> {
-    // SAFETY: unregistration only compares `area` with the registered pointer.
+pub unsafe fn rseq_unregister(area: *mut Rseq, len: u32) -> Result<(), Errno> {
+    // SAFETY: unregistration only compares `area` and `len` with the
+    // registered ones.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_rseq,
             area,
-            abi::RSEQ_ORIG_SIZE,
+            len,
             abi::RSEQ_FLAG_UNREGISTER,
             abi::RSEQ_SIG,
         )

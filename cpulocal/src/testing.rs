@@ -4,7 +4,7 @@
 
 #[cfg(feature = "testing")]
 mod switches {
-    use core::sync::atomic::{AtomicBool, Ordering};
+    use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     static SKIP_MEMBARRIER: AtomicBool = AtomicBool::new(false);
     static SKIP_FENCE_CHECK: AtomicBool = AtomicBool::new(false);
@@ -55,6 +55,27 @@ mod switches {
     pub(crate) fn skip_fence_check() -> bool {
         SKIP_FENCE_CHECK.load(Ordering::Relaxed)
     }
+
+    static UNREGISTER_FAILURES: AtomicUsize = AtomicUsize::new(0);
+
+    /// How many times unregistering cpulocal's own area failed (the kernel
+    /// refused the call, as it would a length other than the registered one).
+    pub fn unregister_failures() -> usize {
+        UNREGISTER_FAILURES.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn unregister_failed() {
+        UNREGISTER_FAILURES.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The environment variable that sizes cpulocal's own areas as if the
+    /// kernel's `AT_RSEQ_FEATURE_SIZE` were its value (read once): to
+    /// register areas longer than 32 bytes on a kernel that fills no more.
+    pub const OWN_FEATURE_SIZE_VAR: &str = "CPULOCAL_TEST_OWN_FEATURE_SIZE";
+
+    pub(crate) fn own_feature_size() -> Option<u64> {
+        std::env::var(OWN_FEATURE_SIZE_VAR).ok()?.parse().ok()
+    }
 }
 
 #[cfg(not(feature = "testing"))]
@@ -72,6 +93,14 @@ mod switches {
     #[inline(always)]
     pub(crate) fn skip_unregister() -> bool {
         false
+    }
+
+    #[inline(always)]
+    pub(crate) fn unregister_failed() {}
+
+    #[inline(always)]
+    pub(crate) fn own_feature_size() -> Option<u64> {
+        None
     }
 }
 

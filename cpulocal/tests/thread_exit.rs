@@ -7,6 +7,10 @@
 //! `cpu_id_start`/`cpu_id` on the way back to user space if the area were still
 //! registered, and checks the poison is intact. With the unregistration
 //! skipped on purpose the same check must fail, which shows it is sensitive.
+//!
+//! The `sized` run registers 64-byte areas (as on a kernel whose
+//! `AT_RSEQ_FEATURE_SIZE` is above 32, such as 7.3's 33), which the kernel
+//! unregisters only when given the same length back.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -54,7 +58,9 @@ fn run(skip_unregister: bool) -> (usize, usize) {
             std::thread::spawn(move || {
                 // Registered before cpulocal's destructor, so it runs after it.
                 CHECKER.with(|c| c.set(Some(Checker)));
-                assert_eq!(cpulocal::status().registration, Registration::Cpulocal);
+                let s = cpulocal::status();
+                assert_eq!(s.registration, Registration::Cpulocal, "{s}");
+                assert_eq!(s.rseq_area_len, Some(expected_len(&s)), "{s}");
                 for _ in 0..100 {
                     counter.add(1);
                 }
@@ -70,6 +76,16 @@ fn run(skip_unregister: bool) -> (usize, usize) {
     )
 }
 
+/// The length cpulocal's own areas should have in this child.
+fn expected_len(s: &cpulocal::Status) -> u32 {
+    match std::env::var_os(testing::OWN_FEATURE_SIZE_VAR) {
+        // 64 rounded up to AT_RSEQ_ALIGN, which is 32 or 64 where it exists.
+        Some(_) => 64,
+        None if s.feature_size.is_none_or(|f| f <= 32) => 32,
+        None => s.rseq_area_len.filter(|&n| n > 32).expect("a sized area"),
+    }
+}
+
 #[test]
 fn child() {
     let Ok(mode) = std::env::var(MODE) else {
@@ -78,6 +94,11 @@ fn child() {
     let (checked, rewritten) = run(mode == "skip");
     println!("checked {checked}, rewritten {rewritten}");
     assert_eq!(checked, THREADS, "every thread's checker ran");
+    assert_eq!(
+        testing::unregister_failures(),
+        0,
+        "the kernel refused to unregister an area (a length other than the registered one?)"
+    );
     if mode == "skip" {
         assert!(
             rewritten > 0,
@@ -92,11 +113,10 @@ fn child() {
     println!("THREAD EXIT OK");
 }
 
-fn child_passes(mode: &str) {
-    let (status, text) = child::run_test(
-        "child",
-        &[(MODE, mode), ("GLIBC_TUNABLES", "glibc.pthread.rseq=0")],
-    );
+fn child_passes(mode: &str, env: &[(&str, &str)]) {
+    let mut env = env.to_vec();
+    env.extend([(MODE, mode), ("GLIBC_TUNABLES", "glibc.pthread.rseq=0")]);
+    let (status, text) = child::run_test("child", &env);
     assert!(
         status.success() && text.contains("THREAD EXIT OK"),
         "{mode}: {status}\n{text}"
@@ -105,10 +125,15 @@ fn child_passes(mode: &str) {
 
 #[test]
 fn exiting_threads_unregister_their_own_area() {
-    child_passes("normal");
+    child_passes("normal", &[]);
+}
+
+#[test]
+fn exiting_threads_unregister_their_own_sized_area() {
+    child_passes("sized", &[(testing::OWN_FEATURE_SIZE_VAR, "64")]);
 }
 
 #[test]
 fn the_check_detects_an_area_left_registered() {
-    child_passes("skip");
+    child_passes("skip", &[]);
 }

@@ -105,7 +105,7 @@ fn to_json(s: &Status) -> String {
         _ => ("other", None),
     };
     let errno = |e: Option<i32>| e.map_or(Json::Null, |e| Json::Int(e.into()));
-    let fields: [(&str, Json); 16] = [
+    let fields: [(&str, Json); 17] = [
         ("registration", registration.into()),
         ("registration_text", s.registration.to_string().into()),
         ("rseq_off", rseq_off_tag.into()),
@@ -130,6 +130,10 @@ fn to_json(s: &Status) -> String {
             errno(s.membarrier_rseq.err().map(|e| e.0)),
         ),
         ("glibc_rseq_size", s.glibc_rseq_size.map(num).into()),
+        (
+            "rseq_area_len",
+            s.rseq_area_len.map(|n| num(u64::from(n))).into(),
+        ),
         ("possible_cpus", num(s.possible_cpus as u64)),
         ("cpu", num(s.cpu as u64)),
     ];

@@ -46,8 +46,8 @@ pub enum Command {
     /// rseq_off_errno, engine ("rseq" or "fenced"), engine_text,
     /// fenced_membarrier (bool when fenced, else null), feature_size,
     /// node_id_valid, mm_cid_valid, mm_cid_indexing, membarrier_rseq ("registered" or
-    /// "unavailable"), membarrier_rseq_errno, glibc_rseq_size, possible_cpus,
-    /// cpu. Absent values are null.
+    /// "unavailable"), membarrier_rseq_errno, glibc_rseq_size, rseq_area_len,
+    /// possible_cpus, cpu. Absent values are null.
     Info {
         /// Print a JSON object instead of text.
         #[arg(long)]
