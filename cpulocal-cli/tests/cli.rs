@@ -556,8 +556,18 @@ fn check_ring_text(out: &str) {
                 "ArrayQueue, per event kept",
             ],
         );
-        for row in time_rows.iter().chain(&per_kept_rows).chain(&ratio_rows) {
+        for row in time_rows.iter().chain(&per_kept_rows) {
             assert!(row_numbers(row).iter().all(|&v| v > 0.0), "{row:?}");
+        }
+        // Ratios print with two decimals: a run where the ring kept almost
+        // nothing (its producers preempted while holding sub-buffers, as on
+        // a loaded 2-CPU machine) can print 0.00 for a positive ratio.
+        for row in &ratio_rows {
+            let r = row_numbers(row);
+            assert!(
+                r.iter().all(|&v| v >= 0.0) && r.iter().any(|&v| v > 0.0),
+                "{row:?}"
+            );
         }
         for row in &kept_rows {
             assert!(
