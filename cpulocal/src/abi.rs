@@ -184,7 +184,7 @@ mod tests {
         assert_eq!(own_area_len(Some(33), Some(64)), 64);
         assert_eq!(own_area_len(Some(64), Some(64)), 64);
         assert_eq!(own_area_len(Some(65), Some(64)), 128);
-        // No alignment key, or a nonsensical one: 32.
+        // No alignment key, or one that is not a power of two: aligned to 32.
         assert_eq!(own_area_len(Some(40), None), 64);
         assert_eq!(own_area_len(Some(40), Some(48)), 64);
         // More than the area holds: the original size.

@@ -108,7 +108,7 @@ pub struct Status {
     /// The length this thread's rseq area is registered with, where it is
     /// known: cpulocal's own area's ([`AT_RSEQ_FEATURE_SIZE`] rounded up to
     /// `AT_RSEQ_ALIGN`, or 32), or 32 for a glibc that publishes
-    /// `__rseq_size` = 20 (glibc 2.35 to 2.39 register 32 bytes). From Linux
+    /// `__rseq_size` = 20 (such a glibc registers 32 bytes). From Linux
     /// 6.19 the kernel keeps its original behaviour for a 32-byte area and
     /// gives a longer one its optimised mode (ids written only when they
     /// change; needed for time-slice extension). cpulocal works the same in
