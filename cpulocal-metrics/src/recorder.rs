@@ -234,6 +234,7 @@ impl Recorder {
             })
             .clone()
     }
+
     /// The handle for `key`: from the thread's cache (`cache` picks the
     /// kind's map) if it holds one, otherwise `wrap` of the shared series
     /// `shared()` returns, cached if there is room. A thread whose cache is

@@ -360,7 +360,7 @@ impl<D> Slots<D> {
     /// As [`fenced`](Self::fenced), counted in the stats as an operation
     /// that took the fenced path: for an operation that no shape can express
     /// on this target (a 64-bit add where a word is 32 bits).
-    #[cfg_attr(target_pointer_width = "64", allow(dead_code))]
+    #[cfg(not(target_pointer_width = "64"))]
     pub(crate) fn fenced_counted<R>(&self, index: usize, op: impl FnOnce(&D) -> R) -> R {
         self.stats.fenced(0);
         self.fenced(index, op)
