@@ -70,10 +70,26 @@ pub const CPU_ID_UNINITIALIZED: u32 = -1i32 as u32;
 /// `cpu_id` after a failed registration (glibc sets it).
 pub const CPU_ID_REGISTRATION_FAILED: u32 = -2i32 as u32;
 
-/// The abort signature glibc registers on x86_64 (and the one cpulocal registers
-/// when it owns the area). On x86_64 it is the 4-byte operand of a `ud1`
-/// instruction placed just before the abort label.
+/// The abort signature glibc registers on this architecture (and the one
+/// cpulocal registers when it owns the area): the kernel aborts a section
+/// only to an `abort_ip` whose preceding 4 bytes hold it. On x86 it is the
+/// 4-byte operand of a `ud1` instruction placed just before the abort label.
+#[cfg(not(any(target_arch = "aarch64", target_arch = "riscv64")))]
 pub const RSEQ_SIG: u32 = 0x5305_3053;
+
+/// The abort signature glibc registers on this architecture (and the one
+/// cpulocal registers when it owns the area): the kernel aborts a section
+/// only to an `abort_ip` whose preceding 4 bytes hold it. On aarch64 it is
+/// the instruction `brk #0x45e0`, placed just before the abort label.
+#[cfg(target_arch = "aarch64")]
+pub const RSEQ_SIG: u32 = 0xd428_bc00;
+
+/// The abort signature glibc registers on this architecture (and the one
+/// cpulocal registers when it owns the area): the kernel aborts a section
+/// only to an `abort_ip` whose preceding 4 bytes hold it. On riscv64 it is
+/// the instruction `csrr mhartid, x0`, which user mode may not execute.
+#[cfg(target_arch = "riscv64")]
+pub const RSEQ_SIG: u32 = 0xf140_1073;
 
 /// `rseq(2)` flag that unregisters an area.
 pub const RSEQ_FLAG_UNREGISTER: i32 = 1;

@@ -276,7 +276,7 @@ pub(crate) unsafe fn slow<'a>(
         // SAFETY: `area` is the thread's live area and it runs on slot
         // `index` (just read); the shape is the caller's, its commit word
         // counted from `check`.
-        match unsafe { arch::section(area, offset, check, &checked) } {
+        match unsafe { arch::section(area, offset, check, &checked, order) } {
             Outcome::Committed => {
                 stats.retried(aborts);
                 return Ok(());

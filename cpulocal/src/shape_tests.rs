@@ -506,6 +506,7 @@ mod rseq {
         area: &mut Rseq,
         by: Index,
         fence: &Fence,
+        order: Order,
     ) -> Result<(Outcome, Image), TestCaseError> {
         let before = (area.cpu_id_start, area.cpu_id, area.mm_cid, area.node_id);
         area.rseq_cs = 0xdead_beef; // a section arms over whatever is there
@@ -514,7 +515,7 @@ mod rseq {
         // SAFETY: a live fake area, with `by`'s field at that offset; the
         // slot's live fence; the shape's pointers are the arena's (caller),
         // its commit word counted from that fence.
-        let out = unsafe { arch::section(area, by.field_offset(), fence, &shape) };
+        let out = unsafe { arch::section(area, by.field_offset(), fence, &shape, order) };
         let after = arena.snapshot();
         prop_assert_eq!(area.rseq_cs, 0, "rseq_cs left armed after {:?}", out);
         prop_assert_eq!(
@@ -540,7 +541,7 @@ mod rseq {
             let fence = Fence::new(slot as usize);
             let mut area = fake_area(by, slot, slot + 1);
             // SAFETY: materialised on `arena`.
-            let (out, fast) = unsafe { section(&arena, &initial, &shape, &mut area, by, &fence) }?;
+            let (out, fast) = unsafe { section(&arena, &initial, &shape, &mut area, by, &fence, order) }?;
             // SAFETY: as above.
             let (want, slow) = unsafe { model(&arena, &initial, &shape, order) };
             let got = match out {
@@ -563,6 +564,7 @@ mod rseq {
         #[test]
         fn section_abort_branches(
             case in case(),
+            order in order(),
             by in index(),
             slot in 0u32..4096,
             holder in 0u32..(1 << 31),
@@ -575,7 +577,7 @@ mod rseq {
             let mut area = fake_area(by, slot, slot + 1);
             fence.set_for_test(HELD | holder);
             // SAFETY: materialised on `arena`.
-            let (out, after) = unsafe { section(&arena, &initial, &shape, &mut area, by, &fence) }?;
+            let (out, after) = unsafe { section(&arena, &initial, &shape, &mut area, by, &fence, order) }?;
             prop_assert_eq!(out, Outcome::Fenced, "{:?}", shape);
             prop_assert_eq!(after, initial, "a fenced section wrote: {:?}", shape);
             fence.set_for_test(slot);
@@ -584,14 +586,14 @@ mod rseq {
             // the section reads the field it is given.
             let mut area = fake_area(by, slot + 1, slot);
             // SAFETY: as above.
-            let (out, after) = unsafe { section(&arena, &initial, &shape, &mut area, by, &fence) }?;
+            let (out, after) = unsafe { section(&arena, &initial, &shape, &mut area, by, &fence, order) }?;
             prop_assert_eq!(out, Outcome::Aborted, "{:?}", shape);
             prop_assert_eq!(after, initial, "an aborted section wrote: {:?}", shape);
 
             // Not registered (cpu_id and mm_cid -1), as in a fresh thread.
             let mut area = Box::new(Rseq::unregistered());
             // SAFETY: as above.
-            let (out, after) = unsafe { section(&arena, &initial, &shape, &mut area, by, &fence) }?;
+            let (out, after) = unsafe { section(&arena, &initial, &shape, &mut area, by, &fence, order) }?;
             prop_assert_eq!(out, Outcome::Aborted, "{:?}", shape);
             prop_assert_eq!(after, initial, "an aborted section wrote: {:?}", shape);
         }

@@ -295,7 +295,7 @@ impl<D> Slots<D> {
                 // SAFETY: `area` is the calling thread's live area, from which
                 // `here` read `at.index` (the section checks it again); the
                 // shape is the caller's, its commit word counted from `check`.
-                match unsafe { arch::section(area.as_ptr(), self.offset, check, &built) } {
+                match unsafe { arch::section(area.as_ptr(), self.offset, check, &built, order) } {
                     Outcome::Committed => return Ok(()),
                     Outcome::CompareFailed => return Err(CompareFailed),
                     other => Some(other),

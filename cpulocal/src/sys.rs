@@ -289,7 +289,14 @@ fn dlsym(name: &CStr) -> Option<*mut libc::c_void> {
 /// the GOT entry the linker fills with the variable's address, or with 0
 /// when no object defines it. Static glibc defines the three in the startup
 /// code that registers rseq, which every static program links.
-#[cfg(all(target_feature = "crt-static", target_arch = "x86_64"))]
+#[cfg(all(
+    target_feature = "crt-static",
+    any(
+        target_arch = "x86_64",
+        target_arch = "aarch64",
+        target_arch = "riscv64"
+    )
+))]
 mod static_glibc {
     core::arch::global_asm!(
         ".weak __rseq_offset",
@@ -302,9 +309,31 @@ mod static_glibc {
             let p: *mut libc::c_void;
             // SAFETY: reads this program's own GOT entry for the symbol: no
             // memory of the caller's, no stack, no flags.
+            #[cfg(target_arch = "x86_64")]
             unsafe {
                 core::arch::asm!(
                     concat!("mov {p}, qword ptr [rip + ", $sym, "@GOTPCREL]"),
+                    p = out(reg) p,
+                    options(pure, readonly, nostack, preserves_flags),
+                );
+            }
+            // SAFETY: as above.
+            #[cfg(target_arch = "aarch64")]
+            unsafe {
+                core::arch::asm!(
+                    concat!("adrp {p}, :got:", $sym),
+                    concat!("ldr {p}, [{p}, :got_lo12:", $sym, "]"),
+                    p = out(reg) p,
+                    options(pure, readonly, nostack, preserves_flags),
+                );
+            }
+            // SAFETY: as above.
+            #[cfg(target_arch = "riscv64")]
+            unsafe {
+                core::arch::asm!(
+                    "1:",
+                    concat!("auipc {p}, %got_pcrel_hi(", $sym, ")"),
+                    "ld {p}, %pcrel_lo(1b)({p})",
                     p = out(reg) p,
                     options(pure, readonly, nostack, preserves_flags),
                 );
@@ -325,7 +354,14 @@ mod static_glibc {
 
 /// Elsewhere a static program finds none (cpulocal registers its own area
 /// where glibc did not, and otherwise reports the foreign registration).
-#[cfg(not(all(target_feature = "crt-static", target_arch = "x86_64")))]
+#[cfg(not(all(
+    target_feature = "crt-static",
+    any(
+        target_arch = "x86_64",
+        target_arch = "aarch64",
+        target_arch = "riscv64"
+    )
+)))]
 mod static_glibc {
     pub(super) fn addresses() -> Option<super::Addresses> {
         None

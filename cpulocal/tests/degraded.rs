@@ -298,8 +298,13 @@ extern "C" {
     static __rseq_size: u32;
 }
 
-/// The x86_64 signature glibc registers with.
+/// The signature glibc registers with.
+#[cfg(target_arch = "x86_64")]
 const RSEQ_SIG: u32 = 0x5305_3053;
+#[cfg(target_arch = "aarch64")]
+const RSEQ_SIG: u32 = 0xd428_bc00;
+#[cfg(target_arch = "riscv64")]
+const RSEQ_SIG: u32 = 0xf140_1073;
 /// The length glibc 2.35+ registers its area with (`sizeof(struct rseq_area)`,
 /// although it publishes `__rseq_size` = 20 up to 2.39).
 const GLIBC_RSEQ_LEN: u32 = 32;
@@ -312,8 +317,19 @@ fn glibc_area() -> *mut libc::c_void {
     assert_ne!(size, 0, "glibc did not register rseq");
     let tp: *mut u8;
     // SAFETY: on x86_64 Linux fs:0 holds the thread pointer (TCB address).
+    #[cfg(target_arch = "x86_64")]
     unsafe {
         core::arch::asm!("mov {}, qword ptr fs:[0]", out(reg) tp, options(nostack, readonly))
+    };
+    // SAFETY: reading tpidr_el0 is valid for any aarch64 Linux thread.
+    #[cfg(target_arch = "aarch64")]
+    unsafe {
+        core::arch::asm!("mrs {}, tpidr_el0", out(reg) tp, options(nostack, nomem))
+    };
+    // SAFETY: reading tp is valid for any riscv64 Linux thread.
+    #[cfg(target_arch = "riscv64")]
+    unsafe {
+        core::arch::asm!("mv {}, tp", out(reg) tp, options(nostack, nomem))
     };
     tp.wrapping_offset(offset).cast()
 }

@@ -20,7 +20,10 @@
 //! `bare_rseq_loop_livelocks_under_singlestep` is the contrast: the same
 //! driver on an rseq section that retries without bound (no fallback, written
 //! in this file against glibc's rseq area) exhausts the same budget.
-#![cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#![cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
 
 use std::io::Read;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -461,13 +464,26 @@ fn glibc_rseq_area() -> Option<*mut u8> {
         if off.is_null() || size.is_null() || *(size as *const u32) == 0 {
             return None;
         }
-        let tp: *mut u8;
-        // Reading fs:0 (the TCB's own address) is valid on x86_64 Linux.
-        std::arch::asm!("mov {}, qword ptr fs:[0]", out(reg) tp, options(nostack, readonly, preserves_flags));
-        let area = tp.wrapping_offset(*(off as *const isize));
+        let area = thread_pointer().wrapping_offset(*(off as *const isize));
         let cpu_id = std::ptr::read_volatile(area.add(4).cast::<i32>());
         (cpu_id >= 0).then_some(area)
     }
+}
+
+/// The thread pointer, from which glibc's area is `__rseq_offset` away.
+fn thread_pointer() -> *mut u8 {
+    let tp: *mut u8;
+    // SAFETY: reading fs:0 (the TCB's own address) is valid on x86_64 Linux.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        std::arch::asm!("mov {}, qword ptr fs:[0]", out(reg) tp, options(nostack, readonly, preserves_flags))
+    };
+    // SAFETY: reading tpidr_el0 is valid for any aarch64 Linux thread.
+    #[cfg(target_arch = "aarch64")]
+    unsafe {
+        std::arch::asm!("mrs {}, tpidr_el0", out(reg) tp, options(nostack, nomem, preserves_flags))
+    };
+    tp
 }
 
 /// One bare critical section: `*value += 1` if the thread is on `cpu`;
@@ -477,8 +493,9 @@ fn glibc_rseq_area() -> Option<*mut u8> {
 /// # Safety
 ///
 /// `area` is the calling thread's registered rseq area (glibc's, with glibc's
-/// signature 0x53053053); `value` points to a live i64 that only this thread
-/// writes.
+/// signature: 0x53053053 on x86_64, 0xd428bc00 on aarch64); `value` points to
+/// a live i64 that only this thread writes.
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn bare_section(area: *mut u8, cpu: u32, value: *mut i64) -> bool {
     // SAFETY: the caller guarantees both pointers; the asm writes
@@ -504,6 +521,50 @@ unsafe fn bare_section(area: *mut u8, cpu: u32, value: *mut i64) -> bool {
             ".long 0x53053053",
             "5:",
             "jmp {abort}",
+            ".popsection",
+            tmp = out(reg) _,
+            area = in(reg) area,
+            cpu = in(reg) cpu,
+            value = in(reg) value,
+            abort = label { return false },
+            options(nostack),
+        );
+    }
+    true
+}
+
+/// [`bare_section`] on aarch64.
+///
+/// # Safety
+///
+/// As on x86_64.
+#[cfg(target_arch = "aarch64")]
+#[inline(always)]
+unsafe fn bare_section(area: *mut u8, cpu: u32, value: *mut i64) -> bool {
+    // SAFETY: as on x86_64.
+    unsafe {
+        std::arch::asm!(
+            ".pushsection __rseq_cs, \"aw\"",
+            ".balign 32",
+            "9:",
+            ".long 0, 0",
+            ".quad 3f, (4f - 3f), 5f",
+            ".popsection",
+            "adrp {tmp}, 9b",
+            "add {tmp}, {tmp}, :lo12:9b",
+            "str {tmp}, [{area}, #8]",
+            "3:",
+            "ldr {tmp:w}, [{area}, #4]",
+            "cmp {tmp:w}, {cpu:w}",
+            "b.ne {abort}",
+            "ldr {tmp}, [{value}]",
+            "add {tmp}, {tmp}, #1",
+            "str {tmp}, [{value}]",
+            "4:",
+            ".pushsection __rseq_failure, \"ax\"",
+            ".inst 0xd428bc00",
+            "5:",
+            "b {abort}",
             ".popsection",
             tmp = out(reg) _,
             area = in(reg) area,

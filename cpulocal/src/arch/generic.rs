@@ -10,6 +10,7 @@
 
 use super::Outcome;
 use crate::abi::Rseq;
+use crate::domain::Order;
 use crate::fence::Fence;
 use crate::shape::Shape;
 
@@ -23,7 +24,13 @@ pub(crate) const HAS_RSEQ: bool = false;
 ///
 /// None needed; it reads and writes nothing.
 #[inline(always)]
-pub(crate) unsafe fn section(_: *mut Rseq, _: usize, _: *const Fence, _: &Shape) -> Outcome {
+pub(crate) unsafe fn section(
+    _: *mut Rseq,
+    _: usize,
+    _: *const Fence,
+    _: &Shape,
+    _: Order,
+) -> Outcome {
     Outcome::Aborted
 }
 

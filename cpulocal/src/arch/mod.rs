@@ -9,6 +9,10 @@
 //! - `section()`, which runs any [`Shape`](crate::shape::Shape) as one
 //!   critical section and returns [`Outcome`]. The arch layer knows shapes
 //!   only, never a structure.
+//!
+//! What every architecture's sections share (the dispatch on the index mode,
+//! the abort and compare-failure exits, the tests on fake areas) is in
+//! `rseq.rs`; `x86_64.rs`, `aarch64.rs` and `riscv64.rs` hold only their asm.
 
 /// How a critical section ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,12 +31,27 @@ pub(crate) enum Outcome {
     CompareFailed,
 }
 
-#[cfg(cpulocal_rseq)]
+#[cfg(all(cpulocal_rseq, target_arch = "x86_64"))]
 #[path = "x86_64.rs"]
 mod imp;
+
+#[cfg(all(cpulocal_rseq, target_arch = "aarch64"))]
+#[path = "aarch64.rs"]
+mod imp;
+
+#[cfg(all(cpulocal_rseq, target_arch = "riscv64"))]
+#[path = "riscv64.rs"]
+mod imp;
+
+#[cfg(cpulocal_rseq)]
+mod rseq;
+#[cfg(cpulocal_rseq)]
+pub(crate) use rseq::section;
 
 #[cfg(not(cpulocal_rseq))]
 #[path = "generic.rs"]
 mod imp;
 
-pub(crate) use imp::*;
+#[cfg(not(cpulocal_rseq))]
+pub(crate) use imp::section;
+pub(crate) use imp::{thread_pointer, HAS_RSEQ};

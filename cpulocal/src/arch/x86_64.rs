@@ -53,8 +53,10 @@
 use core::arch::asm;
 use core::mem::offset_of;
 
+use super::rseq::{compare_failed, disarm, fenced_or_aborted};
 use super::Outcome;
 use crate::abi::{Rseq, RSEQ_SIG};
+use crate::domain::Order;
 use crate::fence::Fence;
 use crate::shape::Shape;
 
@@ -159,34 +161,6 @@ macro_rules! rseq_section_with {
     };
 }
 
-/// Clears `rseq_cs`: the first thing every abort label does.
-///
-/// # Safety
-///
-/// `area` is the area the section armed.
-#[inline(always)]
-unsafe fn disarm(area: *mut Rseq) {
-    // SAFETY: the caller's area is live and writable, and `rseq_cs` is an
-    // aligned u64 written only with whole-word stores (by the kernel, by
-    // sections, and here; several threads may share a dummy area, whose
-    // `rseq_cs` nothing reads), so an atomic store is well defined.
-    unsafe { core::sync::atomic::AtomicU64::from_ptr(core::ptr::addr_of_mut!((*area).rseq_cs)) }
-        .store(0, core::sync::atomic::Ordering::Relaxed);
-}
-
-/// What an abort label returns: [`Outcome::Fenced`] if the fence the section
-/// checked is held, else [`Outcome::Aborted`].
-#[inline(always)]
-fn fenced_or_aborted(fence: *const Fence) -> Outcome {
-    // SAFETY: `fence` is the live fence the section checked (its caller's
-    // promise); the fence word is an atomic.
-    if unsafe { &*fence }.is_held() {
-        Outcome::Fenced
-    } else {
-        Outcome::Aborted
-    }
-}
-
 /// Emits a shape's section, in the index mode the caller's `MM_CID` const
 /// says: the check compares the index field (`cpu_id` or `mm_cid`, at an
 /// offset written into the instruction) with the fence word at `[fence]`
@@ -248,23 +222,8 @@ macro_rules! shape_section {
     };
 }
 
-/// What a `{fail}` label returns, after disarming.
-///
-/// # Safety
-///
-/// As [`disarm`].
-#[inline(always)]
-unsafe fn compare_failed(area: *mut Rseq) -> Outcome {
-    // SAFETY: the caller's area.
-    unsafe { disarm(area) };
-    Outcome::CompareFailed
-}
-
-/// Runs `shape` as one critical section on the slot whose fence is `fence`,
-/// for the thread whose area is `area`; `index` is the offset of the slot
-/// numbering's field in the area. Each arm's asm is the shape's meaning
-/// ([`Shape::apply`]) with the commit as its last instruction. x86_64 stores
-/// are release stores, so both [`Order`](crate::Order)s are the same code.
+/// [`section`] in one index mode: by `mm_cid` if `MM_CID`, else by `cpu_id`.
+/// x86_64 stores are release stores, so both [`Order`]s are the same code.
 ///
 /// The commit word is addressed from the fence (`[fence + vo]`, see
 /// [`Shape`]): once inlined, `vo` is a constant that stays in a register,
@@ -272,42 +231,13 @@ unsafe fn compare_failed(area: *mut Rseq) -> Outcome {
 ///
 /// # Safety
 ///
-/// - `area` points to a writable `struct rseq`: the calling thread's
-///   registered area, or a fake one in tests; `index` is the offset of a u32
-///   field in it (`cpu_id` or `mm_cid`, the slot numbering's);
-/// - `fence` points to the live fence of the slot the shape's data belongs
-///   to;
-/// - the shape's pointers are valid for it (see [`crate::shape`]).
-#[inline(always)]
-pub(crate) unsafe fn section(
-    area: *mut Rseq,
-    index: usize,
-    fence: *const Fence,
-    shape: &Shape,
-) -> Outcome {
-    // One copy of the sections per index mode, its field's offset in the
-    // instructions: a register less, and the mode's test once per
-    // operation (hoisted out of callers' loops).
-    if index == offset_of!(Rseq, cpu_id) {
-        // SAFETY: the caller's contract.
-        unsafe { section_by::<false>(area, fence, shape) }
-    } else {
-        debug_assert_eq!(index, offset_of!(Rseq, mm_cid));
-        // SAFETY: the caller's contract.
-        unsafe { section_by::<true>(area, fence, shape) }
-    }
-}
-
-/// [`section`] in one index mode: by `mm_cid` if `MM_CID`, else by `cpu_id`.
-///
-/// # Safety
-///
 /// As [`section`].
 #[inline(always)]
-unsafe fn section_by<const MM_CID: bool>(
+pub(super) unsafe fn section_by<const MM_CID: bool>(
     area: *mut Rseq,
     fence: *const Fence,
     shape: &Shape,
+    _: Order,
 ) -> Outcome {
     // SAFETY: the caller guarantees the pointers; each asm block below reads
     // the index field and the fence word, writes `area.rseq_cs`, and touches
@@ -567,216 +497,56 @@ pub(crate) fn thread_pointer() -> *mut u8 {
     tp
 }
 
+/// The x86_64 facts of a descriptor's section (the shared ones are checked
+/// by the caller): its length, the `ud1` that carries the signature before
+/// `abort_ip`, and the check first and the commit last in its code.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::abi::RseqCs;
-    use crate::fence::HELD;
-    use core::sync::atomic::{AtomicUsize, Ordering};
-
-    /// A counter's slot as the tests drive it: a fence word, then a value.
-    #[repr(C)]
-    struct TestSlot {
-        fence: Fence,
-        value: AtomicUsize,
-    }
-
-    /// A free-standing slot whose fence word is `fence_word`.
-    fn test_slot(fence_word: u32, value: usize) -> TestSlot {
-        let slot = TestSlot {
-            fence: Fence::new(0),
-            value: AtomicUsize::new(value),
-        };
-        slot.fence.set_for_test(fence_word);
-        slot
-    }
-
-    /// `slot.value += n` as one section: the add shape.
-    ///
-    /// # Safety
-    ///
-    /// `area` is a live fake area.
-    #[inline(always)]
-    unsafe fn add(area: *mut Rseq, index: usize, slot: &TestSlot, n: isize) -> Outcome {
-        let shape = Shape::AddStore {
-            vo: Shape::offset(&slot.fence, slot.value.as_ptr()),
-            count: n as usize,
-        };
-        // SAFETY: the caller's area; the slot's words are live locals.
-        unsafe { section(area, index, &slot.fence, &shape) }
-    }
-
-    impl TestSlot {
-        fn value(&self) -> usize {
-            self.value.load(Ordering::Relaxed)
-        }
-    }
-
-    const CPU_ID: usize = offset_of!(Rseq, cpu_id);
-
-    fn fake_area(cpu: u32) -> Box<Rseq> {
-        let mut area = Box::new(Rseq::unregistered());
-        area.cpu_id_start = cpu;
-        area.cpu_id = cpu;
-        area
-    }
-
-    #[test]
-    fn commit_branch() {
-        let mut area = fake_area(3);
-        // The free fence of CPU 3's slot.
-        let slot = test_slot(3, 10);
-        // SAFETY: all pointers are to live locals.
-        let out = unsafe { add(&mut *area, CPU_ID, &slot, -4) };
-        assert_eq!(out, Outcome::Committed);
-        assert_eq!(slot.value(), 6);
-    }
-
-    #[test]
-    fn abort_branch_on_cpu_mismatch() {
-        let mut area = fake_area(2);
-        // CPU 3's slot; the thread is on CPU 2.
-        let slot = test_slot(3, 10);
-        // SAFETY: all pointers are to live locals.
-        let out = unsafe { add(&mut *area, CPU_ID, &slot, 5) };
-        assert_eq!(out, Outcome::Aborted);
-        assert_eq!(slot.value(), 10, "an aborted section must not write");
-        assert_eq!(area.rseq_cs, 0, "the abort path disarms");
-    }
-
-    #[test]
-    fn fenced_branch() {
-        let mut area = fake_area(1);
-        // CPU 1's slot, held by holder 1234.
-        let slot = test_slot(HELD | 1234, 10);
-        // SAFETY: all pointers are to live locals.
-        let out = unsafe { add(&mut *area, CPU_ID, &slot, 5) };
-        assert_eq!(out, Outcome::Fenced);
-        assert_eq!(slot.value(), 10, "a fenced section must not write");
-        assert_eq!(area.rseq_cs, 0, "the fenced exit disarms");
-    }
-
-    #[test]
-    fn mm_cid_sections_need_a_valid_cpu_id() {
-        let mut area = fake_area(1);
-        area.mm_cid = 0;
-        let slot = test_slot(0, 10); // slot 0's free fence
-        let mm_cid = offset_of!(Rseq, mm_cid);
-        // SAFETY: all pointers are to live locals.
-        let committed = unsafe { add(&mut *area, mm_cid, &slot, 1) };
-        assert_eq!(committed, Outcome::Committed);
-        // Unregistered under us: `mm_cid` still reads 0, `cpu_id` is -1.
-        area.cpu_id = crate::abi::CPU_ID_UNINITIALIZED;
-        // SAFETY: as above.
-        let refused = unsafe { add(&mut *area, mm_cid, &slot, 1) };
-        assert_eq!(refused, Outcome::Aborted);
-        assert_eq!(slot.value(), 11, "the aborted section must not write");
-        assert_eq!(area.rseq_cs, 0, "the abort path disarms");
-    }
-
-    extern "C" {
-        // Bounds of `__rseq_cs_ptr_array`, defined by the linker.
-        static __start___rseq_cs_ptr_array: u64;
-        static __stop___rseq_cs_ptr_array: u64;
-    }
-
-    /// Every descriptor the sections of this binary list in
-    /// `__rseq_cs_ptr_array`.
-    fn descriptors() -> Vec<RseqCs> {
-        // SAFETY: the linker bounds an array of descriptor addresses, each the
-        // address of a static `struct rseq_cs` emitted by `rseq_section!`.
-        unsafe {
-            let start = core::ptr::addr_of!(__start___rseq_cs_ptr_array);
-            let stop = core::ptr::addr_of!(__stop___rseq_cs_ptr_array);
-            let n = stop.offset_from(start) as usize;
-            core::slice::from_raw_parts(start, n)
-                .iter()
-                .map(|&p| *(p as *const RseqCs))
-                .collect()
-        }
-    }
-
-    #[inline(never)]
-    fn add_out_of_line(area: *mut Rseq, slot: &TestSlot, n: isize) -> Outcome {
-        // SAFETY: the test passes a live fake area.
-        unsafe { add(area, CPU_ID, slot, n) }
-    }
-
-    fn check_descriptor(cs: &RseqCs) {
-        assert_eq!((cs.version, cs.flags), (0, 0));
-        let (start, end) = (cs.start_ip, cs.start_ip + cs.post_commit_offset);
-        // The longest is the memcpy shape's (its specialised copies: 125-129
-        // bytes, as the compiler allocates registers); the injection build
-        // adds three delay loops to every section.
-        let longest = if cfg!(feature = "inject") { 256 } else { 192 };
+pub(super) fn check_descriptor(cs: &crate::abi::RseqCs) {
+    let start = cs.start_ip;
+    // The longest is the memcpy shape's (its specialised copies: 125-129
+    // bytes, as the compiler allocates registers); the injection build
+    // adds three delay loops to every section.
+    let longest = if cfg!(feature = "inject") { 256 } else { 192 };
+    assert!(
+        cs.post_commit_offset > 0 && cs.post_commit_offset < longest,
+        "{cs:?}"
+    );
+    // SAFETY: code bytes of this binary around the section, mapped r-x.
+    let before_abort = unsafe { core::slice::from_raw_parts((cs.abort_ip - 7) as *const u8, 7) };
+    let mut want = vec![0x0f, 0xb9, 0x3d];
+    want.extend_from_slice(&RSEQ_SIG.to_le_bytes());
+    assert_eq!(
+        before_abort,
+        &want[..],
+        "ud1 + signature must precede abort_ip"
+    );
+    // SAFETY: the section's own code bytes.
+    let code =
+        unsafe { core::slice::from_raw_parts(start as *const u8, cs.post_commit_offset as usize) };
+    // Every section opens with the check: `mov w, dword ptr [fence]`
+    // (opcode 0x8b, optionally after a REX prefix), then
+    // `cmp [area + index], w` (0x39); the testing build's broken variant
+    // opens with the cmp alone.
+    // (The injection build opens with a delay loop instead.)
+    if !cfg!(feature = "inject") {
+        let op = if code[0] & 0xf0 == 0x40 { 1 } else { 0 };
         assert!(
-            cs.post_commit_offset > 0 && cs.post_commit_offset < longest,
-            "{cs:?}"
+            code[op] == 0x8b || (cfg!(feature = "testing") && code[op] == 0x39),
+            "section must open with the check: {code:02x?}"
         );
         assert!(
-            cs.abort_ip < start || cs.abort_ip >= end,
-            "abort inside the section"
-        );
-        // SAFETY: code bytes of this binary around the section, mapped r-x.
-        let before_abort =
-            unsafe { core::slice::from_raw_parts((cs.abort_ip - 7) as *const u8, 7) };
-        let mut want = vec![0x0f, 0xb9, 0x3d];
-        want.extend_from_slice(&RSEQ_SIG.to_le_bytes());
-        assert_eq!(
-            before_abort,
-            &want[..],
-            "ud1 + signature must precede abort_ip"
-        );
-        // SAFETY: the section's own code bytes.
-        let code = unsafe {
-            core::slice::from_raw_parts(start as *const u8, cs.post_commit_offset as usize)
-        };
-        // Every section opens with the check: `mov w, dword ptr [fence]`
-        // (opcode 0x8b, optionally after a REX prefix), then
-        // `cmp [area + index], w` (0x39); the testing build's broken variant
-        // opens with the cmp alone.
-        // (The injection build opens with a delay loop instead.)
-        if !cfg!(feature = "inject") {
-            let op = if code[0] & 0xf0 == 0x40 { 1 } else { 0 };
-            assert!(
-                code[op] == 0x8b || (cfg!(feature = "testing") && code[op] == 0x39),
-                "section must open with the check: {code:02x?}"
-            );
-            assert!(
-                code[..8].contains(&0x39),
-                "the check compares with the index field: {code:02x?}"
-            );
-        }
-        // ... and ends with the commit, a 64-bit store to memory: `add qword
-        // ptr [..], r` (the counter, `add_store`, `add_load_add_store`) or
-        // `mov qword ptr [..], r` (the other shapes): REX.W 01 or 89 /r, with
-        // an optional displacement or SIB byte.
-        let tail = &code[code.len().saturating_sub(5)..];
-        assert!(
-            tail.windows(2)
-                .any(|w| w[0] & 0xf8 == 0x48 && (w[1] == 0x01 || w[1] == 0x89)),
-            "commit must end the section: {code:02x?}"
+            code[..8].contains(&0x39),
+            "the check compares with the index field: {code:02x?}"
         );
     }
-
-    #[test]
-    fn descriptors_decode() {
-        let all = descriptors();
-        assert!(!all.is_empty(), "no descriptor in __rseq_cs_ptr_array");
-        for cs in &all {
-            assert_eq!(cs as *const RseqCs as usize % 32, 0);
-            check_descriptor(cs);
-        }
-        // One of them is the section inlined in `add_out_of_line`.
-        let f = add_out_of_line as *const () as usize as u64;
-        assert!(
-            all.iter().any(|cs| (f..f + 512).contains(&cs.start_ip)),
-            "add's section is not listed"
-        );
-        // And a section disarms once it is left.
-        let mut area = fake_area(0);
-        let slot = test_slot(0, 0);
-        assert_eq!(add_out_of_line(&mut *area, &slot, 1), Outcome::Committed);
-        assert_eq!(area.rseq_cs, 0, "rseq_cs must be cleared after the commit");
-    }
+    // ... and ends with the commit, a 64-bit store to memory: `add qword
+    // ptr [..], r` (the counter, `add_store`, `add_load_add_store`) or
+    // `mov qword ptr [..], r` (the other shapes): REX.W 01 or 89 /r, with
+    // an optional displacement or SIB byte.
+    let tail = &code[code.len().saturating_sub(5)..];
+    assert!(
+        tail.windows(2)
+            .any(|w| w[0] & 0xf8 == 0x48 && (w[1] == 0x01 || w[1] == 0x89)),
+        "commit must end the section: {code:02x?}"
+    );
 }
