@@ -761,6 +761,14 @@ impl Items {
         }
     }
 
+    fn stats(&self) -> cpulocal::PathStats {
+        match self {
+            Items::List(s) => s.stats(),
+            Items::Buffer(s) => s.stats(),
+            Items::Memcpy(s) => s.stats(),
+        }
+    }
+
     fn drain(&self) -> Vec<Held> {
         match self {
             Items::List(s) => s.drain_nodes().map(Held::Node).collect(),
@@ -835,7 +843,11 @@ fn items(cfg: &Cfg, s: Items) -> Result<Report, String> {
     }
     Ok(Report {
         ops: run.passes,
-        detail: format!("{ids} items each found once, none torn; {}", run.helpers()),
+        detail: format!(
+            "{ids} items each found once, none torn; {}; {}",
+            paths(s.stats()),
+            run.helpers()
+        ),
     })
 }
 
@@ -886,6 +898,7 @@ fn lock(cfg: &Cfg) -> Result<Report, String> {
     let overlaps = overlaps.load(SeqCst);
     let increments = increments.load(SeqCst);
     let l = Arc::into_inner(l).expect("every thread joined");
+    let stats = l.stats();
     let total: u64 = l.into_vec().iter().map(|g| g.total).sum();
     if overlaps != 0 || total != increments {
         return Err(format!(
@@ -894,7 +907,11 @@ fn lock(cfg: &Cfg) -> Result<Report, String> {
     }
     Ok(Report {
         ops: run.passes,
-        detail: format!("{increments} increments, exclusive; {}", run.helpers()),
+        detail: format!(
+            "{increments} increments, exclusive; {}; {}",
+            paths(stats),
+            run.helpers()
+        ),
     })
 }
 
@@ -1073,8 +1090,9 @@ fn ring(cfg: &Cfg) -> Result<Report, String> {
         ops: run.passes,
         detail: format!(
             "{written} records: {} delivered, {lost} refused and counted lost (discard mode: \
-             a full CPU buffer refuses new records until the consumer frees room), none twice; {}",
+             a full CPU buffer refuses new records until the consumer frees room), none twice; {}; {}",
             written - lost,
+            paths(ring.stats()),
             run.helpers()
         ),
     })
