@@ -18,6 +18,12 @@
 //! has the slot to itself, from any CPU, however often it is preempted or
 //! single-stepped.
 //!
+//! On weakly ordered CPUs (aarch64, riscv64) this needs one ordering from the
+//! sections themselves: the check's load of F is an acquire, paired with
+//! step 4's store-release, so that a section that finds F free again reads
+//! what step 3 wrote. The membarrier's full barriers, on the fencer's CPU and
+//! on the slot's, give the rest; `arch/aarch64.rs` has the whole argument.
+//!
 //! # Encoding
 //!
 //! A free fence word holds its slot's index c (the CPU number); a held one has

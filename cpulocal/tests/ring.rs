@@ -617,6 +617,14 @@ fn stress(mode: RingMode, by: cpulocal::Index) {
                 last: vec![vec![None; producers]; cpus],
                 records: 0,
             };
+            // Not before one producer is done: by then more than the ring
+            // holds has been written (at any CPULOCAL_STRESS_SCALE above
+            // 0.02), so the full (discard) and overwrite paths run however
+            // fast the consumer is (in an emulated guest it kept up, and the
+            // overwrite path never ran).
+            while done.load(SeqCst) == 0 {
+                thread::sleep(Duration::from_micros(200));
+            }
             while !stop_consumer.load(SeqCst) {
                 if ring
                     .consume(|rec| seen.record(rec.cpu(), rec.payload()))
