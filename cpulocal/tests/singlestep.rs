@@ -452,19 +452,26 @@ fn child_structures() {
     }
 }
 
+extern "C" {
+    // glibc's (2.35+): where its area is from the thread pointer, and how
+    // much of it glibc promises (0: not registered). Linked directly rather
+    // than looked up with dlsym, which a static program cannot do.
+    static __rseq_offset: isize;
+    static __rseq_size: u32;
+}
+
 /// glibc's rseq area of the calling thread, when glibc registered one and the
 /// thread has a CPU number in it.
 fn glibc_rseq_area() -> Option<*mut u8> {
-    // SAFETY: dlsym with RTLD_DEFAULT looks names up in the loaded objects; the
-    // names are NUL-terminated literals. The symbols, when present, are
-    // glibc's `const ptrdiff_t __rseq_offset` and `const unsigned __rseq_size`.
+    // SAFETY: glibc >= 2.35 defines both, written once before main and
+    // read-only after; the area lies `__rseq_offset` from the thread pointer
+    // and the kernel writes `cpu_id` (offset 4) only between this thread's
+    // instructions.
     unsafe {
-        let off = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_offset".as_ptr());
-        let size = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr());
-        if off.is_null() || size.is_null() || *(size as *const u32) == 0 {
+        if __rseq_size == 0 {
             return None;
         }
-        let area = thread_pointer().wrapping_offset(*(off as *const isize));
+        let area = thread_pointer().wrapping_offset(__rseq_offset);
         let cpu_id = std::ptr::read_volatile(area.add(4).cast::<i32>());
         (cpu_id >= 0).then_some(area)
     }

@@ -1,13 +1,17 @@
 //! A statically linked program gets the rseq fast path in glibc's area.
 //!
-//! Meaningful only when built with `-C target-feature=+crt-static` (CI does,
-//! for `x86_64-unknown-linux-gnu`, and for aarch64 in the guest): a static program cannot `dlsym` glibc's
+//! Meaningful only when built with `-C target-feature=+crt-static` (CI does:
+//! for `x86_64-unknown-linux-gnu` natively, and in the guests): a static program cannot `dlsym` glibc's
 //! `__rseq_offset`, so cpulocal finds it by weak reference. Without that it
 //! would see an area it cannot locate (glibc registered one) and fall back to
 //! the fenced engine. Built dynamically, the test checks nothing and says so.
 #![cfg(all(
     target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64"),
+    any(
+        target_arch = "x86_64",
+        target_arch = "aarch64",
+        target_arch = "riscv64"
+    ),
     target_env = "gnu"
 ))]
 
