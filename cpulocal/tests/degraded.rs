@@ -192,6 +192,14 @@ fn rseq_blocked_by_seccomp_from_start() {
 
 #[test]
 fn rseq_missing_on_threads_created_later() {
+    // SAFETY: glibc >= 2.35 defines it, written once before main.
+    if unsafe { __rseq_size } == 0 {
+        // The state this mode makes (glibc's registration of a new thread
+        // failed while the process has rseq) needs a glibc that registers
+        // rseq, which 2.36 on riscv64 does not.
+        eprintln!("glibc registers no rseq area here: no such state to test");
+        return;
+    }
     run_child("rseq_missing_late", "child_rseq_missing_late", None, &[]);
 }
 
@@ -524,8 +532,14 @@ fn child_membarrier_eperm() {
     }
     for s in [cpulocal::status(), status_on_new_thread()] {
         println!("{s}");
-        // glibc did register rseq; cpulocal may not use it.
-        assert_eq!(s.registration, Registration::Glibc, "{s}");
+        // glibc did register rseq (where it does); cpulocal may not use it,
+        // and registers no area of its own for sections that cannot run.
+        let by = if s.glibc_rseq_size == Some(0) {
+            Registration::Nobody(RseqOff::NoMembarrier(Errno(libc::EPERM)))
+        } else {
+            Registration::Glibc
+        };
+        assert_eq!(s.registration, by, "{s}");
         assert_eq!(
             s.fenced_because,
             Some(RseqOff::NoMembarrier(Errno(libc::EPERM))),
