@@ -87,13 +87,16 @@
 //!
 //! | Linux target | engine | tested |
 //! |---|---|---|
-//! | `x86_64-unknown-linux-gnu` (dynamic or `+crt-static`) | rseq, the fenced path as fallback | every test, in CI |
+//! | `x86_64-unknown-linux-gnu` (dynamic or `+crt-static`) | rseq, the fenced path as fallback | every test natively, in CI; statically linked in guests on Linux 6.1, 6.12 and 7.3 |
+//! | `aarch64-unknown-linux-gnu` | rseq, the fenced path as fallback | in CI, statically linked, in an emulated guest (Linux 6.1) |
+//! | `riscv64gc-unknown-linux-gnu` | rseq, the fenced path as fallback | in CI, statically linked, in an emulated guest (Linux 6.12) |
 //! | `i686-unknown-linux-gnu` | fenced | the structures, shapes, ring and model tests, in CI |
-//! | `aarch64-unknown-linux-gnu` and other 64-bit Linux targets | fenced | built in CI |
+//! | other Linux targets | fenced | not tested |
 //!
-//! The rseq engine has critical sections for x86_64 only. Every other
-//! target, and any process where rseq or `membarrier(PRIVATE_EXPEDITED_RSEQ)`
-//! is unavailable (seccomp, valgrind, old kernels), runs the fenced engine
+//! The rseq engine has critical sections for x86_64, aarch64 (little-endian)
+//! and riscv64. Every other target, and any process where rseq or
+//! `membarrier(PRIVATE_EXPEDITED_RSEQ)` is unavailable (seccomp, valgrind,
+//! old kernels, qemu's user mode), runs the fenced engine
 //! alone, with the same results. [`status()`] says which engine runs and
 //! why. Where a word is 32 bits, a [`PerCpuRing`] holds at most 512 KiB per
 //! CPU (its record headers are one word).
