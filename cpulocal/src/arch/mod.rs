@@ -31,6 +31,13 @@ pub(crate) enum Outcome {
     CompareFailed,
 }
 
+// First, so that its macros are in scope in the architecture's file.
+#[cfg(cpulocal_rseq)]
+#[macro_use]
+mod rseq;
+#[cfg(cpulocal_rseq)]
+pub(crate) use rseq::section;
+
 #[cfg(all(cpulocal_rseq, target_arch = "x86_64"))]
 #[path = "x86_64.rs"]
 mod imp;
@@ -42,11 +49,6 @@ mod imp;
 #[cfg(all(cpulocal_rseq, target_arch = "riscv64"))]
 #[path = "riscv64.rs"]
 mod imp;
-
-#[cfg(cpulocal_rseq)]
-mod rseq;
-#[cfg(cpulocal_rseq)]
-pub(crate) use rseq::section;
 
 #[cfg(not(cpulocal_rseq))]
 #[path = "generic.rs"]

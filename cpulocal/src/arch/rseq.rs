@@ -9,6 +9,36 @@
 //! the pointers must be.
 #![allow(unsafe_code)]
 
+/// Emits one critical section through the architecture's
+/// `rseq_section_with!` (descriptor, arming store, check, body, commit and
+/// the signed abort label, see each file), with the delay loops' operands
+/// when the `inject` feature (stress testing only) is on: a loop then sits
+/// at three numbered points of every section, 1 before the check, 2 after
+/// it, 3 before the commit; see [`crate::inject`]. The architecture's
+/// `inject_point!` writes the loop; without the feature the points are empty.
+#[cfg(not(feature = "inject"))]
+macro_rules! rseq_section {
+    ($($t:tt)*) => { rseq_section_with!([] $($t)*) };
+}
+
+#[cfg(feature = "inject")]
+macro_rules! rseq_section {
+    ($($t:tt)*) => {
+        rseq_section_with!(
+            [inj = out(reg) _, INJECT = sym crate::inject::LOOPS,]
+            $($t)*
+        )
+    };
+}
+
+/// Without the `inject` feature an injection point is empty.
+#[cfg(not(feature = "inject"))]
+macro_rules! inject_point {
+    ($n:literal) => {
+        ""
+    };
+}
+
 use core::mem::offset_of;
 use core::sync::atomic::{AtomicU64, Ordering};
 

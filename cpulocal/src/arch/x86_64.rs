@@ -63,32 +63,6 @@ use crate::shape::Shape;
 /// This target has critical sections.
 pub(crate) const HAS_RSEQ: bool = true;
 
-/// Emits one critical section: descriptor, arming store, the given check
-/// (CPU and fence in one comparison, see [`shape_section!`]), the given body, the
-/// commit (one instruction, the last of the section), and the signed abort
-/// label. Operands `area`, `word` (a scratch register: the arming load, then
-/// the check's) and the label `abort` must be supplied by the
-/// caller, with whatever the check and body name; numeric labels 3, 4, 5, 9
-/// and 61 to 73 are taken (80 to 85 by the memcpy shape's body).
-///
-/// With the `inject` feature (stress testing only) a delay loop sits at three
-/// numbered points of every section: 1 before the check, 2 after it, 3 before
-/// the commit; see [`crate::inject`]. Without it the points are empty.
-#[cfg(not(feature = "inject"))]
-macro_rules! rseq_section {
-    ($($t:tt)*) => { rseq_section_with!([] $($t)*) };
-}
-
-#[cfg(feature = "inject")]
-macro_rules! rseq_section {
-    ($($t:tt)*) => {
-        rseq_section_with!(
-            [inj = out(reg) _, INJECT = sym crate::inject::LOOPS,]
-            $($t)*
-        )
-    };
-}
-
 /// A delay loop of `LOOPS[n]` iterations at injection point `n`.
 #[cfg(feature = "inject")]
 macro_rules! inject_point {
@@ -115,14 +89,16 @@ macro_rules! inject_point {
     };
 }
 
-#[cfg(not(feature = "inject"))]
-macro_rules! inject_point {
-    ($n:literal) => {
-        ""
-    };
-}
-
-/// [`rseq_section!`] with `$extra` operands (the injection's, or none).
+/// Emits one critical section: descriptor, arming store, the given check
+/// (CPU and fence in one comparison, see [`shape_section!`]), the given body, the
+/// commit (one instruction, the last of the section), and the signed abort
+/// label. Operands `area`, `word` (a scratch register: the arming load, then
+/// the check's) and the label `abort` must be supplied by the
+/// caller, with whatever the check and body name; numeric labels 3, 4, 5, 9
+/// and 61 to 73 are taken (80 to 85 by the memcpy shape's body).
+///
+/// `$extra` are the delay loops' operands or none: it is called through
+/// `rseq_section!` (in `rseq.rs`), which adds them with the `inject` feature.
 macro_rules! rseq_section_with {
     ([$($extra:tt)*] check: [$($check:literal),* $(,)?], body: [$($body:literal),* $(,)?], commit: $commit:literal, $($operands:tt)*) => {
         asm!(
