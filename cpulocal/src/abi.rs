@@ -9,7 +9,8 @@ use core::mem::{align_of, offset_of, size_of};
 /// The per-thread area the kernel updates (`struct rseq`, 32-byte aligned).
 ///
 /// Only the fields of the original 32-byte ABI are declared; the kernel writes
-/// `node_id` and `mm_cid` only where `AT_RSEQ_FEATURE_SIZE` covers them.
+/// `node_id` and `mm_cid` only where `AT_RSEQ_FEATURE_SIZE` covers them, and
+/// uses `slice_ctrl` only in an area registered with more than 32 bytes.
 #[repr(C, align(32))]
 #[derive(Debug)]
 pub struct Rseq {
@@ -19,7 +20,9 @@ pub struct Rseq {
     pub cpu_id: u32,
     /// Pointer to the active [`RseqCs`] descriptor, or 0.
     pub rseq_cs: u64,
-    /// Deprecated restart flags; always 0 here.
+    /// Written by the kernel only: once deprecated restart flags, now the
+    /// features it offers this thread ([`RSEQ_CS_FLAG_SLICE_EXT_AVAILABLE`],
+    /// [`RSEQ_CS_FLAG_SLICE_EXT_ENABLED`]).
     pub flags: u32,
     /// NUMA node of `cpu_id` (feature size >= 24).
     pub node_id: u32,
@@ -27,8 +30,11 @@ pub struct Rseq {
     /// dummy areas hold an out-of-range value here, so that `mm_cid`-indexed
     /// structures send threads without rseq to the slow path, as `cpu_id` does.
     pub mm_cid: u32,
-    /// Padding up to the original 32-byte size.
-    pub _reserved: u32,
+    /// Time-slice extension control (Linux 7.0+): the byte at
+    /// [`SLICE_REQUEST_OFFSET`] is the thread's request, the next one the
+    /// kernel's grant. Padding in the original ABI: nothing may write it
+    /// unless `flags` has [`RSEQ_CS_FLAG_SLICE_EXT_ENABLED`].
+    pub slice_ctrl: u32,
 }
 
 impl Rseq {
@@ -42,7 +48,7 @@ impl Rseq {
             flags: 0,
             node_id: 0,
             mm_cid: CPU_ID_UNINITIALIZED,
-            _reserved: 0,
+            slice_ctrl: 0,
         }
     }
 }
@@ -93,6 +99,34 @@ pub const RSEQ_SIG: u32 = 0xf140_1073;
 
 /// `rseq(2)` flag that unregisters an area.
 pub const RSEQ_FLAG_UNREGISTER: i32 = 1;
+
+/// Bit of [`Rseq::flags`]: the kernel offers time-slice extension to this
+/// thread (Linux 7.0+ built with `CONFIG_RSEQ_SLICE_EXTENSION`, an area
+/// registered with more than 32 bytes).
+pub const RSEQ_CS_FLAG_SLICE_EXT_AVAILABLE: u32 = 1 << 4;
+/// Bit of [`Rseq::flags`]: time-slice extension is enabled for this thread
+/// (by `prctl(PR_RSEQ_SLICE_EXTENSION, SET, ENABLE)`).
+pub const RSEQ_CS_FLAG_SLICE_EXT_ENABLED: u32 = 1 << 5;
+/// Offset in `struct rseq` of `slice_ctrl.request`, a byte: 1 asks the
+/// kernel to defer a preemption; the kernel clears it when it grants one.
+pub const SLICE_REQUEST_OFFSET: usize = 28;
+/// Offset in `struct rseq` of `slice_ctrl.granted`, a byte the kernel sets
+/// to 1 when it deferred a preemption: the thread must then give the CPU
+/// back with `rseq_slice_yield`.
+pub const SLICE_GRANTED_OFFSET: usize = 29;
+/// `prctl` option of time-slice extension, and its two commands.
+pub const PR_RSEQ_SLICE_EXTENSION: libc::c_int = 79;
+/// `prctl(PR_RSEQ_SLICE_EXTENSION, GET)`: 1 when enabled for the thread.
+pub const PR_RSEQ_SLICE_EXTENSION_GET: libc::c_ulong = 1;
+/// `prctl(PR_RSEQ_SLICE_EXTENSION, SET, flags)`.
+pub const PR_RSEQ_SLICE_EXTENSION_SET: libc::c_ulong = 2;
+/// The flag of `SET` that enables it.
+pub const PR_RSEQ_SLICE_EXT_ENABLE: libc::c_ulong = 1;
+/// `rseq_slice_yield(2)`, the same number on every architecture.
+pub const SYS_RSEQ_SLICE_YIELD: libc::c_long = 471;
+/// The kernel's `ENOTSUPP` (not a libc errno): the prctl's answer where
+/// the kernel is built without time-slice extension.
+pub const ENOTSUPP: i32 = 524;
 
 /// Size of the original ABI: the length cpulocal registers where the kernel
 /// fills no more than it (see [`OwnArea`]).
@@ -178,6 +212,8 @@ const _: () = {
     assert!(offset_of!(Rseq, flags) == 16);
     assert!(offset_of!(Rseq, node_id) == 20);
     assert!(offset_of!(Rseq, mm_cid) == 24);
+    assert!(offset_of!(Rseq, slice_ctrl) == SLICE_REQUEST_OFFSET);
+    assert!(SLICE_GRANTED_OFFSET == SLICE_REQUEST_OFFSET + 1);
     assert!(size_of::<OwnArea>() == OWN_AREA_MAX && align_of::<OwnArea>() == OWN_AREA_MAX);
     assert!(size_of::<RseqCs>() == 32 && align_of::<RseqCs>() == 32);
     assert!(offset_of!(RseqCs, start_ip) == 8);

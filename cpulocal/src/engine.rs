@@ -29,7 +29,7 @@ use std::sync::OnceLock;
 use crate::abi::{self, OwnArea, Rseq, CPU_ID_REGISTRATION_FAILED};
 use crate::status::{Registration, RseqOff};
 use crate::sys::{self, Errno};
-use crate::{arch, fence};
+use crate::{arch, fence, slice};
 
 /// What the whole process can do, decided once.
 #[derive(Debug, Clone, Copy)]
@@ -44,6 +44,9 @@ pub(crate) struct Process {
     pub membarrier: Result<(), Errno>,
     /// `AT_RSEQ_FEATURE_SIZE`, when the kernel supplies it.
     pub feature_size: Option<u64>,
+    /// Whether threads enable time-slice extension where the kernel offers
+    /// it (not when `CPULOCAL_NO_SLICE_EXTENSION` is set: see [`slice`]).
+    pub slice_allowed: bool,
 }
 
 static PROCESS: OnceLock<Process> = OnceLock::new();
@@ -70,7 +73,9 @@ fn decide() -> Process {
     // thread-local of the child's sole thread; registering has no preconditions.
     unsafe { libc::pthread_atfork(None, None, Some(fence::after_fork_in_child)) };
     let membarrier = sys::membarrier_register_rseq();
-    let off = if std::env::var_os(NO_RSEQ_VAR).is_some_and(|v| !v.is_empty() && v != "0") {
+    let set = |var: &str| std::env::var_os(var).is_some_and(|v| !v.is_empty() && v != "0");
+    let slice_allowed = !set(slice::NO_SLICE_VAR);
+    let off = if set(NO_RSEQ_VAR) {
         Some(RseqOff::Disabled)
     } else if !arch::HAS_RSEQ {
         Some(RseqOff::NoArchSupport)
@@ -84,6 +89,7 @@ fn decide() -> Process {
             glibc,
             membarrier,
             feature_size,
+            slice_allowed,
         };
     }
     // Does rseq work at all? glibc's registration answers for it; otherwise
@@ -113,6 +119,7 @@ fn decide() -> Process {
         glibc,
         membarrier,
         feature_size,
+        slice_allowed,
     }
 }
 
@@ -253,6 +260,8 @@ pub(crate) fn ensure_thread() -> bool {
     THREAD.with(|c| c.set(Some((who, off))));
     if off.is_some() {
         AREA.with(|c| c.set(NO_RSEQ.0.get()));
+    } else {
+        slice::set_up_thread(area());
     }
     cpu_id(area()) as i32 >= 0
 }

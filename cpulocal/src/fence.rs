@@ -62,7 +62,7 @@
 use core::cell::Cell;
 use core::sync::atomic::{AtomicU32, Ordering};
 
-use crate::{engine, sys, Index};
+use crate::{engine, slice, sys, Index};
 
 /// Spins on a held fence before sleeping. A holder's work is a few hundred
 /// nanoseconds (a membarrier and one operation), so a short spin usually wins;
@@ -273,9 +273,11 @@ impl Fence {
     /// As [`hold`](Self::hold), without waiting: `Ok(None)` when another
     /// thread holds the fence.
     pub(crate) fn try_hold(&self, index: usize) -> Result<Option<Held<'_>>, HeldByCaller> {
-        Ok(self
-            .try_acquire(index, holder_id())?
-            .then_some(Held { fence: self, index }))
+        Ok(self.try_acquire(index, holder_id())?.then(|| Held {
+            fence: self,
+            index,
+            slice: slice::request(),
+        }))
     }
 
     /// Takes the fence of slot `index` for the calling thread, waiting for
@@ -283,7 +285,11 @@ impl Fence {
     /// unwinding).
     pub(crate) fn hold(&self, index: usize) -> Result<Held<'_>, HeldByCaller> {
         self.acquire(index, holder_id())?;
-        Ok(Held { fence: self, index })
+        Ok(Held {
+            fence: self,
+            index,
+            slice: slice::request(),
+        })
     }
 
     /// Releases the fence of slot `index` (store-release), waking one sleeper
@@ -355,6 +361,9 @@ pub(crate) fn with_signals_blocked<R>(
 pub(crate) struct Held<'a> {
     fence: &'a Fence,
     index: usize,
+    /// The time-slice extension this holder asked for, ended after the
+    /// release.
+    slice: slice::Request,
 }
 
 impl Held<'_> {
@@ -367,6 +376,7 @@ impl Held<'_> {
 impl Drop for Held<'_> {
     fn drop(&mut self) {
         self.fence.release(self.index);
+        self.slice.end();
     }
 }
 

@@ -130,6 +130,7 @@ mod ring;
 mod shape;
 #[cfg(test)]
 mod shape_tests;
+mod slice;
 mod slots;
 mod stats;
 mod status;
@@ -159,6 +160,7 @@ pub use percpu::{PerCpu, SlotGuard};
 pub use ring::{
     PerCpuRing, ReadSummary, Record, Reservation, RingConfig, RingError, RingMode, Stuck,
 };
+pub use slice::SliceExtension;
 pub use stats::PathStats;
 pub use status::{Engine, Registration, RseqOff, Status};
 pub use sys::Errno;

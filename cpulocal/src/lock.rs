@@ -50,7 +50,7 @@ use crate::domain::Order;
 use crate::shape::Shape;
 use crate::slots::{At, Follow, Slot, Slots};
 use crate::stats::PathStats;
-use crate::{arch, fence};
+use crate::{arch, fence, slice};
 use crate::{Error, Index};
 
 /// Times a waiter re-reads a held lock word, with a spin-loop hint between
@@ -488,7 +488,10 @@ pub struct PerCpuLockGuard<'a, T> {
     /// neither `Send` nor `Sync` (a reference would make the compiler's
     /// refusal name the value's `UnsafeCell` instead of the guard).
     locked: NonNull<Locked<T>>,
-    cpu: usize,
+    /// The slot's index and the time-slice extension request the holder made
+    /// (ended after the unlock), in one word, so that the guard is a pair of
+    /// scalars, which the compiler returns in registers.
+    held: slice::Tagged,
     _borrows: PhantomData<&'a ()>,
 }
 
@@ -502,7 +505,7 @@ impl<'a, T> PerCpuLockGuard<'a, T> {
     fn new(at: At<'a, Locked<T>>) -> Self {
         PerCpuLockGuard {
             locked: NonNull::from(&at.slot.data),
-            cpu: at.index,
+            held: slice::Tagged::new(at.index, slice::request()),
             _borrows: PhantomData,
         }
     }
@@ -524,7 +527,7 @@ impl<'a, T> PerCpuLockGuard<'a, T> {
     /// assert_eq!(*guard, guard.cpu());
     /// ```
     pub fn cpu(&self) -> usize {
-        self.cpu
+        self.held.value()
     }
 }
 
@@ -550,13 +553,15 @@ impl<T> Drop for PerCpuLockGuard<'_, T> {
         // id -> 0 by the holder: orders its accesses to the value before the
         // next holder's (module docs).
         self.locked().word.store(FREE, Ordering::Release);
+        // Then gives the CPU back if the kernel deferred a preemption.
+        self.held.request().end();
     }
 }
 
 impl<T: fmt::Debug> fmt::Debug for PerCpuLockGuard<'_, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PerCpuLockGuard")
-            .field("cpu", &self.cpu)
+            .field("cpu", &self.cpu())
             .field("value", &**self)
             .finish()
     }

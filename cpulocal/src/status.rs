@@ -4,6 +4,7 @@ use core::fmt;
 
 use crate::abi;
 use crate::engine;
+use crate::slice::{self, SliceExtension};
 use crate::sys::{self, Errno};
 
 /// Who registered rseq for the calling thread.
@@ -117,6 +118,18 @@ pub struct Status {
     ///
     /// [`AT_RSEQ_FEATURE_SIZE`]: Status::feature_size
     pub rseq_area_len: Option<u32>,
+    /// Whether this thread's [`PerCpuLock`](crate::PerCpuLock) guards and
+    /// fenced operations ask the kernel to defer their preemption while they
+    /// hold (time-slice extension, Linux 7.0+), and if not, why.
+    pub slice_extension: SliceExtension,
+    /// Time-slice extensions the kernel granted to cpulocal's holders in this
+    /// process so far: each was a preemption deferred until the holder
+    /// released, which then gave the CPU back with `rseq_slice_yield`.
+    pub slice_extensions_granted: u64,
+    /// Of [`slice_extensions_granted`](Status::slice_extensions_granted), those
+    /// whose holder released within the grant (the others outlasted it, made
+    /// a system call under it, or were preempted anyway).
+    pub slice_extensions_yielded: u64,
     /// [`possible_cpus()`](crate::possible_cpus).
     pub possible_cpus: usize,
     /// The CPU the thread ran on when the status was taken.
@@ -133,6 +146,18 @@ impl Status {
                 membarrier: p.sections,
             },
         };
+        let rseq_area_len = match registration {
+            Registration::Cpulocal => Some(engine::own_len()),
+            Registration::Glibc => p.glibc.and_then(|g| match g.size {
+                // such a glibc registers the original 32 bytes
+                20 | 32 => Some(32),
+                // later ones register their published size (aligned)
+                n if n > 32 => Some(n),
+                _ => None,
+            }),
+            Registration::Nobody(_) => None,
+        };
+        let (granted, yielded) = slice::counts();
         Status {
             registration,
             engine,
@@ -143,11 +168,15 @@ impl Status {
             mm_cid_indexing: crate::index::mm_cid_indexing(),
             membarrier_rseq: p.membarrier,
             glibc_rseq_size: p.glibc.map(|g| g.size),
-            rseq_area_len: match registration {
-                Registration::Cpulocal => Some(engine::own_len()),
-                Registration::Glibc => p.glibc.filter(|g| g.size == 20).map(|_| 32),
-                Registration::Nobody(_) => None,
-            },
+            rseq_area_len,
+            slice_extension: slice::state(
+                fenced_because
+                    .is_none()
+                    .then(|| engine::area().cast_const()),
+                rseq_area_len,
+            ),
+            slice_extensions_granted: granted,
+            slice_extensions_yielded: yielded,
             possible_cpus: sys::possible_cpus(),
             cpu: engine::current_cpu(),
         }
@@ -269,6 +298,14 @@ impl fmt::Display for Status {
                  6.19+ gives it the optimised mode)"
             )?,
             (None, _) => writeln!(f, "rseq area length:    unknown (glibc does not say)")?,
+        }
+        writeln!(f, "time-slice ext.:     {}", self.slice_extension)?;
+        if self.slice_extensions_granted > 0 {
+            writeln!(
+                f,
+                "  granted so far:    {} ({} ended by rseq_slice_yield within the grant)",
+                self.slice_extensions_granted, self.slice_extensions_yielded
+            )?;
         }
         writeln!(f, "possible CPUs:       {}", self.possible_cpus)?;
         write!(f, "current CPU:         {}", self.cpu)

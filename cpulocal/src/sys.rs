@@ -36,6 +36,8 @@ impl Errno {
             libc::EBUSY => "EBUSY",
             libc::EFAULT => "EFAULT",
             libc::EACCES => "EACCES",
+            libc::ENXIO => "ENXIO",
+            abi::ENOTSUPP => "ENOTSUPP",
             _ => "errno",
         }
     }
@@ -92,6 +94,49 @@ pub unsafe fn rseq_unregister(area: *mut Rseq, len: u32) -> Result<(), Errno> {
         )
     };
     check(ret).map(drop)
+}
+
+/// `prctl(PR_RSEQ_SLICE_EXTENSION, GET)`: whether time-slice extension is
+/// enabled for the calling thread. EINVAL before Linux 7.0 (no such prctl),
+/// [`abi::ENOTSUPP`] where the kernel is built without it.
+pub fn slice_extension_get() -> Result<bool, Errno> {
+    // SAFETY: this prctl takes no pointers.
+    let ret = unsafe {
+        libc::prctl(
+            abi::PR_RSEQ_SLICE_EXTENSION,
+            abi::PR_RSEQ_SLICE_EXTENSION_GET,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    check(ret as libc::c_long).map(|v| v != 0)
+}
+
+/// `prctl(PR_RSEQ_SLICE_EXTENSION, SET, PR_RSEQ_SLICE_EXT_ENABLE)`: enables
+/// time-slice extension for the calling thread. [`abi::ENOTSUPP`] when the
+/// thread's rseq area is in the kernel's original mode (32 bytes) or the
+/// extension is off at boot, ENXIO without a registered area.
+pub fn slice_extension_enable() -> Result<(), Errno> {
+    // SAFETY: this prctl takes no pointers.
+    let ret = unsafe {
+        libc::prctl(
+            abi::PR_RSEQ_SLICE_EXTENSION,
+            abi::PR_RSEQ_SLICE_EXTENSION_SET,
+            abi::PR_RSEQ_SLICE_EXT_ENABLE,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    check(ret as libc::c_long).map(drop)
+}
+
+/// `rseq_slice_yield()`: gives the CPU back after a granted time-slice
+/// extension. True when the thread yielded within the grant, false when
+/// the kernel had revoked it already. Async-signal-safe.
+pub fn rseq_slice_yield() -> bool {
+    // SAFETY: the call takes no arguments.
+    check(unsafe { libc::syscall(abi::SYS_RSEQ_SLICE_YIELD) }).is_ok_and(|v| v == 1)
 }
 
 fn membarrier_call(cmd: libc::c_int, flags: libc::c_uint, cpu: libc::c_int) -> Result<i64, Errno> {
