@@ -35,6 +35,7 @@ fn main() -> ExitCode {
         Some(Command::Step(args)) => cli::step::run(&mut out, &args),
         Some(Command::StepChild(args)) => cli::step::child(&mut out, &args),
         Some(Command::Stress(args)) => cli::stress::run(&mut out, &args),
+        Some(Command::Slice(args)) => cli::slice::run(&mut out, &args),
     };
     let _ = out.flush();
     match result {

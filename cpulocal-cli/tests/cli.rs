@@ -215,6 +215,41 @@ fn info_json_has_the_documented_fields() {
     let possible = obj["possible_cpus"].as_u64().expect("possible_cpus");
     let cpu = obj["cpu"].as_u64().expect("cpu");
     assert!(possible >= 1 && cpu < possible, "{v}");
+    let slice = obj["slice_extension"].as_str().expect("slice_extension");
+    assert!(
+        ["on", "not_enabled", "legacy_area", "unsupported", "no_rseq"].contains(&slice),
+        "{v}"
+    );
+    for key in ["slice_extensions_granted", "slice_extensions_yielded"] {
+        assert!(obj[key].is_u64(), "{key} in {v}");
+    }
+}
+
+#[test]
+fn slice_counts_holds_in_both_modes_or_says_why_not() {
+    let o = cpulocal(&["slice", "--rounds", "2", "--round-ms", "100"]);
+    assert_success(&o);
+    let out = stdout(&o);
+    assert!(out.starts_with("time-slice extension: "), "{out}");
+    let rows: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("with ") || l.starts_with("without "))
+        .collect();
+    let on = out
+        .lines()
+        .next()
+        .is_some_and(|l| l.ends_with(")") && l.contains(": on ("));
+    assert_eq!(rows.len(), if on { 2 } else { 1 }, "{out}");
+    for row in rows {
+        let holds: u64 = row
+            .split_whitespace()
+            .nth(2)
+            .unwrap()
+            .replace(',', "")
+            .parse()
+            .unwrap();
+        assert!(holds > 0, "no holds in {row:?}: {out}");
+    }
 }
 
 #[test]

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::io::{self, Write};
 
-use cpulocal::{Engine, Registration, RseqOff, Status};
+use cpulocal::{Engine, Registration, RseqOff, SliceExtension, Status};
 
 /// The status as `cpulocal::status()` displays it; under a heading and
 /// indented when `heading` is set (the default command).
@@ -105,7 +105,15 @@ fn to_json(s: &Status) -> String {
         _ => ("other", None),
     };
     let errno = |e: Option<i32>| e.map_or(Json::Null, |e| Json::Int(e.into()));
-    let fields: [(&str, Json); 17] = [
+    let slice = match s.slice_extension {
+        SliceExtension::On => "on",
+        SliceExtension::NotEnabled => "not_enabled",
+        SliceExtension::LegacyArea => "legacy_area",
+        SliceExtension::Unsupported => "unsupported",
+        SliceExtension::NoRseq => "no_rseq",
+        _ => "other",
+    };
+    let fields: [(&str, Json); 20] = [
         ("registration", registration.into()),
         ("registration_text", s.registration.to_string().into()),
         ("rseq_off", rseq_off_tag.into()),
@@ -134,6 +142,9 @@ fn to_json(s: &Status) -> String {
             "rseq_area_len",
             s.rseq_area_len.map(|n| num(u64::from(n))).into(),
         ),
+        ("slice_extension", slice.into()),
+        ("slice_extensions_granted", num(s.slice_extensions_granted)),
+        ("slice_extensions_yielded", num(s.slice_extensions_yielded)),
         ("possible_cpus", num(s.possible_cpus as u64)),
         ("cpu", num(s.cpu as u64)),
     ];

@@ -6,6 +6,7 @@ pub mod demo;
 pub mod first;
 pub mod info;
 pub mod param;
+pub mod slice;
 pub mod step;
 pub mod stress;
 
@@ -47,6 +48,8 @@ pub enum Command {
     /// fenced_membarrier (bool when fenced, else null), feature_size,
     /// node_id_valid, mm_cid_valid, mm_cid_indexing, membarrier_rseq ("registered" or
     /// "unavailable"), membarrier_rseq_errno, glibc_rseq_size, rseq_area_len,
+    /// slice_extension ("on", "not_enabled", "legacy_area", "unsupported",
+    /// "no_rseq"), slice_extensions_granted, slice_extensions_yielded,
     /// possible_cpus, cpu. Absent values are null.
     Info {
         /// Print a JSON object instead of text.
@@ -128,6 +131,20 @@ pub enum Command {
     /// run --release --features inject --`: `stress --delay 2=1000` or
     /// `stress --matrix` (points 1-5 × delay, yield, signal × rseq, no-rseq).
     Stress(StressArgs),
+    /// Show time-slice extension at work: lock holders preempted while
+    /// holding, with and without it.
+    ///
+    /// Several threads per CPU, pinned, lock their CPU's PerCpuLock slot, do
+    /// some work under it and unlock; waiters spin, then yield their CPU.
+    /// Rounds alternate between the extension as cpulocal enables it and
+    /// the same threads with it turned off. Prints per mode the holds, the
+    /// attempts that found the slot held, the waiters' yields and the
+    /// extensions granted: counts, not times. Needs Linux 7.0+ built with
+    /// CONFIG_RSEQ_SLICE_EXTENSION and an rseq area longer than 32 bytes
+    /// (with glibc before 2.41, run it with GLIBC_TUNABLES=glibc.pthread.rseq=0);
+    /// elsewhere it runs the rounds without and says why. Exit status 1 if
+    /// the lock lost a hold.
+    Slice(SliceArgs),
     /// The child of `cpulocal step` (internal).
     #[command(name = "__step-child", hide = true)]
     StepChild(StepChildArgs),
@@ -142,6 +159,25 @@ pub struct DemoArgs {
     /// Operations per thread.
     #[arg(long, value_name = "N", value_parser = at_least_one, default_value_t = demo::DEFAULT_OPS)]
     pub ops: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SliceArgs {
+    /// Threads per allowed CPU.
+    #[arg(long, value_name = "N", value_parser = at_least_one, default_value_t = 4)]
+    pub per_cpu: u64,
+
+    /// Loop iterations of work under the lock (a few microseconds).
+    #[arg(long, value_name = "N", value_parser = at_least_one, default_value_t = 2000)]
+    pub hold: u64,
+
+    /// Rounds, alternating with and without the extension.
+    #[arg(long, value_name = "N", value_parser = at_least_one, default_value_t = 6)]
+    pub rounds: u64,
+
+    /// Length of a round in milliseconds.
+    #[arg(long, value_name = "MS", value_parser = at_least_one, default_value_t = 500)]
+    pub round_ms: u64,
 }
 
 /// A section of `cpulocal bench`.
