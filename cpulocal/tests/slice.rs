@@ -70,7 +70,10 @@ fn run_child(child: &str, env: &[(&str, &str)]) {
         out.status
     );
     // What the child measured, for the log.
-    for line in text.lines().filter(|l| l.starts_with("slice:")) {
+    for line in text
+        .lines()
+        .filter_map(|l| l.find("slice:").map(|at| &l[at..]))
+    {
         println!("{line}");
     }
 }
