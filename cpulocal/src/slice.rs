@@ -141,8 +141,7 @@ fn flags(area: *const Rseq) -> u32 {
 
 /// Enables the extension for the calling thread, whose area is `area`
 /// (just set up), where the kernel offers it and the process allows it.
-/// Returns whether it is now on.
-pub(crate) fn set_up_thread(area: *const Rseq) -> bool {
+pub(crate) fn set_up_thread(area: *const Rseq) {
     let f = flags(area);
     // Enabled already (by another library of the process), or by us now.
     let on = f & RSEQ_CS_FLAG_SLICE_EXT_ENABLED != 0
@@ -153,7 +152,6 @@ pub(crate) fn set_up_thread(area: *const Rseq) -> bool {
     if on {
         ENABLED_SOMEWHERE.store(true, Ordering::Relaxed);
     }
-    on
 }
 
 /// The state for `status()`, given the calling thread's area (None: it uses
