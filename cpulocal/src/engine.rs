@@ -106,6 +106,8 @@ fn decide() -> Process {
     let off = match (probe, membarrier) {
         (Err(e), _) => Some(RseqOff::Refused(e)),
         (Ok(()), Err(e)) => Some(RseqOff::NoMembarrier(e)),
+        // Sections leave `rseq_cs` armed: their code must never be unmapped.
+        (Ok(()), Ok(())) if !crate::testing::pin_own_object() => Some(RseqOff::CannotPinLibrary),
         (Ok(()), Ok(())) => None,
     };
     let sections = off.is_none() && !cfg!(miri);
@@ -140,8 +142,7 @@ pub(crate) fn sections_possible() -> bool {
 struct Dummy(UnsafeCell<Rseq>);
 
 // SAFETY: threads only store whole words into `rseq_cs` (from sections'
-// asm, and with atomic stores when disarming) and read the other fields,
-// which nothing writes.
+// asm) and read the other fields, which nothing writes.
 unsafe impl Sync for Dummy {}
 
 /// The area of a thread that has not looked for one yet.

@@ -10,7 +10,8 @@
 //!   field does not, returns `Committed` exactly where [`Shape::apply`]
 //!   returns `Ok` and `CompareFailed` exactly where it returns
 //!   `Err(CompareFailed)`; both leave the same bytes in the arena (the popped
-//!   value included) and the section leaves `rseq_cs` disarmed. The fake area
+//!   value included) and the section leaves `rseq_cs` armed with a descriptor
+//!   (nothing clears it: the kernel does, lazily). The fake area
 //!   is not registered with the kernel, so the kernel never aborts these
 //!   sections: the run is deterministic. Pointer operands point into the
 //!   arena, some arena words hold arena addresses (list heads, the pointer of
@@ -20,7 +21,7 @@
 //! - **abort branches** (x86_64): with the slot's fence held the section
 //!   returns `Fenced`; with the index field not the slot's (even if the other
 //!   index field is) it returns `Aborted`; either way nothing in the arena
-//!   changes and `rseq_cs` is 0 afterwards.
+//!   changes.
 //! - **`Domain` = `apply`** (every engine, the generic fenced-only one
 //!   included): the public operations on the calling thread's slot (a
 //!   section, or fenced after aborts) and on another slot (fenced) give the
@@ -494,7 +495,8 @@ mod rseq {
     }
 
     /// Runs the section on the arena from `initial`: its outcome and the
-    /// memory it leaves; checks it disarmed and left the area alone.
+    /// memory it leaves; checks that it armed `rseq_cs` with a descriptor and
+    /// left the rest of the area alone.
     ///
     /// # Safety
     ///
@@ -517,7 +519,23 @@ mod rseq {
         // its commit word counted from that fence.
         let out = unsafe { arch::section(area, by.field_offset(), fence, &shape, order) };
         let after = arena.snapshot();
-        prop_assert_eq!(area.rseq_cs, 0, "rseq_cs left armed after {:?}", out);
+        // Armed with a descriptor of this binary, which stays so: nothing
+        // clears `rseq_cs` after a section.
+        prop_assert!(
+            area.rseq_cs != 0xdead_beef && area.rseq_cs.is_multiple_of(32),
+            "rseq_cs not armed with a descriptor after {:?}: {:#x}",
+            out,
+            area.rseq_cs
+        );
+        // SAFETY: a 32-byte aligned address a section stored: its
+        // descriptor, static data of this binary.
+        let cs = unsafe { *(area.rseq_cs as *const crate::abi::RseqCs) };
+        prop_assert_eq!((cs.version, cs.flags), (0, 0));
+        // The kernel's own validity check: abort_ip outside the section.
+        prop_assert!(
+            cs.post_commit_offset > 0
+                && cs.abort_ip.wrapping_sub(cs.start_ip) >= cs.post_commit_offset
+        );
         prop_assert_eq!(
             before,
             (area.cpu_id_start, area.cpu_id, area.mm_cid, area.node_id)

@@ -55,6 +55,12 @@ pub enum RseqOff {
     /// takes the fenced path, without membarrier. For debugging and for
     /// comparing the two engines.
     Disabled,
+    /// cpulocal's code is in a shared library that could not be kept loaded
+    /// (marked `RTLD_NODELETE`). The kernel reads the descriptor of the last
+    /// section a thread ran whenever the thread is preempted, so that code
+    /// must stay mapped until the process exits; where it cannot be sure of
+    /// that, no thread runs sections.
+    CannotPinLibrary,
 }
 
 /// Which engine runs operations on the calling thread.
@@ -216,6 +222,9 @@ impl fmt::Display for RseqOff {
             ),
             RseqOff::ThreadExiting => f.write_str("the thread is exiting; cpulocal's own rseq area was unregistered"),
             RseqOff::Disabled => f.write_str("CPULOCAL_NO_RSEQ is set: critical sections are off for this process"),
+            RseqOff::CannotPinLibrary => f.write_str(
+                "cpulocal is in a shared library that could not be marked RTLD_NODELETE, and sections need their code to stay mapped",
+            ),
         }
     }
 }

@@ -413,6 +413,57 @@ mod static_glibc {
     }
 }
 
+/// Keeps the object that holds cpulocal's code loaded until the process
+/// exits, so that the critical-section descriptors and abort labels in it
+/// stay mapped: the kernel reads the descriptor a thread's `rseq_cs` points
+/// to at the thread's next preemption or signal, long after the section
+/// returned, and kills the thread if it is gone. cpulocal leaves `rseq_cs`
+/// armed after a section (clearing it would cost a store on every
+/// operation), so `dlclose` of a shared library that ran sections must not
+/// unmap it.
+///
+/// The program itself, static or dynamic, is never unmapped: nothing to do.
+/// A shared library is marked `RTLD_NODELETE` by reopening it with
+/// `RTLD_NOLOAD` (it is loaded already; the handle is kept for good).
+/// Returns false if that failed, or if the object could not be found.
+pub fn pin_own_object() -> bool {
+    if cfg!(target_feature = "crt-static") {
+        return true; // a static program holds all the code; it is never unloaded
+    }
+    /// The base address of the object that holds `addr`, and its name.
+    fn object_of(addr: *const libc::c_void) -> Option<(usize, *const libc::c_char)> {
+        // SAFETY: Dl_info is plain data; dladdr fills it or returns 0.
+        let mut info: libc::Dl_info = unsafe { core::mem::zeroed() };
+        // SAFETY: dladdr only reads the dynamic linker's own tables.
+        if unsafe { libc::dladdr(addr, &mut info) } == 0 {
+            return None;
+        }
+        Some((info.dli_fbase as usize, info.dli_fname))
+    }
+    let Some((base, name)) = object_of(pin_own_object as *const libc::c_void) else {
+        return false;
+    };
+    // The program's own headers (AT_PHDR) lie in the program's mapping.
+    let program = getauxval(libc::AT_PHDR)
+        .and_then(|phdr| object_of(phdr as usize as *const libc::c_void))
+        .map(|(b, _)| b);
+    if program == Some(base) {
+        return true;
+    }
+    if name.is_null() {
+        return false;
+    }
+    // SAFETY: `name` is the NUL-terminated name the dynamic linker keeps for
+    // a loaded object; RTLD_NOLOAD only looks it up, RTLD_NODELETE marks it.
+    let handle = unsafe {
+        libc::dlopen(
+            name,
+            libc::RTLD_LAZY | libc::RTLD_NOLOAD | libc::RTLD_NODELETE,
+        )
+    };
+    !handle.is_null()
+}
+
 /// Number of possible CPUs: one past the highest id in
 /// `/sys/devices/system/cpu/possible`, so that a CPU brought online later never
 /// indexes out of range. Falls back to `sysconf(_SC_NPROCESSORS_CONF)`.

@@ -76,6 +76,18 @@ mod switches {
     pub(crate) fn own_feature_size() -> Option<u64> {
         std::env::var(OWN_FEATURE_SIZE_VAR).ok()?.parse().ok()
     }
+
+    /// The environment variable that makes cpulocal skip keeping its shared
+    /// library loaded (read once, when the process first uses cpulocal):
+    /// sections then run as if it had been kept, and a `dlclose` unmaps
+    /// descriptors that threads' `rseq_cs` still point to.
+    pub const SKIP_PIN_VAR: &str = "CPULOCAL_TEST_SKIP_PIN";
+
+    /// [`crate::sys::pin_own_object`], or true without doing it where
+    /// [`SKIP_PIN_VAR`] is set.
+    pub(crate) fn pin_own_object() -> bool {
+        std::env::var_os(SKIP_PIN_VAR).is_some() || crate::sys::pin_own_object()
+    }
 }
 
 #[cfg(not(feature = "testing"))]
@@ -101,6 +113,11 @@ mod switches {
     #[inline(always)]
     pub(crate) fn own_feature_size() -> Option<u64> {
         None
+    }
+
+    #[inline(always)]
+    pub(crate) fn pin_own_object() -> bool {
+        crate::sys::pin_own_object()
     }
 }
 

@@ -97,6 +97,7 @@ fn to_json(s: &Status) -> String {
         Some(RseqOff::ForeignRegistration) => (Some("foreign_registration"), None),
         Some(RseqOff::ThreadExiting) => (Some("thread_exiting"), None),
         Some(RseqOff::Disabled) => (Some("disabled"), None),
+        Some(RseqOff::CannotPinLibrary) => (Some("cannot_pin_library"), None),
         Some(_) => (Some("other"), None),
     };
     let (engine, fenced_membarrier) = match s.engine {

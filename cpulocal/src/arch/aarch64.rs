@@ -13,14 +13,14 @@
 //!        b.ne  {abort}
 //!        <body>                         ; reads, speculative stores ...
 //!        str   x, [v]  (or stlr)        ; the commit: the single store that publishes
-//!     4: str   xzr, [area, #rseq_cs]    ; post-commit: disarm
+//!     4:                                ; post-commit
 //!   (in __rseq_failure)
 //!        .inst RSEQ_SIG                 ; brk #0x45e0: never executed
 //!     5: b     {abort}                  ; abort_ip
 //! ```
 //!
 //! The layout is x86_64's (see that file for why `abort_ip` holds a single
-//! branch and why every exit disarms); the differences are the ones the
+//! branch and why nothing clears `rseq_cs` after it); the differences are the ones the
 //! architecture asks for:
 //!
 //! - **The signature** is the one glibc registers on aarch64, `0xd428bc00`,
@@ -75,7 +75,7 @@
 use core::arch::asm;
 use core::mem::offset_of;
 
-use super::rseq::{compare_failed, disarm, fenced_or_aborted};
+use super::rseq::fenced_or_aborted;
 use super::Outcome;
 use crate::abi::{Rseq, RSEQ_SIG};
 use crate::domain::Order;
@@ -146,7 +146,6 @@ macro_rules! rseq_section_with {
             inject_point!(3),
             concat!($store, " ", $commit),
             "4:",
-            "str xzr, [{area}, #{RSEQ_CS}]",
             ".pushsection __rseq_failure, \"ax\"",
             ".balign 4",
             ".inst {SIG}",
@@ -168,9 +167,9 @@ macro_rules! rseq_section_with {
 /// at `[fence]` (CPU or concurrency id and fence in one comparison), and the
 /// abort label reports a held fence or an abort. Operands `area` and `fence`
 /// name the caller's locals of those names; a body that compares branches to
-/// `{fail}` on a mismatch, and the caller supplies that label (see
-/// [`compare_failed`]). The commit's operands are `"{x}, [{addr}]"`: `stlr`
-/// takes no offset.
+/// `{fail}` on a mismatch, and the caller supplies that label (which returns
+/// [`Outcome::CompareFailed`]). The commit's operands are `"{x}, [{addr}]"`:
+/// `stlr` takes no offset.
 macro_rules! shape_section {
     ($area:ident, $fence:ident, $order:ident, body: [$($body:literal),* $(,)?], commit: $commit:literal, $($operands:tt)*) => {
         match $order {
@@ -202,8 +201,6 @@ macro_rules! shape_section {
                 word = out(reg) _,
                 index = out(reg) _,
                 abort = label {
-                    // SAFETY: the area this section armed.
-                    unsafe { disarm($area) };
                     return fenced_or_aborted($fence);
                 },
                 $($operands)*
@@ -224,8 +221,6 @@ macro_rules! shape_section {
                 word = out(reg) _,
                 index = out(reg) _,
                 abort = label {
-                    // SAFETY: the area this section armed.
-                    unsafe { disarm($area) };
                     return fenced_or_aborted($fence);
                 },
                 $($operands)*
@@ -269,8 +264,7 @@ pub(super) unsafe fn section_by<const MM_CID: bool>(
                     expect = in(reg) expect,
                     newv = in(reg) newv,
                     t = out(reg) _,
-                    // SAFETY: the area this section armed.
-                    fail = label { return unsafe { compare_failed(area) } },
+                    fail = label { return Outcome::CompareFailed },
                     options(nostack),
                 );
             }
@@ -307,8 +301,7 @@ pub(super) unsafe fn section_by<const MM_CID: bool>(
                     offset = in(reg) offset,
                     load = in(reg) load,
                     head = out(reg) _,
-                    // SAFETY: the area this section armed.
-                    fail = label { return unsafe { compare_failed(area) } },
+                    fail = label { return Outcome::CompareFailed },
                     options(nostack),
                 );
             }
@@ -333,8 +326,7 @@ pub(super) unsafe fn section_by<const MM_CID: bool>(
                     newv2 = in(reg) newv2,
                     newv = in(reg) newv,
                     t = out(reg) _,
-                    // SAFETY: the area this section armed.
-                    fail = label { return unsafe { compare_failed(area) } },
+                    fail = label { return Outcome::CompareFailed },
                     options(nostack),
                 );
             }
@@ -365,8 +357,7 @@ pub(super) unsafe fn section_by<const MM_CID: bool>(
                     v = in(reg) at(vo),
                     expect = in(reg) expect,
                     newv = in(reg) newv,
-                    // SAFETY: the area this section armed.
-                    fail = label { return unsafe { compare_failed(area) } },
+                    fail = label { return Outcome::CompareFailed },
                     dst = in(reg) dst,
                     src = in(reg) src,
                     tail = in(reg) len - 16,
@@ -389,8 +380,7 @@ pub(super) unsafe fn section_by<const MM_CID: bool>(
                     v = in(reg) at(vo),
                     expect = in(reg) expect,
                     newv = in(reg) newv,
-                    // SAFETY: the area this section armed.
-                    fail = label { return unsafe { compare_failed(area) } },
+                    fail = label { return Outcome::CompareFailed },
                     dst = in(reg) dst,
                     src = in(reg) src,
                     tail = in(reg) len - 8,
@@ -429,8 +419,7 @@ pub(super) unsafe fn section_by<const MM_CID: bool>(
                         v = in(reg) at(vo),
                         expect = in(reg) expect,
                         newv = in(reg) newv,
-                        // SAFETY: the area this section armed.
-                        fail = label { return unsafe { compare_failed(area) } },
+                        fail = label { return Outcome::CompareFailed },
                         dst = inout(reg) dst => _,
                         src = inout(reg) src => _,
                         len = inout(reg) len => _,
@@ -463,8 +452,7 @@ pub(super) unsafe fn section_by<const MM_CID: bool>(
                     expect2 = in(reg) expect2,
                     newv = in(reg) newv,
                     t = out(reg) _,
-                    // SAFETY: the area this section armed.
-                    fail = label { return unsafe { compare_failed(area) } },
+                    fail = label { return Outcome::CompareFailed },
                     options(nostack),
                 );
             }

@@ -13,7 +13,7 @@
 //!        <body>                         ; reads, speculative stores ...
 //!        (fence rw, w)                  ; Order::Release only
 //!        sd    x, 0(v)                  ; the commit: the single store that publishes
-//!     4: sd    zero, rseq_cs(area)      ; post-commit: disarm
+//!     4:                                ; post-commit
 //!        j     6f
 //!        .4byte RSEQ_SIG                ; never executed
 //!     5: j     {abort}                  ; abort_ip
@@ -21,8 +21,8 @@
 //! ```
 //!
 //! The layout is x86_64's (see that file for why `abort_ip` holds a single
-//! jump and why every exit disarms), with the differences the architecture
-//! asks for:
+//! jump and why nothing clears `rseq_cs` after a section), with the
+//! differences the architecture asks for:
 //!
 //! - **The signature** is the one glibc registers on riscv, `0xf1401073`
 //!   (`csrr mhartid, x0`, which user mode may not execute).
@@ -51,7 +51,7 @@
 use core::arch::asm;
 use core::mem::offset_of;
 
-use super::rseq::{compare_failed, disarm, fenced_or_aborted};
+use super::rseq::fenced_or_aborted;
 use super::Outcome;
 use crate::abi::{Rseq, RSEQ_SIG};
 use crate::domain::Order;
@@ -121,7 +121,6 @@ macro_rules! rseq_section_with {
             $release,
             $commit,
             "4:",
-            "sd zero, {RSEQ_CS}({area})",
             "j 6f",
             ".balign 4",
             ".4byte {SIG}",
@@ -144,7 +143,7 @@ macro_rules! rseq_section_with {
 /// fence in one comparison), and the abort label reports a held fence or an
 /// abort. Operands `area` and `fence` name the caller's locals of those
 /// names; a body that compares branches to `{fail}` on a mismatch, and the
-/// caller supplies that label (see [`compare_failed`]).
+/// caller supplies that label (it returns [`Outcome::CompareFailed`]).
 macro_rules! shape_section {
     ($area:ident, $fence:ident, $order:ident, body: [$($body:literal),* $(,)?], commit: $commit:literal, $($operands:tt)*) => {
         match $order {
@@ -176,8 +175,6 @@ macro_rules! shape_section {
                 word = out(reg) _,
                 index = out(reg) _,
                 abort = label {
-                    // SAFETY: the area this section armed.
-                    unsafe { disarm($area) };
                     return fenced_or_aborted($fence);
                 },
                 $($operands)*
@@ -198,8 +195,6 @@ macro_rules! shape_section {
                 word = out(reg) _,
                 index = out(reg) _,
                 abort = label {
-                    // SAFETY: the area this section armed.
-                    unsafe { disarm($area) };
                     return fenced_or_aborted($fence);
                 },
                 $($operands)*
@@ -242,8 +237,7 @@ pub(super) unsafe fn section_by<const MM_CID: bool>(
                     expect = in(reg) expect,
                     newv = in(reg) newv,
                     t = out(reg) _,
-                    // SAFETY: the area this section armed.
-                    fail = label { return unsafe { compare_failed(area) } },
+                    fail = label { return Outcome::CompareFailed },
                     options(nostack),
                 );
             }
@@ -280,8 +274,7 @@ pub(super) unsafe fn section_by<const MM_CID: bool>(
                     offset = in(reg) offset,
                     load = in(reg) load,
                     head = out(reg) _,
-                    // SAFETY: the area this section armed.
-                    fail = label { return unsafe { compare_failed(area) } },
+                    fail = label { return Outcome::CompareFailed },
                     options(nostack),
                 );
             }
@@ -305,8 +298,7 @@ pub(super) unsafe fn section_by<const MM_CID: bool>(
                     newv2 = in(reg) newv2,
                     newv = in(reg) newv,
                     t = out(reg) _,
-                    // SAFETY: the area this section armed.
-                    fail = label { return unsafe { compare_failed(area) } },
+                    fail = label { return Outcome::CompareFailed },
                     options(nostack),
                 );
             }
@@ -339,8 +331,7 @@ pub(super) unsafe fn section_by<const MM_CID: bool>(
                     v = in(reg) at(vo),
                     expect = in(reg) expect,
                     newv = in(reg) newv,
-                    // SAFETY: the area this section armed.
-                    fail = label { return unsafe { compare_failed(area) } },
+                    fail = label { return Outcome::CompareFailed },
                     dst = in(reg) dst,
                     src = in(reg) src,
                     dst_tail = in(reg) dst.wrapping_add(len - 16),
@@ -364,8 +355,7 @@ pub(super) unsafe fn section_by<const MM_CID: bool>(
                     v = in(reg) at(vo),
                     expect = in(reg) expect,
                     newv = in(reg) newv,
-                    // SAFETY: the area this section armed.
-                    fail = label { return unsafe { compare_failed(area) } },
+                    fail = label { return Outcome::CompareFailed },
                     dst = in(reg) dst,
                     src = in(reg) src,
                     dst_tail = in(reg) dst.wrapping_add(len - 8),
@@ -406,8 +396,7 @@ pub(super) unsafe fn section_by<const MM_CID: bool>(
                         v = in(reg) at(vo),
                         expect = in(reg) expect,
                         newv = in(reg) newv,
-                        // SAFETY: the area this section armed.
-                        fail = label { return unsafe { compare_failed(area) } },
+                        fail = label { return Outcome::CompareFailed },
                         dst = inout(reg) dst => _,
                         src = inout(reg) src => _,
                         len = inout(reg) len => _,
@@ -438,8 +427,7 @@ pub(super) unsafe fn section_by<const MM_CID: bool>(
                     expect2 = in(reg) expect2,
                     newv = in(reg) newv,
                     t = out(reg) _,
-                    // SAFETY: the area this section armed.
-                    fail = label { return unsafe { compare_failed(area) } },
+                    fail = label { return Outcome::CompareFailed },
                     options(nostack),
                 );
             }

@@ -40,7 +40,6 @@ macro_rules! inject_point {
 }
 
 use core::mem::offset_of;
-use core::sync::atomic::{AtomicU64, Ordering};
 
 use super::{imp, Outcome};
 use crate::abi::Rseq;
@@ -83,21 +82,6 @@ pub(crate) unsafe fn section(
     }
 }
 
-/// Clears `rseq_cs`: the first thing every abort label does.
-///
-/// # Safety
-///
-/// `area` is the area the section armed.
-#[inline(always)]
-pub(super) unsafe fn disarm(area: *mut Rseq) {
-    // SAFETY: the caller's area is live and writable, and `rseq_cs` is an
-    // aligned u64 written only with whole-word stores (by the kernel, by
-    // sections, and here; several threads may share a dummy area, whose
-    // `rseq_cs` nothing reads), so an atomic store is well defined.
-    unsafe { AtomicU64::from_ptr(core::ptr::addr_of_mut!((*area).rseq_cs)) }
-        .store(0, Ordering::Relaxed);
-}
-
 /// What an abort label returns: [`Outcome::Fenced`] if the fence the section
 /// checked is held, else [`Outcome::Aborted`].
 #[inline(always)]
@@ -111,24 +95,12 @@ pub(super) fn fenced_or_aborted(fence: *const Fence) -> Outcome {
     }
 }
 
-/// What a `{fail}` label returns, after disarming.
-///
-/// # Safety
-///
-/// As [`disarm`].
-#[inline(always)]
-pub(super) unsafe fn compare_failed(area: *mut Rseq) -> Outcome {
-    // SAFETY: the caller's area.
-    unsafe { disarm(area) };
-    Outcome::CompareFailed
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::abi::RseqCs;
     use crate::fence::HELD;
-    use core::sync::atomic::AtomicUsize;
+    use core::sync::atomic::{AtomicUsize, Ordering};
 
     /// A counter's slot as the tests drive it: a fence word, then a value.
     #[repr(C)]
@@ -177,6 +149,21 @@ mod tests {
         area
     }
 
+    /// The descriptor a section armed in `area`: the kernel reads it at the
+    /// thread's next preemption, so it must be one of this binary's.
+    fn armed(area: &Rseq) -> RseqCs {
+        assert_ne!(area.rseq_cs, 0, "the section did not arm rseq_cs");
+        let listed = descriptors();
+        // SAFETY: checked below to be a listed descriptor's address before
+        // the value is used; the read is of static data of this binary.
+        let cs = unsafe { *(area.rseq_cs as *const RseqCs) };
+        assert!(
+            listed.contains(&cs),
+            "rseq_cs points at no listed descriptor"
+        );
+        cs
+    }
+
     #[test]
     fn commit_branch() {
         let mut area = fake_area(3);
@@ -197,7 +184,7 @@ mod tests {
         let out = unsafe { add(&mut *area, CPU_ID, &slot, 5) };
         assert_eq!(out, Outcome::Aborted);
         assert_eq!(slot.value(), 10, "an aborted section must not write");
-        assert_eq!(area.rseq_cs, 0, "the abort path disarms");
+        armed(&area);
     }
 
     #[test]
@@ -209,7 +196,7 @@ mod tests {
         let out = unsafe { add(&mut *area, CPU_ID, &slot, 5) };
         assert_eq!(out, Outcome::Fenced);
         assert_eq!(slot.value(), 10, "a fenced section must not write");
-        assert_eq!(area.rseq_cs, 0, "the fenced exit disarms");
+        armed(&area);
     }
 
     #[test]
@@ -227,7 +214,6 @@ mod tests {
         let refused = unsafe { add(&mut *area, mm_cid, &slot, 1) };
         assert_eq!(refused, Outcome::Aborted);
         assert_eq!(slot.value(), 11, "the aborted section must not write");
-        assert_eq!(area.rseq_cs, 0, "the abort path disarms");
     }
 
     extern "C" {
@@ -285,10 +271,15 @@ mod tests {
             all.iter().any(|cs| (f..f + 512).contains(&cs.start_ip)),
             "add's section is not listed"
         );
-        // And a section disarms once it is left.
+        // And a section leaves rseq_cs armed with its own descriptor (the
+        // kernel clears it lazily): the one that starts in that function.
         let mut area = fake_area(0);
         let slot = test_slot(0, 0);
         assert_eq!(add_out_of_line(&mut *area, &slot, 1), Outcome::Committed);
-        assert_eq!(area.rseq_cs, 0, "rseq_cs must be cleared after the commit");
+        let cs = armed(&area);
+        assert!(
+            (f..f + 512).contains(&cs.start_ip),
+            "rseq_cs does not point at the section that ran: {cs:?}"
+        );
     }
 }

@@ -11,26 +11,25 @@
 //!        jne   5f                       ;   slot's CPU and the fence is free
 //!        <body>                         ; reads, speculative stores ...
 //!        <commit>                       ; the single store that publishes
-//!     4: mov   [area + rseq_cs], 0      ; post-commit: disarm
+//!     4:                                ; post-commit
 //!   (in __rseq_failure)
 //!        ud1   edi, [rip + RSEQ_SIG]    ; 0f b9 3d + signature: never executed
-//!     5: jmp   {abort}                  ; abort_ip; {abort} disarms first
+//!     5: jmp   {abort}                  ; abort_ip
 //! ```
 //!
 //! `abort_ip` holds a single jump, so a debugger single-stepping an aborted
 //! section stops next in the function's own code, where `next` and `step`
 //! work, not in the symbol-less `__rseq_failure` section.
 //!
-//! Disarming after every exit leaves no thread's `rseq_cs` pointing at a
-//! descriptor once its operation returns, so a shared library using cpulocal
-//! can be unloaded: at a thread's next preemption or signal the kernel reads
-//! the descriptor `rseq_cs` points to and the signature before its
-//! `abort_ip`, even when the thread is far from the section, and a
-//! descriptor or abort label in unmapped memory gets the thread a SIGSEGV.
-//! (Copies of the descriptors in memory never freed do not avoid that: the
-//! signature check still reads the unmapped code.) The kernel clears
-//! `rseq_cs` lazily itself; this store makes it eager, for about 5 % of a
-//! list push+pop pair here.
+//! Nothing clears `rseq_cs` once a section is left: the kernel does, the
+//! next time it finds the thread outside the descriptor's range (at a
+//! preemption or signal), as it does for librseq's sections. Until then it
+//! reads the descriptor and the signature before its `abort_ip` at every
+//! preemption, so the code that holds them must stay mapped for as long as
+//! the process lives: [`crate::sys::pin_own_object`] keeps a shared library
+//! that holds cpulocal loaded, and where it cannot, no section runs. Clearing
+//! `rseq_cs` after every commit instead would cost a store per operation
+//! (about 10 % of a list pop + push here).
 //!
 //! The check is the protocol's CPU check and fence check in one comparison
 //! (a free fence word holds its slot's CPU number: see [`crate::fence`]); it
@@ -53,7 +52,7 @@
 use core::arch::asm;
 use core::mem::offset_of;
 
-use super::rseq::{compare_failed, disarm, fenced_or_aborted};
+use super::rseq::fenced_or_aborted;
 use super::Outcome;
 use crate::abi::{Rseq, RSEQ_SIG};
 use crate::domain::Order;
@@ -122,7 +121,6 @@ macro_rules! rseq_section_with {
             inject_point!(3),
             $commit,
             "4:",
-            "mov qword ptr [{area} + {RSEQ_CS}], 0",
             ".pushsection __rseq_failure, \"ax\"",
             ".byte 0x0f, 0xb9, 0x3d",
             ".long {SIG}",
@@ -144,7 +142,7 @@ macro_rules! rseq_section_with {
 /// reports a held
 /// fence or an abort. Operands `area`, `index` and `fence` name the caller's
 /// locals of those names; a body that compares jumps to `{fail}` on a
-/// mismatch, and the caller supplies that label (see [`compare_failed`]).
+/// mismatch, and the caller supplies that label (it returns [`Outcome::CompareFailed`]).
 macro_rules! shape_section {
     ($area:ident, $fence:ident, body: [$($body:literal),* $(,)?], commit: $commit:literal, $($operands:tt)*) => {
         if MM_CID {
@@ -168,8 +166,6 @@ macro_rules! shape_section {
                 fence = in(reg) $fence,
                 word = out(reg) _,
                 abort = label {
-                    // SAFETY: the area this section armed.
-                    unsafe { disarm($area) };
                     return fenced_or_aborted($fence);
                 },
                 $($operands)*
@@ -188,8 +184,6 @@ macro_rules! shape_section {
                 fence = in(reg) $fence,
                 word = out(reg) _,
                 abort = label {
-                    // SAFETY: the area this section armed.
-                    unsafe { disarm($area) };
                     return fenced_or_aborted($fence);
                 },
                 $($operands)*
@@ -230,8 +224,7 @@ pub(super) unsafe fn section_by<const MM_CID: bool>(
                     vo = in(reg) vo,
                     expect = in(reg) expect,
                     newv = in(reg) newv,
-                    // SAFETY: the area this section armed.
-                    fail = label { return unsafe { compare_failed(area) } },
+                    fail = label { return Outcome::CompareFailed },
                     options(nostack),
                 );
             }
@@ -264,8 +257,7 @@ pub(super) unsafe fn section_by<const MM_CID: bool>(
                     offset = in(reg) offset,
                     load = in(reg) load,
                     head = out(reg) _,
-                    // SAFETY: the area this section armed.
-                    fail = label { return unsafe { compare_failed(area) } },
+                    fail = label { return Outcome::CompareFailed },
                     options(nostack),
                 );
             }
@@ -288,8 +280,7 @@ pub(super) unsafe fn section_by<const MM_CID: bool>(
                     v2 = in(reg) v2,
                     newv2 = in(reg) newv2,
                     newv = in(reg) newv,
-                    // SAFETY: the area this section armed.
-                    fail = label { return unsafe { compare_failed(area) } },
+                    fail = label { return Outcome::CompareFailed },
                     options(nostack),
                 );
             }
@@ -322,8 +313,7 @@ pub(super) unsafe fn section_by<const MM_CID: bool>(
                     vo = in(reg) vo,
                     expect = in(reg) expect,
                     newv = in(reg) newv,
-                    // SAFETY: the area this section armed.
-                    fail = label { return unsafe { compare_failed(area) } },
+                    fail = label { return Outcome::CompareFailed },
                     dst = in(reg) dst,
                     src = in(reg) src,
                     tail = in(reg) len - 16,
@@ -344,8 +334,7 @@ pub(super) unsafe fn section_by<const MM_CID: bool>(
                     vo = in(reg) vo,
                     expect = in(reg) expect,
                     newv = in(reg) newv,
-                    // SAFETY: the area this section armed.
-                    fail = label { return unsafe { compare_failed(area) } },
+                    fail = label { return Outcome::CompareFailed },
                     dst = in(reg) dst,
                     src = in(reg) src,
                     tail = in(reg) len - 8,
@@ -407,8 +396,7 @@ pub(super) unsafe fn section_by<const MM_CID: bool>(
                         vo = in(reg) vo,
                         expect = in(reg) expect,
                         newv = in(reg) newv,
-                        // SAFETY: the area this section armed.
-                        fail = label { return unsafe { compare_failed(area) } },
+                        fail = label { return Outcome::CompareFailed },
                         inout("rdi") dst => _,
                         inout("rsi") src => _,
                         inout("rcx") len => _,
@@ -437,8 +425,7 @@ pub(super) unsafe fn section_by<const MM_CID: bool>(
                     v2 = in(reg) v2,
                     expect2 = in(reg) expect2,
                     newv = in(reg) newv,
-                    // SAFETY: the area this section armed.
-                    fail = label { return unsafe { compare_failed(area) } },
+                    fail = label { return Outcome::CompareFailed },
                     options(nostack),
                 );
             }
