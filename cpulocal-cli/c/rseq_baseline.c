@@ -28,9 +28,18 @@
  *   CL_MM_CID  index = the area's mm_cid, read before the section; the section
  *              compares mm_cid with it (needs a kernel that publishes
  *              mm_cid: cl_c_mm_cid_available).
- * Each loop is compiled twice, once per mode with the mode a constant, so the
- * hot loop has no branch on it: the exported function picks the copy once
- * per call.
+ * and an area lookup (enum cl_area):
+ *   CL_AREA_PER_OP  the thread's area is found again for every operation, as
+ *              librseq's calls do (rseq_get_abi(): the thread pointer plus a
+ *              global offset, which the compiler reloads after every asm
+ *              statement that clobbers memory): librseq's own cost, and what
+ *              any per-call API pays;
+ *   CL_AREA_HOISTED  the area is found once per call of the exported loop
+ *              and stays in a register: the floor, which only a caller
+ *              holding the area across its own loop reaches.
+ * Each loop is compiled four times, once per mode and lookup with both
+ * constants, so the hot loop has no branch on them: the exported function
+ * picks the copy once per call.
  *
  * Every exported loop runs `iters` operations, so the benchmark makes one FFI
  * call per batch of operations, never one per operation. Each returns the
@@ -105,12 +114,17 @@ enum cl_index_mode {
 #define CL_READ_ONCE_PTR(x) (*(__typeof__(x) const volatile *)&(x))
 #define CL_LIKELY(x) __builtin_expect(!!(x), 1)
 
+/* librseq's rseq_offset: a copy of glibc's __rseq_offset in a global of
+ * this file, set by cl_area() before any loop runs. */
+static ptrdiff_t cl_rseq_offset;
+
 /* The calling thread's area, or NULL when glibc did not register rseq for
  * the process or for this thread. */
 static inline struct cl_rseq_abi *cl_area(void)
 {
 	if (&__rseq_size == NULL || &__rseq_offset == NULL || __rseq_size == 0)
 		return NULL;
+	cl_rseq_offset = __rseq_offset;
 	struct cl_rseq_abi *rs =
 		(struct cl_rseq_abi *)((char *)__builtin_thread_pointer() + __rseq_offset);
 	if ((int32_t)CL_READ_ONCE_U32(rs->cpu_id) < 0)
@@ -160,6 +174,24 @@ cl_index(const struct cl_rseq_abi *rs, int mode)
 {
 	return mode == CL_MM_CID ? CL_READ_ONCE_U32(rs->mm_cid)
 				 : CL_READ_ONCE_U32(rs->cpu_id_start);
+}
+
+/* How a loop finds the thread's area (the `area` argument of the loops). */
+enum cl_area {
+	CL_AREA_PER_OP = 0,
+	CL_AREA_HOISTED = 1,
+};
+
+/* The area of the calling thread for one operation: `hoisted` itself, or,
+ * with CL_AREA_PER_OP, found again as librseq's rseq_get_abi() finds it
+ * (`area` is a constant wherever this is inlined). */
+static inline __attribute__((always_inline)) struct cl_rseq_abi *
+cl_op_area(struct cl_rseq_abi *hoisted, int area)
+{
+	if (area == CL_AREA_HOISTED)
+		return hoisted;
+	return (struct cl_rseq_abi *)((char *)__builtin_thread_pointer() +
+				      CL_READ_ONCE_PTR(cl_rseq_offset));
 }
 
 /* The field a section compares that index with, as an lvalue for its "m"
@@ -539,30 +571,35 @@ fail:
 }
 
 /*
- * Emits the two copies of a loop body, `cl_<name>_body(s, iters, rs, mode)`
- * (always_inline), with `mode` a constant in each, and the exported
- * `cl_c_<name>_loop(s, iters, mode)` that checks the area once and runs the
- * copy for `mode`.
+ * Emits the four copies of a loop body, `cl_<name>_body(s, iters, rs0,
+ * mode, area)` (always_inline), with `mode` and `area` constants in each,
+ * and the exported `cl_c_<name>_loop(s, iters, mode, area)` that checks the
+ * area once and runs the copy for `mode` and `area`.
  */
+#define CL_DEFINE_LOOP_COPY(name, type, m, a)                                  \
+	static __attribute__((noinline)) uint64_t                              \
+	cl_##name##_loop_##m##_##a(type *s, uint64_t iters,                    \
+				   struct cl_rseq_abi *rs)                     \
+	{                                                                      \
+		return cl_##name##_body(s, iters, rs, m, a);                   \
+	}
 #define CL_DEFINE_LOOPS(name, type)                                            \
-	static __attribute__((noinline)) uint64_t                              \
-	cl_##name##_loop_cpu_id(type *s, uint64_t iters, struct cl_rseq_abi *rs) \
-	{                                                                      \
-		return cl_##name##_body(s, iters, rs, CL_CPU_ID);              \
-	}                                                                      \
-	static __attribute__((noinline)) uint64_t                              \
-	cl_##name##_loop_mm_cid(type *s, uint64_t iters, struct cl_rseq_abi *rs) \
-	{                                                                      \
-		return cl_##name##_body(s, iters, rs, CL_MM_CID);              \
-	}                                                                      \
-	uint64_t cl_c_##name##_loop(type *s, uint64_t iters, int mode)         \
+	CL_DEFINE_LOOP_COPY(name, type, CL_CPU_ID, CL_AREA_PER_OP)             \
+	CL_DEFINE_LOOP_COPY(name, type, CL_CPU_ID, CL_AREA_HOISTED)            \
+	CL_DEFINE_LOOP_COPY(name, type, CL_MM_CID, CL_AREA_PER_OP)             \
+	CL_DEFINE_LOOP_COPY(name, type, CL_MM_CID, CL_AREA_HOISTED)            \
+	uint64_t cl_c_##name##_loop(type *s, uint64_t iters, int mode, int area) \
 	{                                                                      \
 		struct cl_rseq_abi *rs = cl_area_for(mode);                    \
 		if (rs == NULL)                                                \
 			return UINT64_MAX;                                     \
 		if (mode == CL_MM_CID)                                         \
-			return cl_##name##_loop_mm_cid(s, iters, rs);          \
-		return cl_##name##_loop_cpu_id(s, iters, rs);                  \
+			return area == CL_AREA_HOISTED                         \
+				? cl_##name##_loop_CL_MM_CID_CL_AREA_HOISTED(s, iters, rs) \
+				: cl_##name##_loop_CL_MM_CID_CL_AREA_PER_OP(s, iters, rs); \
+		return area == CL_AREA_HOISTED                                 \
+			? cl_##name##_loop_CL_CPU_ID_CL_AREA_HOISTED(s, iters, rs) \
+			: cl_##name##_loop_CL_CPU_ID_CL_AREA_PER_OP(s, iters, rs); \
 	}
 
 /* Slots per structure: every structure has one 128-byte-aligned slot per
@@ -639,17 +676,18 @@ int64_t cl_c_slots_sum(const struct cl_slots *s)
  * Adds 1 to the current slot `iters` times, retrying aborted sections
  * (param_test's -T i).
  *
- * Per operation, as librseq's users write it: read the index, index the
- * array, run the section. The area pointer is computed once per call.
+ * Per operation, as librseq's users write it: find the area (or not, see
+ * enum cl_area), read the index, index the array, run the section.
  */
 static inline __attribute__((always_inline)) uint64_t
-cl_counter_body(struct cl_slots *s, uint64_t iters, struct cl_rseq_abi *rs,
-		int mode)
+cl_counter_body(struct cl_slots *s, uint64_t iters, struct cl_rseq_abi *rs0,
+		int mode, int area)
 {
 	struct cl_slot *slot = s->slot;
 	uint64_t aborts = 0;
 	for (uint64_t i = 0; i < iters; i++) {
 		for (;;) {
+			struct cl_rseq_abi *rs = cl_op_area(rs0, area);
 			uint32_t idx = cl_index(rs, mode);
 			if (CL_LIKELY(cl_rseq_addv(rs, mode, idx, &slot[idx].v, 1) == 0))
 				break;
@@ -671,7 +709,7 @@ uint64_t cl_c_rseq_add_loop(struct cl_slots *s, uint64_t iters)
 	struct cl_rseq_abi *rs = cl_area();
 	if (rs == NULL)
 		return UINT64_MAX;
-	return cl_counter_body(s, iters, rs, CL_CPU_ID);
+	return cl_counter_body(s, iters, rs, CL_CPU_ID, CL_AREA_HOISTED);
 }
 
 /*
@@ -750,14 +788,15 @@ int64_t cl_c_spinlock_sum(const struct cl_spinlock *s)
  * by then; the slot stays locked until it does).
  */
 static inline __attribute__((always_inline)) uint64_t
-cl_spinlock_body(struct cl_spinlock *s, uint64_t iters, struct cl_rseq_abi *rs,
-		 int mode)
+cl_spinlock_body(struct cl_spinlock *s, uint64_t iters, struct cl_rseq_abi *rs0,
+		 int mode, int area)
 {
 	struct cl_lock_slot *slot = s->slot;
 	uint64_t retries = 0;
 	for (uint64_t i = 0; i < iters; i++) {
 		struct cl_lock_slot *l;
 		for (;;) {
+			struct cl_rseq_abi *rs = cl_op_area(rs0, area);
 			uint32_t idx = cl_index(rs, mode);
 			l = &slot[idx];
 			if (CL_LIKELY(cl_rseq_cmpeqv_storev(rs, mode, idx, &l->lock, 0, 1) == 0))
@@ -859,14 +898,15 @@ int64_t cl_c_list_sum(const struct cl_list *l, uint64_t *count)
  * fail. Aborted and failed sections re-read the index and retry.
  */
 static inline __attribute__((always_inline)) uint64_t
-cl_list_body(struct cl_list *l, uint64_t iters, struct cl_rseq_abi *rs,
-	     int mode)
+cl_list_body(struct cl_list *l, uint64_t iters, struct cl_rseq_abi *rs0,
+	     int mode, int area)
 {
 	struct cl_list_slot *slot = l->slot;
 	uint64_t retries = 0;
 	for (uint64_t i = 0; i < iters; i++) {
 		struct cl_node *node;
 		for (;;) {
+			struct cl_rseq_abi *rs = cl_op_area(rs0, area);
 			uint32_t idx = cl_index(rs, mode);
 			int r = cl_rseq_pop_head(rs, mode, idx, &slot[idx].head, &node);
 			if (CL_LIKELY(r == 0))
@@ -876,6 +916,7 @@ cl_list_body(struct cl_list *l, uint64_t iters, struct cl_rseq_abi *rs,
 			retries++;
 		}
 		for (;;) {
+			struct cl_rseq_abi *rs = cl_op_area(rs0, area);
 			uint32_t idx = cl_index(rs, mode);
 			struct cl_node *expect = CL_READ_ONCE_PTR(slot[idx].head);
 			node->next = expect;
@@ -987,14 +1028,15 @@ int64_t cl_c_ptrbuf_sum(const struct cl_ptrbuf *b, uint64_t *count)
  * Aborted and failed sections re-read the index and retry.
  */
 static inline __attribute__((always_inline)) uint64_t
-cl_ptrbuf_body(struct cl_ptrbuf *b, uint64_t iters, struct cl_rseq_abi *rs,
-	       int mode)
+cl_ptrbuf_body(struct cl_ptrbuf *b, uint64_t iters, struct cl_rseq_abi *rs0,
+	       int mode, int area)
 {
 	struct cl_ptrbuf_slot *slot = b->slot;
 	uint64_t retries = 0;
 	for (uint64_t i = 0; i < iters; i++) {
 		struct cl_node *node;
 		for (;;) {
+			struct cl_rseq_abi *rs = cl_op_area(rs0, area);
 			uint32_t idx = cl_index(rs, mode);
 			struct cl_ptrbuf_slot *s = &slot[idx];
 			intptr_t offset = CL_READ_ONCE_PTR(s->offset);
@@ -1009,6 +1051,7 @@ cl_ptrbuf_body(struct cl_ptrbuf *b, uint64_t iters, struct cl_rseq_abi *rs,
 			retries++;
 		}
 		for (;;) {
+			struct cl_rseq_abi *rs = cl_op_area(rs0, area);
 			uint32_t idx = cl_index(rs, mode);
 			struct cl_ptrbuf_slot *s = &slot[idx];
 			intptr_t offset = CL_READ_ONCE_PTR(s->offset);
@@ -1113,14 +1156,15 @@ int64_t cl_c_membuf_sum(const struct cl_membuf *b, uint64_t *count)
  * re-read the index and retry.
  */
 static inline __attribute__((always_inline)) uint64_t
-cl_membuf_body(struct cl_membuf *b, uint64_t iters, struct cl_rseq_abi *rs,
-	       int mode)
+cl_membuf_body(struct cl_membuf *b, uint64_t iters, struct cl_rseq_abi *rs0,
+	       int mode, int area)
 {
 	struct cl_membuf_slot *slot = b->slot;
 	uint64_t retries = 0;
 	for (uint64_t i = 0; i < iters; i++) {
 		struct cl_item item;
 		for (;;) {
+			struct cl_rseq_abi *rs = cl_op_area(rs0, area);
 			uint32_t idx = cl_index(rs, mode);
 			struct cl_membuf_slot *s = &slot[idx];
 			intptr_t offset = CL_READ_ONCE_PTR(s->offset);
@@ -1133,6 +1177,7 @@ cl_membuf_body(struct cl_membuf *b, uint64_t iters, struct cl_rseq_abi *rs,
 			retries++;
 		}
 		for (;;) {
+			struct cl_rseq_abi *rs = cl_op_area(rs0, area);
 			uint32_t idx = cl_index(rs, mode);
 			struct cl_membuf_slot *s = &slot[idx];
 			intptr_t offset = CL_READ_ONCE_PTR(s->offset);

@@ -56,27 +56,27 @@ extern "C" {
     fn cl_c_slots_sum(s: *const RawSlots) -> i64;
     fn cl_c_rseq_add_loop(s: *mut RawSlots, iters: u64) -> u64;
     fn cl_c_rseq_add_fence_loop(s: *mut RawSlots, iters: u64) -> u64;
-    fn cl_c_counter_loop(s: *mut RawSlots, iters: u64, mode: c_int) -> u64;
+    fn cl_c_counter_loop(s: *mut RawSlots, iters: u64, mode: c_int, area: c_int) -> u64;
 
     fn cl_c_spinlock_new(nslots: usize) -> *mut RawSpinlock;
     fn cl_c_spinlock_free(s: *mut RawSpinlock);
     fn cl_c_spinlock_sum(s: *const RawSpinlock) -> i64;
-    fn cl_c_spinlock_loop(s: *mut RawSpinlock, iters: u64, mode: c_int) -> u64;
+    fn cl_c_spinlock_loop(s: *mut RawSpinlock, iters: u64, mode: c_int, area: c_int) -> u64;
 
     fn cl_c_list_new(nslots: usize) -> *mut RawList;
     fn cl_c_list_free(s: *mut RawList);
     fn cl_c_list_sum(s: *const RawList, count: *mut u64) -> i64;
-    fn cl_c_list_loop(s: *mut RawList, iters: u64, mode: c_int) -> u64;
+    fn cl_c_list_loop(s: *mut RawList, iters: u64, mode: c_int, area: c_int) -> u64;
 
     fn cl_c_ptrbuf_new(nslots: usize) -> *mut RawPtrBuffer;
     fn cl_c_ptrbuf_free(s: *mut RawPtrBuffer);
     fn cl_c_ptrbuf_sum(s: *const RawPtrBuffer, count: *mut u64) -> i64;
-    fn cl_c_ptrbuf_loop(s: *mut RawPtrBuffer, iters: u64, mode: c_int) -> u64;
+    fn cl_c_ptrbuf_loop(s: *mut RawPtrBuffer, iters: u64, mode: c_int, area: c_int) -> u64;
 
     fn cl_c_membuf_new(nslots: usize) -> *mut RawMemcpyBuffer;
     fn cl_c_membuf_free(s: *mut RawMemcpyBuffer);
     fn cl_c_membuf_sum(s: *const RawMemcpyBuffer, count: *mut u64) -> i64;
-    fn cl_c_membuf_loop(s: *mut RawMemcpyBuffer, iters: u64, mode: c_int) -> u64;
+    fn cl_c_membuf_loop(s: *mut RawMemcpyBuffer, iters: u64, mode: c_int, area: c_int) -> u64;
 }
 
 /// What the C loops return when the calling thread has no rseq area.
@@ -247,6 +247,33 @@ impl IndexMode {
     }
 }
 
+/// How a C loop finds the calling thread's rseq area.
+///
+/// Each loop is compiled once per lookup too, so the hot loop has no branch
+/// on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AreaLookup {
+    /// Again for every operation, as librseq's calls do (`rseq_get_abi()`:
+    /// the thread pointer plus a global offset, reloaded after every section,
+    /// whose asm clobbers memory). What librseq's own benchmark pays, and any
+    /// API called once per operation.
+    PerOperation,
+    /// Once per call of the loop: the area stays in a register for the
+    /// whole batch. The floor: only a caller that holds the area across its
+    /// own loop gets there.
+    Hoisted,
+}
+
+impl AreaLookup {
+    /// The C side's `enum cl_area`.
+    fn raw(self) -> c_int {
+        match self {
+            AreaLookup::PerOperation => 0,
+            AreaLookup::Hoisted => 1,
+        }
+    }
+}
+
 /// The items each slot of [`CList`], [`CPtrBuffer`] and [`CMemcpyBuffer`]
 /// starts with (data `1..=100`, as librseq's `param_test` sets them up).
 pub const ITEMS_PER_SLOT: u64 = 100;
@@ -271,6 +298,7 @@ macro_rules! c_structure {
         pub struct $name {
             raw: NonNull<$raw>,
             mode: IndexMode,
+            area: AreaLookup,
         }
 
         // SAFETY: the structure is heap memory owned by this value (slots,
@@ -290,17 +318,18 @@ macro_rules! c_structure {
         impl $name {
             /// A new structure with a slot for each of
             /// [`cpulocal::possible_cpus()`], the bound the kernel keeps every
-            /// `cpu_id` and every `mm_cid` below, indexed by `mode`.
+            /// `cpu_id` and every `mm_cid` below, indexed by `mode`, its loop
+            /// finding the thread's area as `area` says.
             ///
             /// # Panics
             ///
             /// If the allocation fails.
-            pub fn new(mode: IndexMode) -> Self {
+            pub fn new(mode: IndexMode, area: AreaLookup) -> Self {
                 let nslots = cpulocal::possible_cpus();
                 // SAFETY: no preconditions; the result is checked for NULL.
                 let raw = unsafe { $new(nslots) };
                 let raw = NonNull::new(raw).expect(concat!(stringify!($new), ": out of memory"));
-                $name { raw, mode }
+                $name { raw, mode, area }
             }
 
             /// The index mode the structure was made with.
@@ -321,7 +350,9 @@ macro_rules! c_structure {
                 // SAFETY: `raw` is a live structure from its constructor with a
                 // slot per possible CPU; the C loop writes it only as the `Sync`
                 // impl describes.
-                loop_result(unsafe { $run(self.raw.as_ptr(), iters, self.mode.raw()) })
+                loop_result(unsafe {
+                    $run(self.raw.as_ptr(), iters, self.mode.raw(), self.area.raw())
+                })
             }
         }
 
@@ -461,7 +492,8 @@ mod tests {
     const BUDGET: std::time::Duration = std::time::Duration::from_millis(250);
 
     /// The modes this thread can run, with a note for each skipped one.
-    fn modes(test: &str) -> Vec<IndexMode> {
+    /// Every index mode available here, with both area lookups.
+    fn modes(test: &str) -> Vec<(IndexMode, AreaLookup)> {
         IndexMode::ALL
             .into_iter()
             .filter(|m| {
@@ -471,6 +503,7 @@ mod tests {
                 }
                 ok
             })
+            .flat_map(|m| [(m, AreaLookup::PerOperation), (m, AreaLookup::Hoisted)])
             .collect()
     }
 
@@ -524,8 +557,8 @@ mod tests {
     /// stale). The same workers and disturbers serve every round.
     fn rounds<T: Send + Sync>(
         what: &str,
-        mode: IndexMode,
-        new: impl Fn(IndexMode) -> T,
+        (mode, area): (IndexMode, AreaLookup),
+        new: impl Fn(IndexMode, AreaLookup) -> T,
         run: impl Fn(&T, u64) -> Result<u64, NoRseq> + Sync,
         check: impl Fn(&mut T) -> Result<(), String>,
     ) {
@@ -596,7 +629,7 @@ mod tests {
                 }
             });
             let outcome = loop {
-                *current.write().unwrap() = Some(new(mode));
+                *current.write().unwrap() = Some(new(mode, area));
                 start.wait();
                 end.wait();
                 n += 1;
@@ -616,11 +649,11 @@ mod tests {
         });
         let retries = retries.into_inner();
         eprintln!(
-            "{what} {}: {n} rounds, {retries} sections retried",
+            "{what} {} ({area:?}): {n} rounds, {retries} sections retried",
             mode.name()
         );
         if let Err(e) = outcome {
-            panic!("{what} {}, round {n}: {e}", mode.name());
+            panic!("{what} {} ({area:?}), round {n}: {e}", mode.name());
         }
     }
 
@@ -666,7 +699,7 @@ mod tests {
     #[test]
     fn list_conserves_nodes() {
         for mode in modes("list") {
-            assert_eq!(CList::new(mode).totals(), initial(1));
+            assert_eq!(CList::new(mode.0, mode.1).totals(), initial(1));
             rounds("list", mode, CList::new, CList::run, |l| {
                 same(l.totals(), initial(1))
             });
@@ -676,7 +709,7 @@ mod tests {
     #[test]
     fn ptr_buffer_conserves_nodes() {
         for mode in modes("ptr buffer") {
-            assert_eq!(CPtrBuffer::new(mode).totals(), initial(1));
+            assert_eq!(CPtrBuffer::new(mode.0, mode.1).totals(), initial(1));
             rounds("ptr buffer", mode, CPtrBuffer::new, CPtrBuffer::run, |b| {
                 same(b.totals(), initial(1))
             });
@@ -686,7 +719,7 @@ mod tests {
     #[test]
     fn memcpy_buffer_conserves_items() {
         for mode in modes("memcpy buffer") {
-            assert_eq!(CMemcpyBuffer::new(mode).totals(), initial(2));
+            assert_eq!(CMemcpyBuffer::new(mode.0, mode.1).totals(), initial(2));
             rounds(
                 "memcpy buffer",
                 mode,

@@ -163,8 +163,13 @@ fn c_mode(mode: Mode) -> crate::baseline::IndexMode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Side {
-    /// The hand-written C rseq loop.
+    /// The hand-written C rseq loop, finding the thread's rseq area for every
+    /// operation as librseq's calls do: the reference.
     C,
+    /// The same C loop with the area found once per batch and kept in a
+    /// register: the floor, below what any per-call API (librseq's
+    /// included) reaches.
+    CHoisted,
     /// The same loop on cpulocal's API.
     Cpulocal,
 }
@@ -223,7 +228,8 @@ impl Workload {
         }
         let state = match side {
             Side::Cpulocal => cpulocal_state(lp, mode.index()),
-            Side::C => c_state(lp, mode)?,
+            Side::C => c_state(lp, mode, false)?,
+            Side::CHoisted => c_state(lp, mode, true)?,
         };
         Some(Workload {
             lp,
@@ -369,21 +375,28 @@ fn cpulocal_state(lp: Loop, by: Index) -> State {
     }
 }
 
+/// The C structure for `lp` in `mode`, its loop finding the area once per
+/// batch if `hoisted`, else for every operation.
 #[cfg(cpulocal_c_baseline)]
-fn c_state(lp: Loop, mode: Mode) -> Option<State> {
-    use crate::baseline::{CCounter, CList, CMemcpyBuffer, CPtrBuffer, CSpinlock};
+fn c_state(lp: Loop, mode: Mode, hoisted: bool) -> Option<State> {
+    use crate::baseline::{AreaLookup, CCounter, CList, CMemcpyBuffer, CPtrBuffer, CSpinlock};
     let m = c_mode(mode);
+    let a = if hoisted {
+        AreaLookup::Hoisted
+    } else {
+        AreaLookup::PerOperation
+    };
     Some(State::C(match lp {
-        Loop::Counter => CState::Counter(CCounter::new(m)),
-        Loop::Spinlock => CState::Spinlock(CSpinlock::new(m)),
-        Loop::List => CState::List(CList::new(m)),
-        Loop::PtrBuffer => CState::PtrBuffer(CPtrBuffer::new(m)),
-        Loop::MemcpyBuffer => CState::MemcpyBuffer(CMemcpyBuffer::new(m)),
+        Loop::Counter => CState::Counter(CCounter::new(m, a)),
+        Loop::Spinlock => CState::Spinlock(CSpinlock::new(m, a)),
+        Loop::List => CState::List(CList::new(m, a)),
+        Loop::PtrBuffer => CState::PtrBuffer(CPtrBuffer::new(m, a)),
+        Loop::MemcpyBuffer => CState::MemcpyBuffer(CMemcpyBuffer::new(m, a)),
     }))
 }
 
 #[cfg(not(cpulocal_c_baseline))]
-fn c_state(_: Loop, _: Mode) -> Option<State> {
+fn c_state(_: Loop, _: Mode, _: bool) -> Option<State> {
     None
 }
 

@@ -198,7 +198,7 @@ impl Config {
         let structures = self.structures.len() as u64 * (1 + self.structure_rounds as u64);
         let ring = self.ring_peers.len() as u64 * (1 + self.ring_rounds as u64);
         let modes = self.loop_modes.iter().filter(|m| m.available()).count() as u64;
-        let loops = self.loops.len() as u64 * modes * 2 * (1 + self.loop_rounds as u64);
+        let loops = self.loops.len() as u64 * modes * 3 * (1 + self.loop_rounds as u64);
         self.threads.len() as u64 * per_count
             + self.structure_threads.len() as u64 * structures
             + self.ring_threads.len() as u64 * ring
@@ -392,11 +392,18 @@ pub struct LoopCell {
     pub mode: Mode,
     /// Worker threads.
     pub threads: usize,
-    /// The hand-written C loop.
+    /// The hand-written C loop, finding the thread's area for every
+    /// operation as librseq does ([`Side::C`]): the reference.
     pub c: Cell<Side>,
+    /// The same C loop with the area kept in a register across the batch
+    /// ([`Side::CHoisted`]): the floor.
+    pub c_hoisted: Cell<Side>,
     /// cpulocal's; its `ratio` is *its* time over the C loop's of the same
     /// round (median over rounds): above 1, the C loop is faster.
     pub cpulocal: Cell<Side>,
+    /// cpulocal's time over the hoisted C loop's of the same round (median
+    /// over rounds).
+    pub floor_ratio: f64,
 }
 
 impl LoopCell {
@@ -1067,8 +1074,9 @@ fn ring_at(
         .collect())
 }
 
-/// `lp` in `mode` at one thread count: the C loop and cpulocal's, one batch
-/// of each per round, in alternating order; each structure checked after.
+/// `lp` in `mode` at one thread count: the C loop (area per operation), the
+/// C loop with the area hoisted and cpulocal's, one batch of each per round,
+/// in rotating order; each structure checked after.
 fn loop_at(
     config: &Config,
     runner: &Runner,
@@ -1080,7 +1088,7 @@ fn loop_at(
     let rounds = config.loop_rounds;
     let mut workloads = Vec::new();
     let mut entries = Vec::new();
-    for side in [Side::C, Side::Cpulocal] {
+    for side in [Side::C, Side::CHoisted, Side::Cpulocal] {
         let w = Arc::new(loops::Workload::new(lp, mode, side).ok_or(Error::Loop {
             lp,
             mode,
@@ -1111,6 +1119,16 @@ fn loop_at(
         },
     );
     let reference = entries[0].rounds_ns.clone();
+    let floor = entries[1].rounds_ns.clone();
+    let floor_ratio = cell(
+        Side::Cpulocal,
+        threads,
+        entries[2].ops_per_thread,
+        entries[2].rounds_ns.clone(),
+        Some(&floor),
+    )
+    .ratio
+    .unwrap_or(f64::NAN);
     let mut cells = cells(entries, threads, Some(&reference)).into_iter();
     // The batches (the entries' jobs) are gone: each workload is ours again.
     for w in workloads {
@@ -1122,15 +1140,18 @@ fn loop_at(
             what,
         })?;
     }
-    let (Some(c), Some(cpulocal)) = (cells.next(), cells.next()) else {
-        unreachable!("two entries, two cells")
+    let (Some(c), Some(c_hoisted), Some(cpulocal)) = (cells.next(), cells.next(), cells.next())
+    else {
+        unreachable!("three entries, three cells")
     };
     Ok(LoopCell {
         lp,
         mode,
         threads,
         c,
+        c_hoisted,
         cpulocal,
+        floor_ratio,
     })
 }
 

@@ -257,9 +257,15 @@ pub struct ParamTestArgs {
     #[arg(long)]
     pub mm_cid: bool,
 
-    /// Run the hand-written C rseq loop instead of cpulocal's.
+    /// Run the hand-written C rseq loop instead of cpulocal's (it finds the
+    /// thread's rseq area for every operation, as librseq does).
     #[arg(long)]
     pub c: bool,
+
+    /// With --c: find the area once per thread and keep it in a register (the
+    /// floor no per-call API reaches).
+    #[arg(long, requires = "c")]
+    pub area_hoisted: bool,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -32,7 +32,11 @@ pub fn run(out: &mut impl Write, args: &ParamTestArgs) -> Result<(), Failure> {
     } else {
         Mode::CpuId
     };
-    let side = if args.c { Side::C } else { Side::Cpulocal };
+    let side = match (args.c, args.area_hoisted) {
+        (true, true) => Side::CHoisted,
+        (true, false) => Side::C,
+        (false, _) => Side::Cpulocal,
+    };
     let w = Workload::new(lp, mode, side).ok_or_else(|| {
         Failure::Broken(format!(
             "the {} loop cannot run by {} here (it needs the rseq engine{})",
@@ -61,6 +65,7 @@ pub fn run(out: &mut impl Write, args: &ParamTestArgs) -> Result<(), Failure> {
         mode.name(),
         match side {
             Side::C => "C",
+            Side::CHoisted => "C, area hoisted",
             Side::Cpulocal => "cpulocal",
         },
         args.threads,
