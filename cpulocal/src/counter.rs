@@ -75,12 +75,15 @@ impl PerCpuCounter {
     /// ```
     pub fn with_index(by: Index) -> Self {
         PerCpuCounter {
-            slots: Slots::new(by, |_| AtomicI64::new(0)),
+            // Every write to a value is the add shape or `take`'s swap: on
+            // node slots the add may be a fetch-and-add.
+            slots: Slots::new(by, |_| AtomicI64::new(0)).node_atomics(),
         }
     }
 
     /// The number of slots: [`possible_cpus()`](crate::possible_cpus) for
-    /// [`Index::Cpu`], fewer for [`Index::MmCid`].
+    /// [`Index::Cpu`], fewer for [`Index::MmCid`],
+    /// [`possible_nodes()`](crate::possible_nodes) for [`Index::Node`].
     pub fn cpus(&self) -> usize {
         self.slots.len()
     }
@@ -115,7 +118,8 @@ impl PerCpuCounter {
         self.add_at(self.slots.here(), Follow::Thread, n);
     }
 
-    /// Adds `n` to the slot of `cpu` (a concurrency id for [`Index::MmCid`]),
+    /// Adds `n` to the slot of `cpu` (a concurrency id for [`Index::MmCid`],
+    /// a node for [`Index::Node`], where the add is one atomic instruction),
     /// from any CPU: a critical section when the caller runs on `cpu`,
     /// otherwise the fenced path on that CPU's slot (ordinary code under the
     /// slot's fence word, which first stops any critical section running on

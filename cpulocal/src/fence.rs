@@ -303,7 +303,8 @@ impl Fence {
 
 /// Aborts every critical section that may be working on slot `index` (step 2),
 /// when sections can run: those on CPU `index` for [`Index::Cpu`], those on
-/// every CPU for [`Index::MmCid`] (membarrier cannot target a concurrency id).
+/// every CPU for [`Index::MmCid`] (membarrier cannot target a concurrency id);
+/// none for [`Index::Node`], whose slots no section touches.
 pub(crate) fn barrier(index: usize, by: Index) {
     if !engine::sections_possible() || crate::testing::skip_membarrier() {
         return;
@@ -311,6 +312,7 @@ pub(crate) fn barrier(index: usize, by: Index) {
     let targeted = match by {
         Index::Cpu => sys::membarrier_rseq(Some(index)),
         Index::MmCid => sys::membarrier_rseq(None),
+        Index::Node => return,
     };
     if targeted.is_err() {
         // Registration succeeded, so this cannot fail for a possible CPU; if it

@@ -1,5 +1,5 @@
-//! How per-CPU structures number their slots: by CPU (`cpu_id`) or by
-//! concurrency id (`mm_cid`).
+//! How per-CPU structures number their slots: by CPU (`cpu_id`), by
+//! concurrency id (`mm_cid`) or by NUMA node (`node_id`).
 
 use core::mem::offset_of;
 
@@ -19,6 +19,11 @@ use crate::{engine, sys};
 ///   one slot, and threads with higher concurrency ids then take the fenced
 ///   path (correct, but slow: each fenced operation on an `mm_cid` slot
 ///   interrupts every CPU).
+/// - [`Index::Node`]: one slot per possible NUMA node
+///   ([`possible_nodes()`](crate::possible_nodes)), indexed by the node of
+///   the CPU the thread runs on (rseq's `node_id`, or the node of
+///   `sched_getcpu()`'s CPU), for data that is per node rather than per CPU:
+///   a pool of node-local memory, a count per node.
 ///
 /// Where the kernel does not fill `mm_cid` (feature size below 28 bytes, before
 /// Linux 6.3) or no thread runs critical sections, asking for `MmCid` gives
@@ -30,6 +35,17 @@ use crate::{engine, sys};
 /// aborts those of one CPU: remote and fenced operations cost more, local ones
 /// the same.
 ///
+/// A node slot is different: the CPUs of a node share it and run at the same
+/// time, and a critical section is atomic only against other threads of its
+/// own CPU. So no section ever runs on a node slot: every operation on it
+/// holds the slot's fence word, as a lock, and runs as ordinary code (the
+/// structures' statistics count them all as fenced). For the same reason
+/// such an operation needs no membarrier: there is no section to stop. It
+/// costs an uncontended compare-and-swap and a store where a per-CPU
+/// operation costs a critical section, plus the transfers of the slot's
+/// cache line between the CPUs of the node. Without NUMA (one node) it is one
+/// slot for the whole machine. It works on every engine and kernel.
+///
 /// # Examples
 ///
 /// ```
@@ -40,6 +56,14 @@ use crate::{engine, sys};
 /// assert_eq!(c.sum(), 1);
 /// // MmCid where the kernel offers it, Cpu otherwise.
 /// assert!(c.index() == Index::MmCid || !cpulocal::status().mm_cid_indexing);
+///
+/// // A count per NUMA node.
+/// let per_node = PerCpuCounter::with_index(Index::Node);
+/// per_node.add(1);
+/// per_node.add_on(0, 2)?; // node 0's slot, from any node
+/// assert_eq!(per_node.cpus(), cpulocal::possible_nodes());
+/// assert_eq!(per_node.sum(), 3);
+/// # Ok::<(), cpulocal::Error>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Index {
@@ -48,6 +72,9 @@ pub enum Index {
     Cpu,
     /// By concurrency id (`mm_cid`).
     MmCid,
+    /// By NUMA node (`node_id`): one slot per node, each operation under the
+    /// slot's fence.
+    Node,
 }
 
 impl Index {
@@ -55,6 +82,7 @@ impl Index {
     pub(crate) fn effective(self) -> Index {
         match self {
             Index::MmCid if mm_cid_indexing() => Index::MmCid,
+            Index::Node => Index::Node,
             _ => Index::Cpu,
         }
     }
@@ -65,6 +93,7 @@ impl Index {
         match self {
             Index::Cpu => offset_of!(Rseq, cpu_id),
             Index::MmCid => offset_of!(Rseq, mm_cid),
+            Index::Node => offset_of!(Rseq, node_id),
         }
     }
 
@@ -73,7 +102,31 @@ impl Index {
         match self {
             Index::Cpu => sys::possible_cpus(),
             Index::MmCid => sys::possible_cpus().min(sys::allowed_cpus()),
+            Index::Node => sys::possible_nodes(),
         }
+    }
+
+    /// Whether critical sections may run on slots numbered this way: not on
+    /// node slots, which several CPUs share.
+    #[inline(always)]
+    pub(crate) fn has_sections(self) -> bool {
+        self != Index::Node
+    }
+}
+
+/// The node of the CPU the calling thread runs on: rseq's `node_id` where the
+/// thread runs sections and the kernel fills the field, else the node of
+/// `sched_getcpu()`'s CPU.
+pub(crate) fn current_node() -> usize {
+    let area = engine::area();
+    let p = engine::process();
+    let covered = p.feature_size.is_some_and(|f| {
+        f.min(u64::from(abi::RSEQ_ORIG_SIZE)) as usize >= offset_of!(Rseq, node_id) + 4
+    });
+    if covered && (engine::cpu_id(area) as i32) >= 0 {
+        engine::index_in(area, offset_of!(Rseq, node_id)) as usize
+    } else {
+        sys::node_of_cpu(engine::current_cpu())
     }
 }
 

@@ -225,6 +225,35 @@ pub fn possible_cpus() -> usize {
     sys::possible_cpus()
 }
 
+/// The number of possible NUMA nodes: one past the highest id in
+/// `/sys/devices/system/node/possible`, or 1 on a kernel without NUMA.
+/// Structures built with [`Index::Node`] have this many slots.
+///
+/// # Examples
+///
+/// ```
+/// assert!(cpulocal::current_node() < cpulocal::possible_nodes());
+/// ```
+pub fn possible_nodes() -> usize {
+    sys::possible_nodes()
+}
+
+/// The NUMA node of the CPU the caller runs on: rseq's `node_id` where the
+/// thread has an rseq area whose `node_id` the kernel fills, else the node of
+/// `sched_getcpu()`'s CPU (0 without NUMA). The slot [`Index::Node`]
+/// structures use for the caller.
+///
+/// # Examples
+///
+/// ```
+/// let node = cpulocal::current_node();
+/// assert!(node < cpulocal::possible_nodes());
+/// ```
+pub fn current_node() -> usize {
+    engine::ensure_thread();
+    index::current_node()
+}
+
 /// The NUMA node of the current CPU, from rseq's `node_id`; None where this
 /// thread has no rseq area, its operations are fenced (see
 /// [`Status::fenced_because`]), or the kernel does not fill the field (before

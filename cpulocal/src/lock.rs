@@ -150,15 +150,20 @@ impl<T> PerCpuLock<T> {
     /// ```
     pub fn with_index(by: Index, mut init: impl FnMut(usize) -> T) -> Self {
         PerCpuLock {
+            // A lock word is written by the compare-and-store that takes it
+            // and the holder's release store only: on node slots the take
+            // may be a compare-and-swap.
             slots: Slots::new(by, |i| Locked {
                 word: AtomicUsize::new(FREE),
                 value: UnsafeCell::new(init(i)),
-            }),
+            })
+            .node_atomics(),
         }
     }
 
     /// The number of slots: [`possible_cpus()`](crate::possible_cpus) at
-    /// construction for [`Index::Cpu`], possibly fewer for [`Index::MmCid`].
+    /// construction for [`Index::Cpu`], possibly fewer for [`Index::MmCid`],
+    /// [`possible_nodes()`](crate::possible_nodes) for [`Index::Node`].
     ///
     /// # Examples
     ///

@@ -95,7 +95,8 @@ impl<T> PerCpu<T> {
     }
 
     /// The number of slots: [`possible_cpus()`](crate::possible_cpus) at
-    /// construction for [`Index::Cpu`], possibly fewer for [`Index::MmCid`].
+    /// construction for [`Index::Cpu`], possibly fewer for [`Index::MmCid`],
+    /// [`possible_nodes()`](crate::possible_nodes) for [`Index::Node`].
     ///
     /// # Examples
     ///

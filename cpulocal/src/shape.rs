@@ -224,6 +224,44 @@ impl Shape {
     }
 }
 
+impl Shape {
+    /// The shape as one atomic instruction, where it is a single-word one:
+    /// an add as a fetch-and-add, a compare-and-store as a compare-and-swap
+    /// (the final store's ordering as `order` says); None for the others.
+    /// For node slots, which several CPUs update at once (see
+    /// [`Slots::node_atomics`](crate::slots::Slots::node_atomics)).
+    ///
+    /// # Safety
+    ///
+    /// As [`apply`](Self::apply), without the fence: every other write to
+    /// the word is atomic too.
+    pub(crate) unsafe fn apply_atomic(
+        &self,
+        fence: *const Fence,
+        order: Order,
+    ) -> Option<Result<(), CompareFailed>> {
+        let ordering = match order {
+            Order::Relaxed => Ordering::Relaxed,
+            Order::Release => Ordering::Release,
+        };
+        // SAFETY: the commit word is valid and aligned (caller).
+        let v = |vo: usize| unsafe { word(Self::word_at(fence, vo)) };
+        match *self {
+            Shape::AddStore { vo, count } => {
+                v(vo).fetch_add(count, ordering);
+                Some(Ok(()))
+            }
+            Shape::CbneStore { vo, expect, newv } => Some(
+                v(vo)
+                    .compare_exchange(expect, newv, ordering, Ordering::Relaxed)
+                    .map(drop)
+                    .map_err(|_| CompareFailed),
+            ),
+            _ => None,
+        }
+    }
+}
+
 /// What an operation does after its first attempt ended with `first` (None:
 /// no section ran, the slot being named by the caller, or the thread being
 /// elsewhere or without rseq): up to [`RSEQ_ATTEMPTS`] critical sections in

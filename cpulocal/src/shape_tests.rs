@@ -487,6 +487,7 @@ mod rseq {
         let (cpu, cid) = match by {
             Index::Cpu => (slot, other),
             Index::MmCid => (other, slot),
+            Index::Node => unreachable!("no section runs on node slots"),
         };
         area.cpu_id_start = cpu;
         area.cpu_id = cpu;

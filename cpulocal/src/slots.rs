@@ -57,6 +57,10 @@ pub(crate) struct Slot<D> {
 /// A structure's slots, their numbering and their slow-path counts.
 pub(crate) struct Slots<D> {
     slots: Box<[CachePadded<Slot<D>>]>,
+    /// The slots the fast path may take from the thread's area: all of them,
+    /// or none for node slots, which no section may touch (the fast path's
+    /// bound check then sends every operation to [`Slots::elsewhere`]).
+    inline: usize,
     by: Index,
     /// Offset in the rseq area of the field that numbers the slots
     /// (`cpu_id` or `mm_cid`), kept so the fast path need not derive it.
@@ -64,6 +68,11 @@ pub(crate) struct Slots<D> {
     /// Out of line, so that `Slots` holds no interior mutability of its own:
     /// its fields may then stay in registers across critical sections.
     stats: Box<CachePadded<Stats>>,
+    /// On node slots, single-word shapes (an add, a compare-and-store) run
+    /// as atomic instructions instead of under the fence: set by structures
+    /// whose every write to a word is such a shape or another atomic access
+    /// (see [`Slots::node_atomics`]).
+    node_atomics: bool,
 }
 
 /// Where an operation's retries go when the thread moves to another CPU
@@ -126,12 +135,31 @@ impl<D> Slots<D> {
                 }))
             })
             .collect::<Result<_, E>>()?;
+        let slots: Box<[_]> = slots;
         Ok(Slots {
+            inline: if by.has_sections() { slots.len() } else { 0 },
             slots,
             by,
             offset: by.field_offset(),
             stats: Default::default(),
+            node_atomics: false,
         })
+    }
+
+    /// These slots with single-word shapes run as atomic instructions on
+    /// node slots ([`Index::Node`]), where no critical section may run: an
+    /// add as a fetch-and-add, a compare-and-store as a compare-and-swap.
+    /// Other shapes, and every shape of slots without it, run under the
+    /// slot's fence with signals blocked.
+    ///
+    /// Only for structures that write each word of their data either with
+    /// such shapes alone or with other atomic instructions (a counter's add
+    /// and swap, a lock word's compare-and-store and release): a
+    /// fence-holder's plain load and store of a word would lose an atomic
+    /// update made meanwhile on another CPU of the node.
+    pub(crate) fn node_atomics(mut self) -> Self {
+        self.node_atomics = true;
+        self
     }
 
     /// The number of slots.
@@ -190,41 +218,49 @@ impl<D> Slots<D> {
     pub(crate) fn here(&self) -> At<'_, D> {
         let area = engine::area();
         let index = engine::index_in(area, self.offset) as usize;
-        match self.slots.get(index) {
-            Some(slot) => At {
-                slot,
+        if index < self.inline {
+            At {
+                // SAFETY: `inline` is at most the number of slots.
+                slot: unsafe { self.slots.get_unchecked(index) },
                 index,
                 // SAFETY: `engine::area` never returns null (it points to a
                 // live area, a dummy one at least).
                 area: Some(unsafe { NonNull::new_unchecked(area) }),
-            },
-            None => {
-                // Two words back in registers, not an `At` through memory:
-                // the fast path's `At` then stays in registers too.
-                let (index, area) = self.elsewhere();
-                At {
-                    slot: &self.slots[index],
-                    index,
-                    // SAFETY: as above. A section run on an area that
-                    // does not index this slot aborts at its check, and
-                    // the slow path takes over.
-                    area: Some(unsafe { NonNull::new_unchecked(area) }),
-                }
+            }
+        } else {
+            // Two words back in registers, not an `At` through memory: the
+            // fast path's `At` then stays in registers too.
+            let (index, area) = self.elsewhere();
+            At {
+                slot: &self.slots[index],
+                index,
+                // A section run on an area that does not index this slot
+                // aborts at its check, and the slow path takes over; none
+                // runs on a node slot (null area).
+                area: NonNull::new(area),
             }
         }
     }
 
     /// [`here`](Self::here) for a thread whose area holds no slot index: one
     /// not set up yet (set up now), one without rseq, or an `mm_cid` beyond
-    /// the slots (affinity widened since construction). Any slot is correct
-    /// under its fence; `sched_getcpu()`'s keeps the data near the caller.
-    /// Returns the slot's index and the thread's area (the first section,
-    /// run on it, aborts at its check unless the index came from it).
+    /// the slots (affinity widened since construction); and for every
+    /// operation on node slots. Any slot is correct under its fence;
+    /// `sched_getcpu()`'s keeps the data near the caller. Returns the slot's
+    /// index and the thread's area (the first section, run on it, aborts at
+    /// its check unless the index came from it), or null for node slots, on
+    /// which no section runs.
     #[cold]
     #[inline(never)]
     fn elsewhere(&self) -> (usize, *mut Rseq) {
         if engine::cpu_id(engine::area()) == abi::CPU_ID_UNINITIALIZED {
             engine::ensure_thread();
+        }
+        if !self.by.has_sections() {
+            return (
+                crate::index::current_node() % self.len(),
+                core::ptr::null_mut(),
+            );
         }
         let area = engine::area();
         let index = engine::valid_index_in(area, self.offset) as usize;
@@ -257,7 +293,8 @@ impl<D> Slots<D> {
     pub(crate) fn on_inline(&self, index: usize) -> Option<At<'_, D>> {
         let slot = self.get(index)?;
         let area = engine::area();
-        let here = engine::valid_index_in(area, self.offset) as usize == index;
+        let here =
+            index < self.inline && engine::valid_index_in(area, self.offset) as usize == index;
         Some(At {
             slot,
             index,
@@ -324,6 +361,10 @@ impl<D> Slots<D> {
         shape: impl Fn(&Slot<D>) -> Shape,
     ) -> Result<(), CompareFailed> {
         let slot = &self.slots[index];
+        if !self.by.has_sections() {
+            // SAFETY: the caller's contract.
+            return unsafe { self.on_node(slot, index, order, shape(slot)) };
+        }
         let moved = |i: usize| self.get(i).map(|s| (shape(s), &s.fence));
         // SAFETY: the caller's contract (for whichever slot `shape` is built
         // for, with `Follow::Thread`); the fence is that of the slot.
@@ -342,6 +383,44 @@ impl<D> Slots<D> {
                 },
             )
         }
+    }
+
+    /// Runs `shape` on node slot `slot` (number `index`), which several CPUs
+    /// share and no section touches: as an atomic instruction where these
+    /// slots allow it ([`node_atomics`](Self::node_atomics)), else under the
+    /// slot's fence (no membarrier: there is no section to stop) with
+    /// signals blocked.
+    ///
+    /// # Safety
+    ///
+    /// As [`perform`](Self::perform), for slot `index`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn on_node(
+        &self,
+        slot: &Slot<D>,
+        index: usize,
+        order: Order,
+        shape: Shape,
+    ) -> Result<(), CompareFailed> {
+        if testing::skip_node_guard() {
+            // SAFETY: the caller's contract for the pointers; the fence is
+            // skipped on purpose (a test's broken protocol).
+            return unsafe { shape.apply(&slot.fence, order) };
+        }
+        if self.node_atomics {
+            // SAFETY: the caller's contract; every write to these words is
+            // atomic (`node_atomics`).
+            if let Some(done) = unsafe { shape.apply_atomic(&slot.fence, order) } {
+                return done;
+            }
+        }
+        self.stats.fenced(0);
+        // SAFETY: the fence is held while `apply` runs (caller: valid
+        // pointers).
+        fence::with_signals_blocked(&slot.fence, index, self.by, || unsafe {
+            shape.apply(&slot.fence, order)
+        })
     }
 
     /// Runs `op` on slot `index`'s data with its fence held, every critical

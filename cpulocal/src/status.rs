@@ -138,6 +138,9 @@ pub struct Status {
     pub slice_extensions_yielded: u64,
     /// [`possible_cpus()`](crate::possible_cpus).
     pub possible_cpus: usize,
+    /// [`possible_nodes()`](crate::possible_nodes): the slots of an
+    /// [`Index::Node`](crate::Index::Node) structure.
+    pub possible_nodes: usize,
     /// The CPU the thread ran on when the status was taken.
     pub cpu: usize,
 }
@@ -184,6 +187,7 @@ impl Status {
             slice_extensions_granted: granted,
             slice_extensions_yielded: yielded,
             possible_cpus: sys::possible_cpus(),
+            possible_nodes: sys::possible_nodes(),
             cpu: engine::current_cpu(),
         }
     }
@@ -317,6 +321,7 @@ impl fmt::Display for Status {
             )?;
         }
         writeln!(f, "possible CPUs:       {}", self.possible_cpus)?;
+        writeln!(f, "possible NUMA nodes: {}", self.possible_nodes)?;
         write!(f, "current CPU:         {}", self.cpu)
     }
 }

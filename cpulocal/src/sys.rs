@@ -482,6 +482,61 @@ pub fn possible_cpus() -> usize {
     })
 }
 
+/// Number of possible NUMA nodes: one past the highest id in
+/// `/sys/devices/system/node/possible`; 1 where the kernel has no NUMA
+/// support (no such file).
+pub fn possible_nodes() -> usize {
+    static CACHE: OnceLock<usize> = OnceLock::new();
+    *CACHE.get_or_init(|| {
+        std::fs::read_to_string("/sys/devices/system/node/possible")
+            .ok()
+            .and_then(|s| parse_cpu_list_max(&s))
+            .map_or(1, |max| max + 1)
+    })
+}
+
+/// The NUMA node of each possible CPU, read once from
+/// `/sys/devices/system/node/node<N>/cpulist` (CPUs no node lists, and
+/// every CPU without NUMA support, are on node 0).
+fn node_of_cpus() -> &'static [u16] {
+    static CACHE: OnceLock<Vec<u16>> = OnceLock::new();
+    CACHE.get_or_init(|| {
+        let mut nodes = vec![0u16; possible_cpus()];
+        for node in 0..possible_nodes().min(usize::from(u16::MAX)) {
+            let path = format!("/sys/devices/system/node/node{node}/cpulist");
+            let Ok(list) = std::fs::read_to_string(path) else {
+                continue;
+            };
+            for cpu in parse_cpu_list(&list) {
+                if let Some(n) = nodes.get_mut(cpu) {
+                    *n = node as u16;
+                }
+            }
+        }
+        nodes
+    })
+}
+
+/// The NUMA node of `cpu` (0 for a CPU out of range, and without NUMA).
+pub fn node_of_cpu(cpu: usize) -> usize {
+    node_of_cpus().get(cpu).map_or(0, |&n| usize::from(n))
+}
+
+/// Every id in a kernel CPU list such as `0-3,8,10-11` (nothing for a
+/// malformed one).
+pub fn parse_cpu_list(list: &str) -> Vec<usize> {
+    let mut ids = Vec::new();
+    for range in list.trim().split(',').filter(|r| !r.trim().is_empty()) {
+        let mut ends = range.trim().splitn(2, '-').map(str::parse::<usize>);
+        match (ends.next(), ends.next()) {
+            (Some(Ok(a)), None) => ids.push(a),
+            (Some(Ok(a)), Some(Ok(b))) if a <= b => ids.extend(a..=b),
+            _ => return Vec::new(),
+        }
+    }
+    ids
+}
+
 /// The highest CPU id in a kernel CPU list such as `0-3,8,10-11`.
 pub fn parse_cpu_list_max(list: &str) -> Option<usize> {
     list.trim()
@@ -512,6 +567,22 @@ mod tests {
         assert_eq!(parse_cpu_list_max("0-3,8,10-11"), Some(11));
         assert_eq!(parse_cpu_list_max(""), None);
         assert_eq!(parse_cpu_list_max("x"), None);
+    }
+
+    #[test]
+    fn cpu_list_ids() {
+        assert_eq!(parse_cpu_list("0-3,8,10-11\n"), [0, 1, 2, 3, 8, 10, 11]);
+        assert_eq!(parse_cpu_list("2"), [2]);
+        assert_eq!(parse_cpu_list(""), [] as [usize; 0]);
+        assert_eq!(parse_cpu_list("3-1"), [] as [usize; 0]);
+        assert_eq!(parse_cpu_list("x"), [] as [usize; 0]);
+    }
+
+    #[test]
+    fn every_cpu_has_a_possible_node() {
+        for cpu in 0..possible_cpus() {
+            assert!(node_of_cpu(cpu) < possible_nodes(), "cpu {cpu}");
+        }
     }
 
     #[test]

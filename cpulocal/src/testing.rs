@@ -9,6 +9,7 @@ mod switches {
     static SKIP_MEMBARRIER: AtomicBool = AtomicBool::new(false);
     static SKIP_FENCE_CHECK: AtomicBool = AtomicBool::new(false);
     static SKIP_UNREGISTER: AtomicBool = AtomicBool::new(false);
+    static SKIP_NODE_GUARD: AtomicBool = AtomicBool::new(false);
 
     /// A way to break the protocol.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +23,10 @@ mod switches {
         /// Threads that registered cpulocal's own rseq area exit without
         /// unregistering it.
         SkipUnregister,
+        /// Operations on node slots ([`Index::Node`](crate::Index::Node))
+        /// run as plain loads and stores, without the fence or an atomic
+        /// instruction: the CPUs of a node race on their shared slot.
+        SkipNodeGuard,
     }
 
     /// Breaks (`on`) or restores the protocol, process-wide.
@@ -30,7 +35,12 @@ mod switches {
             Break::SkipMembarrier => SKIP_MEMBARRIER.store(on, Ordering::SeqCst),
             Break::SkipFenceCheck => SKIP_FENCE_CHECK.store(on, Ordering::SeqCst),
             Break::SkipUnregister => SKIP_UNREGISTER.store(on, Ordering::SeqCst),
+            Break::SkipNodeGuard => SKIP_NODE_GUARD.store(on, Ordering::SeqCst),
         }
+    }
+
+    pub(crate) fn skip_node_guard() -> bool {
+        SKIP_NODE_GUARD.load(Ordering::Relaxed)
     }
 
     pub(crate) fn skip_unregister() -> bool {
@@ -104,6 +114,11 @@ mod switches {
 
     #[inline(always)]
     pub(crate) fn skip_unregister() -> bool {
+        false
+    }
+
+    #[inline(always)]
+    pub(crate) fn skip_node_guard() -> bool {
         false
     }
 

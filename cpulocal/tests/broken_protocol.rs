@@ -18,6 +18,10 @@
 //! finds the protocol broken: a node popped twice would otherwise be freed
 //! twice.
 //!
+//! Node slots (`node_stress_detects_skipped_guard`): with their guard
+//! skipped (plain loads and stores instead of atomic instructions or the
+//! fence), the general stress on a node-indexed counter loses adds.
+//!
 //! And the ring (`ring_detects_skipped_membarrier`): with the membarrier
 //! skipped, writers' reservations on each CPU race other CPUs' fenced pads
 //! (`flush`) until a record is lost, doubled or torn, or the counts do not
@@ -312,6 +316,30 @@ fn mm_cid_stress_detects_skipped_membarrier() {
         general_stress_detects(Break::SkipMembarrier, Index::MmCid, seed);
     }
     control("mm_cid control after");
+}
+
+/// Node slots are shared by the CPUs of a node, so their operations are
+/// atomic instructions or run under the slot's fence; with that guard
+/// skipped (plain loads and stores), the general stress on a node-indexed
+/// counter must fail.
+#[test]
+fn node_stress_detects_skipped_guard() {
+    let _only_us = lock_switch();
+    if can_demonstrate().is_none() {
+        return;
+    }
+    let seed = common::seed();
+    let control = |label: &str| {
+        let mut cfg = small_stress(label.to_owned());
+        cfg.index = Index::Node;
+        common::stress(&cfg);
+    };
+    control("node control before");
+    {
+        let _broken = Broken::new(Break::SkipNodeGuard);
+        general_stress_detects(Break::SkipNodeGuard, Index::Node, seed);
+    }
+    control("node control after");
 }
 
 #[test]

@@ -521,6 +521,13 @@ fn items_conserved_mm_cid() {
     boxed_conserved(Index::MmCid);
 }
 
+/// Node slots: every operation under the slot's fence, the CPUs of a node
+/// sharing it.
+#[test]
+fn items_conserved_node() {
+    boxed_conserved(Index::Node);
+}
+
 #[test]
 fn memcpy_items_conserved_cpu() {
     memcpy_conserved(Index::Cpu);
@@ -529,6 +536,11 @@ fn memcpy_items_conserved_cpu() {
 #[test]
 fn memcpy_items_conserved_mm_cid() {
     memcpy_conserved(Index::MmCid);
+}
+
+#[test]
+fn memcpy_items_conserved_node() {
+    memcpy_conserved(Index::Node);
 }
 
 /// The largest items, 4096 bytes, under the same load: each copy takes long

@@ -121,6 +121,13 @@ fn items_conserved_mm_cid() {
     conserved(Index::MmCid);
 }
 
+/// Node slots: every operation under the slot's fence, the CPUs of a node
+/// sharing it.
+#[test]
+fn items_conserved_node() {
+    conserved(Index::Node);
+}
+
 /// Items left on every CPU's list are dropped exactly once with the list.
 #[test]
 fn drop_frees_items_on_every_cpu() {
@@ -286,6 +293,11 @@ fn nodes_conserved_cpu() {
 #[test]
 fn nodes_conserved_mm_cid() {
     nodes_conserved(Index::MmCid);
+}
+
+#[test]
+fn nodes_conserved_node() {
+    nodes_conserved(Index::Node);
 }
 
 /// A node's value is dropped with the node, or given back by `into_inner`

@@ -114,7 +114,7 @@ fn to_json(s: &Status) -> String {
         SliceExtension::NoRseq => "no_rseq",
         _ => "other",
     };
-    let fields: [(&str, Json); 20] = [
+    let fields: [(&str, Json); 21] = [
         ("registration", registration.into()),
         ("registration_text", s.registration.to_string().into()),
         ("rseq_off", rseq_off_tag.into()),
@@ -147,6 +147,7 @@ fn to_json(s: &Status) -> String {
         ("slice_extensions_granted", num(s.slice_extensions_granted)),
         ("slice_extensions_yielded", num(s.slice_extensions_yielded)),
         ("possible_cpus", num(s.possible_cpus as u64)),
+        ("possible_nodes", num(s.possible_nodes as u64)),
         ("cpu", num(s.cpu as u64)),
     ];
     let count = fields.len();

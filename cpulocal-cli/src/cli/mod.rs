@@ -43,14 +43,15 @@ pub enum Command {
     /// With --json, prints one JSON object. Keys: registration ("glibc",
     /// "cpulocal" or "nobody"), registration_text, rseq_off (why rseq is off:
     /// "no_arch_support", "refused", "no_membarrier", "glibc_failed_for_thread",
-    /// "foreign_registration", "thread_exiting", "disabled", "other"; null when on),
+    /// "foreign_registration", "thread_exiting", "disabled", "cannot_pin_library", "other";
+    /// null when on),
     /// rseq_off_errno, engine ("rseq" or "fenced"), engine_text,
     /// fenced_membarrier (bool when fenced, else null), feature_size,
     /// node_id_valid, mm_cid_valid, mm_cid_indexing, membarrier_rseq ("registered" or
     /// "unavailable"), membarrier_rseq_errno, glibc_rseq_size, rseq_area_len,
     /// slice_extension ("on", "not_enabled", "legacy_area", "unsupported",
     /// "no_rseq"), slice_extensions_granted, slice_extensions_yielded,
-    /// possible_cpus, cpu. Absent values are null.
+    /// possible_cpus, possible_nodes, cpu. Absent values are null.
     Info {
         /// Print a JSON object instead of text.
         #[arg(long)]
@@ -339,6 +340,11 @@ pub struct StressArgs {
     /// Index the structures by mm_cid instead of cpu_id.
     #[arg(long)]
     pub mm_cid: bool,
+
+    /// Index the structures by NUMA node instead of cpu_id (one slot per
+    /// node, shared by its CPUs: no critical section runs on it).
+    #[arg(long, conflicts_with = "mm_cid")]
+    pub node: bool,
 
     /// Run with the fenced engine only (a child with CPULOCAL_NO_RSEQ=1).
     #[arg(long)]

@@ -146,6 +146,8 @@ pub fn run(out: &mut impl Write, args: &StressArgs) -> Result<(), Failure> {
         signals: args.signals,
         index: if args.mm_cid {
             Index::MmCid
+        } else if args.node {
+            Index::Node
         } else {
             Index::Cpu
         },
@@ -163,10 +165,10 @@ pub fn run(out: &mut impl Write, args: &StressArgs) -> Result<(), Failure> {
         _ if args.no_rseq => "no-rseq",
         _ => "fenced",
     };
-    let indexing = if cfg.index == Index::MmCid && status.mm_cid_indexing {
-        "mm_cid"
-    } else {
-        "cpu_id"
+    let indexing = match cfg.index {
+        Index::MmCid if status.mm_cid_indexing => "mm_cid",
+        Index::Node => "node",
+        _ => "cpu_id",
     };
     let tests: Vec<TestArg> = match args.test {
         TestArg::All => TESTS.to_vec(),
