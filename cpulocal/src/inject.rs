@@ -10,11 +10,14 @@
 //! - 3: in a section, before the commit;
 //! - 4: on the fenced path, fence held and sections stopped, before the
 //!   operation;
-//! - 5: on the fenced path, after the operation, before the release.
+//! - 5: on the fenced path, after the operation, before the release;
+//! - 6: on the fenced path, inside a shape's operation: its reads done,
+//!   before the store that completes it (what a section that ignored the
+//!   fence would overwrite, or be overwritten by).
 //!
-//! Points 1 to 3 run only the delay loop (asm cannot yield or sleep); 4 and
-//! 5 also run the every-N action (signals are blocked there, so a signal
-//! raised at 4 or 5 is delivered after the release).
+//! Points 1 to 3 run only the delay loop (asm cannot yield or sleep); 4 to
+//! 6 also run the every-N action (signals are blocked there, so a signal
+//! raised at 4 to 6 is delivered after the release).
 //!
 //! # Examples
 //!
@@ -31,8 +34,8 @@
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-/// Number of injection points (1 to 5; index 0 is unused).
-pub const POINTS: usize = 6;
+/// Number of injection points (1 to 6; index 0 is unused).
+pub const POINTS: usize = 7;
 
 /// Delay-loop iterations per point, read by the sections' asm.
 pub static LOOPS: [AtomicU32; POINTS] = [const { AtomicU32::new(0) }; POINTS];
@@ -41,7 +44,7 @@ static EVERY: AtomicU64 = AtomicU64::new(0);
 static ACTION: AtomicU32 = AtomicU32::new(0);
 static PASSES: AtomicU64 = AtomicU64::new(0);
 
-/// What happens every N passes through points 4 and 5.
+/// What happens every N passes through points 4 to 6.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     /// Nothing.
@@ -54,7 +57,7 @@ pub enum Action {
     Signal,
 }
 
-/// Sets the delay loop at `point` (1 to 5) to `loops` iterations (0: off).
+/// Sets the delay loop at `point` (1 to 6) to `loops` iterations (0: off).
 ///
 /// # Panics
 ///
@@ -68,7 +71,7 @@ pub fn set_delay(point: usize, loops: u32) {
     LOOPS[point].store(loops, Ordering::Relaxed);
 }
 
-/// Runs `action` at every `every`-th pass through points 4 and 5 (0: never).
+/// Runs `action` at every `every`-th pass through points 4 to 6 (0: never).
 pub fn set_every(every: u64, action: Action) {
     ACTION.store(action as u32, Ordering::Relaxed);
     EVERY.store(every, Ordering::Relaxed);

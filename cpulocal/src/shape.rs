@@ -85,6 +85,14 @@ pub(crate) enum Shape {
     },
 }
 
+/// Injection point 6 ([`crate::inject`]), between a fenced operation's reads
+/// and its commit store; nothing without the `inject` feature.
+#[inline(always)]
+fn before_commit() {
+    #[cfg(feature = "inject")]
+    crate::inject::point(6);
+}
+
 /// A word of the slot, as an atomic for the fenced engine.
 ///
 /// # Safety
@@ -157,11 +165,14 @@ impl Shape {
                 Shape::CbneStore { vo, expect, newv } => {
                     let v = word(at(vo));
                     check(v.load(Ordering::Relaxed) == expect)?;
+                    before_commit();
                     v.store(newv, commit);
                 }
                 Shape::AddStore { vo, count } => {
                     let v = word(at(vo));
-                    v.store(v.load(Ordering::Relaxed).wrapping_add(count), commit);
+                    let sum = v.load(Ordering::Relaxed).wrapping_add(count);
+                    before_commit();
+                    v.store(sum, commit);
                 }
                 Shape::CbeqStoreAddLoadStore {
                     vo,
@@ -174,7 +185,9 @@ impl Shape {
                     check(head != expectnot)?;
                     load.write(head);
                     let next = word((head as *const u8).wrapping_add(offset).cast());
-                    v.store(next.load(Ordering::Relaxed), commit);
+                    let next = next.load(Ordering::Relaxed);
+                    before_commit();
+                    v.store(next, commit);
                 }
                 Shape::CbneStoreStore {
                     vo,
@@ -186,6 +199,7 @@ impl Shape {
                     let v = word(at(vo));
                     check(v.load(Ordering::Relaxed) == expect)?;
                     word(v2).store(newv2, Ordering::Relaxed);
+                    before_commit();
                     v.store(newv, commit);
                 }
                 Shape::CbneMemcpyStore {
@@ -199,6 +213,7 @@ impl Shape {
                     let v = word(at(vo));
                     check(v.load(Ordering::Relaxed) == expect)?;
                     core::ptr::copy_nonoverlapping(src, dst, len);
+                    before_commit();
                     v.store(newv, commit);
                 }
                 Shape::CbneLoadCbneStore {
@@ -211,12 +226,15 @@ impl Shape {
                     let v = word(at(vo));
                     check(v.load(Ordering::Relaxed) == expect)?;
                     check(word(v2).load(Ordering::Relaxed) == expect2)?;
+                    before_commit();
                     v.store(newv, commit);
                 }
                 Shape::AddLoadAddStore { ptr, offset, inc } => {
                     let base = word(ptr).load(Ordering::Relaxed);
                     let v = word((base as *const u8).wrapping_add(offset).cast());
-                    v.store(v.load(Ordering::Relaxed).wrapping_add(inc), commit);
+                    let sum = v.load(Ordering::Relaxed).wrapping_add(inc);
+                    before_commit();
+                    v.store(sum, commit);
                 }
             }
         }

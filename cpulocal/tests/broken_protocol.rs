@@ -27,6 +27,12 @@
 //! (`flush`) until a record is lost, doubled or torn, or the counts do not
 //! add up.
 //!
+//! Every other round is widened where the `inject` feature is built: delay
+//! loops in sections before their commit and in fenced operations before
+//! their commit store, so that the two sides' stores meet even on an
+//! emulator's coarsely interleaved CPUs ([`Widened`]); the plain rounds are
+//! what finds it on real hardware.
+//!
 //! Each is bounded by [`DETECTION_BUDGET`]; the test FAILS if the broken
 //! protocol still gives exact sums for that long. Both loads are also run with
 //! the protocol intact before and after (they must then be exact), and the
@@ -77,6 +83,61 @@ fn lock_switch() -> MutexGuard<'static, ()> {
     SWITCH.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Delay-loop iterations a widened round puts at injection points 3 (in a
+/// section, before its commit) and 6 (on the fenced path, between an
+/// operation's reads and its commit store).
+#[cfg(feature = "inject")]
+const WIDEN_LOOPS: u32 = 2_000;
+
+/// Widens the race windows for one detection round, if `round` is even and
+/// the `inject` feature is built (delay loops where a section or a fenced
+/// operation has read but not yet stored, so that the other side's store
+/// lands in between), and restores them when dropped. Odd rounds run the
+/// load as it is: on real hardware they find the broken protocol at once;
+/// under an emulator, whose CPUs interleave far less finely, the widened
+/// ones do (see docs/guests.md).
+struct Widened(bool);
+
+/// Whether the round running now is widened ([`Widened`]).
+static WIDENED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// How much smaller a widened round's load is: each of its operations
+/// waits out a delay loop.
+const WIDENED_LOAD_DIVISOR: u64 = 100;
+
+impl Widened {
+    fn round(round: u64) -> Widened {
+        #[cfg(feature = "inject")]
+        if round.is_multiple_of(2) {
+            cpulocal::inject::set_delay(3, WIDEN_LOOPS);
+            cpulocal::inject::set_delay(6, WIDEN_LOOPS);
+            WIDENED.store(true, SeqCst);
+            return Widened(true);
+        }
+        let _ = round;
+        Widened(false)
+    }
+}
+
+impl Drop for Widened {
+    fn drop(&mut self) {
+        #[cfg(feature = "inject")]
+        if self.0 {
+            cpulocal::inject::reset();
+            WIDENED.store(false, SeqCst);
+        }
+    }
+}
+
+/// `base` operations, or fewer in a widened round.
+fn sized(base: u64) -> u64 {
+    if WIDENED.load(SeqCst) {
+        (base / WIDENED_LOAD_DIVISOR).max(1)
+    } else {
+        base
+    }
+}
+
 /// What a collision round found.
 #[derive(Debug)]
 struct Round {
@@ -99,6 +160,7 @@ impl Round {
 /// shown is exactly section `add` against fenced `add_on`; the general stress
 /// adds the `take()` storm.)
 fn collision_round(cpus: &[usize], seed: u64) -> Round {
+    let local_ops = sized(LOCAL_OPS_PER_ROUND);
     let counter = Arc::new(PerCpuCounter::new());
     let locals_left = Arc::new(AtomicUsize::new(cpus.len()));
     let start = Arc::new(Barrier::new(2 * cpus.len() + 1));
@@ -114,7 +176,7 @@ fn collision_round(cpus: &[usize], seed: u64) -> Round {
                 let _ = cpulocal::current_cpu();
                 start.wait();
                 let mut tally = 0i64;
-                for _ in 0..LOCAL_OPS_PER_ROUND {
+                for _ in 0..local_ops {
                     let v = rng.random_range(1..=1000);
                     counter.add(v);
                     tally = tally.wrapping_add(v);
@@ -161,7 +223,7 @@ fn collision_round(cpus: &[usize], seed: u64) -> Round {
     Round {
         expected,
         observed: counter.sum(),
-        local_ops: LOCAL_OPS_PER_ROUND * cpus.len() as u64,
+        local_ops: local_ops * cpus.len() as u64,
         remote_ops,
     }
 }
@@ -169,7 +231,7 @@ fn collision_round(cpus: &[usize], seed: u64) -> Round {
 /// A small configuration of the general stress, for repeated rounds.
 fn small_stress(label: String) -> common::Cfg {
     let mut cfg = common::Cfg::full(&label);
-    cfg.ops_per_worker = 100_000;
+    cfg.ops_per_worker = sized(100_000);
     cfg
 }
 
@@ -215,9 +277,10 @@ fn demonstrate(what: Break) {
         let mut rounds = 0u64;
         let found = loop {
             rounds += 1;
+            let widened = Widened::round(rounds);
             let r = collision_round(&cpus, seed.wrapping_add(rounds));
             if r.difference() != 0 {
-                break Some(r);
+                break Some((r, widened.0));
             }
             if started.elapsed() > DETECTION_BUDGET {
                 break None;
@@ -230,9 +293,11 @@ fn demonstrate(what: Break) {
                 started.elapsed()
             );
         };
+        let (found, widened) = found;
         eprintln!(
-            "{what:?}: collision load detected it in round {rounds} after {:.2?}: \
+            "{what:?}: collision load detected it in round {rounds}{} after {:.2?}: \
              sum {} but added {} in {} local and {} remote adds: difference {} ({})",
+            if widened { " (widened)" } else { "" },
             started.elapsed(),
             found.observed,
             found.expected,
@@ -268,7 +333,9 @@ fn general_stress_detects(what: Break, by: Index, seed: u64) {
     let mut rounds = 0u64;
     let found = loop {
         rounds += 1;
-        let mut cfg = small_stress(format!("{what:?} {by:?} round {rounds}"));
+        let widened = Widened::round(rounds);
+        let label = if widened.0 { " (widened)" } else { "" };
+        let mut cfg = small_stress(format!("{what:?} {by:?} round {rounds}{label}"));
         cfg.seed = seed.wrapping_add(rounds);
         cfg.index = by;
         let out = common::run(&cfg);
@@ -493,7 +560,7 @@ fn structure_round<S: Collide>(cpus: &[usize]) -> bool {
                         s.shuffle(Some(c), &mut held);
                     }
                 } else {
-                    for _ in 0..MOVES_PER_ROUND {
+                    for _ in 0..sized(MOVES_PER_ROUND) {
                         s.shuffle(None, &mut held);
                     }
                     left.fetch_sub(1, SeqCst);
@@ -527,18 +594,22 @@ fn structure_detects<S: Collide>(what: Break) {
     {
         let _broken = Broken::new(what);
         let started = Instant::now();
-        let mut rounds = 0u64;
-        while structure_round::<S>(&cpus) {
-            rounds += 1;
+        let mut rounds = 1u64;
+        let widened = loop {
+            let widened = Widened::round(rounds);
+            if !structure_round::<S>(&cpus) {
+                break widened.0;
+            }
             assert!(
                 started.elapsed() < DETECTION_BUDGET,
                 "{name} with {what:?}: still exact after {rounds} rounds ({:.1?})",
                 started.elapsed()
             );
-        }
+            rounds += 1;
+        };
         eprintln!(
-            "{name} with {what:?}: an item lost or doubled in round {} after {:.2?}",
-            rounds + 1,
+            "{name} with {what:?}: an item lost or doubled in round {rounds}{} after {:.2?}",
+            if widened { " (widened)" } else { "" },
             started.elapsed()
         );
     }
@@ -637,6 +708,7 @@ fn ring_round(cpus: &[usize]) -> Result<(), String> {
     let writers_left = AtomicUsize::new(cpus.len());
     let flushing = AtomicBool::new(true);
     let mut delivered = Delivered::default();
+    let records = sized(RING_RECORDS_PER_WRITER);
     let (written, refused) = thread::scope(|s| {
         let writers: Vec<_> = cpus
             .iter()
@@ -646,7 +718,7 @@ fn ring_round(cpus: &[usize]) -> Result<(), String> {
                 s.spawn(move || {
                     common::pin_current(c);
                     let mut refused = 0u64;
-                    for seq in 0..RING_RECORDS_PER_WRITER {
+                    for seq in 0..records {
                         if ring.write(&ring_record(id as u64, seq)).is_err() {
                             refused += 1;
                         }
@@ -674,7 +746,7 @@ fn ring_round(cpus: &[usize]) -> Result<(), String> {
             .into_iter()
             .map(|w| w.join().expect("a writer panicked"))
             .sum();
-        (RING_RECORDS_PER_WRITER * cpus.len() as u64, refused)
+        (records * cpus.len() as u64, refused)
     });
     delivered.drain(&ring);
     if let Some(wrong) = delivered.wrong {
@@ -715,8 +787,12 @@ fn ring_detects_skipped_membarrier() {
         let mut rounds = 0u64;
         let found = loop {
             rounds += 1;
+            let widened = Widened::round(rounds);
             if let Err(what) = ring_round(&cpus) {
-                break Some(what);
+                break Some(format!(
+                    "{what}{}",
+                    if widened.0 { " (widened)" } else { "" }
+                ));
             }
             if started.elapsed() > DETECTION_BUDGET {
                 break None;

@@ -309,8 +309,8 @@ pub struct StressArgs {
 
     /// A delay loop of LOOPS iterations at injection point POINT (1: before
     /// a section's check, 2: after it, 3: before its commit, 4: fenced path
-    /// before the operation, 5: after it); repeatable. Needs the inject
-    /// build feature.
+    /// before the operation, 5: after it, 6: inside it, before its commit
+    /// store); repeatable. Needs the inject build feature.
     #[arg(long, value_name = "POINT=LOOPS", value_parser = point_loops)]
     pub delay: Vec<(usize, u32)>,
 
@@ -386,8 +386,8 @@ fn point_loops(s: &str) -> Result<(usize, u32), String> {
         .split_once('=')
         .ok_or_else(|| format!("expected POINT=LOOPS, got {s:?}"))?;
     let p: usize = p.trim().parse().map_err(|e| format!("POINT: {e}"))?;
-    if !(1..=5).contains(&p) {
-        return Err(format!("POINT must be 1 to 5, got {p}"));
+    if !(1..=6).contains(&p) {
+        return Err(format!("POINT must be 1 to 6, got {p}"));
     }
     let l: u32 = l.trim().parse().map_err(|e| format!("LOOPS: {e}"))?;
     Ok((p, l))
