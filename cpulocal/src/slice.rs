@@ -190,14 +190,6 @@ pub(crate) fn request() -> Request {
     if !ENABLED_SOMEWHERE.load(Ordering::Relaxed) {
         return Request(false);
     }
-    request_here()
-}
-
-/// [`request`] in a process where some thread has the extension: out of
-/// line, so that where none has it (every kernel before 7.0, and Debian's)
-/// a holder's fast path is the flag's load and a branch.
-#[inline(never)]
-fn request_here() -> Request {
     let area = engine::area();
     if flags(area) & RSEQ_CS_FLAG_SLICE_EXT_ENABLED == 0 {
         return Request(false);
