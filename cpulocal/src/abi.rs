@@ -2,9 +2,76 @@
 //! membarrier system calls, as in `include/uapi/linux/rseq.h` and
 //! `include/uapi/linux/membarrier.h`.
 //!
-//! Nothing here calls the kernel; [`crate::sys`] does.
+//! Nothing here calls the kernel; [`crate::sys`] does. Two facts of the
+//! platform's ABI that differ per architecture live here too, beside the
+//! signature: whether this build has critical sections, and the thread
+//! pointer (glibc's rseq area is at an offset from it).
+//!
+//! # Safety
+//!
+//! [`thread_pointer`] reads a register with `asm!`; nothing else here is
+//! `unsafe`.
+#![allow(unsafe_code)]
 
 use core::mem::{align_of, offset_of, size_of};
+
+/// Whether this build has critical sections: `build.rs` emits
+/// `cfg(cpulocal_rseq)` for Linux on x86_64, little-endian aarch64 and
+/// riscv64 (the one place the choice is made). Without them every operation
+/// takes the fenced path.
+pub const HAS_SECTIONS: bool = cfg!(cpulocal_rseq);
+
+/// The thread pointer (`fs:0` holds the TCB's own address on x86_64 Linux).
+/// Constant for the thread's lifetime, so the asm is declared `pure` and
+/// `nomem`: the compiler may read it once per function.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub fn thread_pointer() -> *mut u8 {
+    let tp: *mut u8;
+    // SAFETY: reading fs:0 is always valid for a Linux x86_64 thread.
+    unsafe {
+        core::arch::asm!("mov {}, qword ptr fs:[0]", out(reg) tp, options(pure, nomem, nostack, preserves_flags))
+    };
+    tp
+}
+
+/// The thread pointer (`tpidr_el0`). Constant for the thread's lifetime, so
+/// the asm is declared `pure` and `nomem`: the compiler may read it once per
+/// function.
+#[cfg(target_arch = "aarch64")]
+#[inline(always)]
+pub fn thread_pointer() -> *mut u8 {
+    let tp: *mut u8;
+    // SAFETY: reading tpidr_el0 is always valid for a Linux aarch64 thread.
+    unsafe {
+        core::arch::asm!("mrs {}, tpidr_el0", out(reg) tp, options(pure, nomem, nostack, preserves_flags))
+    };
+    tp
+}
+
+/// The thread pointer (the `tp` register). Constant for the thread's
+/// lifetime, so the asm is declared `pure` and `nomem`: the compiler may
+/// read it once per function.
+#[cfg(target_arch = "riscv64")]
+#[inline(always)]
+pub fn thread_pointer() -> *mut u8 {
+    let tp: *mut u8;
+    // SAFETY: reading tp is always valid for a Linux riscv64 thread.
+    unsafe {
+        core::arch::asm!("mv {}, tp", out(reg) tp, options(pure, nomem, nostack, preserves_flags))
+    };
+    tp
+}
+
+/// Unused without sections (the area's address is never computed): null.
+#[cfg(not(any(
+    target_arch = "x86_64",
+    target_arch = "aarch64",
+    target_arch = "riscv64"
+)))]
+pub fn thread_pointer() -> *mut u8 {
+    core::ptr::null_mut()
+}
 
 /// The per-thread area the kernel updates (`struct rseq`, 32-byte aligned).
 ///

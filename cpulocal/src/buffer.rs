@@ -56,7 +56,7 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::domain::Order;
+use crate::shape::Order;
 use crate::shape::Shape;
 use crate::slots::{drop_all, zeroed_slice, At, Follow, Slot, Slots};
 use crate::stats::PathStats;

@@ -151,7 +151,7 @@ impl PerCpuCounter {
     #[inline(always)]
     #[cfg(target_pointer_width = "64")]
     fn add_at(&self, at: At<'_, AtomicI64>, follow: Follow, n: i64) {
-        use crate::{domain::Order, shape::Shape, slots::Slot};
+        use crate::{shape::Order, shape::Shape, slots::Slot};
         let shape = move |slot: &Slot<AtomicI64>| Shape::AddStore {
             vo: Shape::offset(&slot.fence, slot.data.as_ptr().cast()),
             count: n as usize,

@@ -5,33 +5,10 @@
 use core::fmt;
 
 use crate::fence::Fence;
-use crate::shape::Shape;
+use crate::shape::{CompareFailed, Order, Shape};
 use crate::slots::{Follow, Slots};
 use crate::stats::PathStats;
 use crate::Index;
-
-/// Whether an operation's final store publishes the stores before it.
-///
-/// `Release` makes the commit a store-release: a thread that reads the
-/// committed value with an acquire load also sees everything written before
-/// it (the speculative store of `cbne_store_store`, the copied bytes of
-/// `cbne_memcpy_store`, and the caller's own earlier writes). On x86_64 every
-/// store is a release store, so both variants are the same instructions there;
-/// the fenced engine and other architectures honour the difference.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Order {
-    /// The final store is a plain (relaxed) store.
-    #[default]
-    Relaxed,
-    /// The final store is a store-release.
-    Release,
-}
-
-/// A compare in an operation found a value other than the one it required;
-/// nothing was stored. A normal outcome: the caller reloads and decides.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
-#[error("the compared word did not hold the expected value; nothing was stored")]
-pub struct CompareFailed;
 
 /// A set of per-CPU fence words for per-CPU memory the caller owns: the
 /// librseq operation shapes and operation vectors run on it, each on the data

@@ -23,13 +23,110 @@
 #![allow(unsafe_code)]
 
 use core::cell::{Cell, UnsafeCell};
+use core::fmt;
+use core::mem::offset_of;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::OnceLock;
 
 use crate::abi::{self, OwnArea, Rseq, CPU_ID_REGISTRATION_FAILED};
-use crate::status::{Registration, RseqOff};
 use crate::sys::{self, Errno};
-use crate::{arch, fence, slice};
+use crate::{slice, Index};
+
+/// Who registered rseq for the calling thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Registration {
+    /// glibc (>= 2.35) registered the thread; cpulocal runs its sections in
+    /// glibc's area unless `Status::fenced_because` says otherwise.
+    Glibc,
+    /// glibc did not register rseq (an older or other libc, or
+    /// `GLIBC_TUNABLES=glibc.pthread.rseq=0`), so cpulocal registered its own
+    /// area for this thread and unregisters it when the thread exits.
+    Cpulocal,
+    /// No rseq area is used by this thread; operations take the fenced path.
+    Nobody(RseqOff),
+}
+
+/// Why the rseq fast path is off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RseqOff {
+    /// cpulocal has no critical sections for this target architecture.
+    NoArchSupport,
+    /// The kernel refused to register rseq: ENOSYS means a kernel older than
+    /// 4.18, a seccomp filter, or a tool that does not support rseq
+    /// (valgrind; older rr releases).
+    Refused(Errno),
+    /// `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ)` is unavailable, so a
+    /// fenced operation could not stop a section on another CPU; for
+    /// correctness no thread of the process runs sections.
+    NoMembarrier(Errno),
+    /// glibc registered rseq for the process but not for this thread
+    /// (`cpu_id` = -2). glibc 2.35+ registers a new thread only when the thread
+    /// that created it had rseq, so this follows a creator whose area was
+    /// unregistered. (A registration that fails in a new thread, e.g. under a
+    /// seccomp filter installed after start-up, is fatal in glibc itself.)
+    GlibcFailedForThread,
+    /// Another rseq area is registered for this thread that glibc does not
+    /// publish (the kernel answered EINVAL): another library registered one,
+    /// or glibc is linked statically (its variables cannot be looked up).
+    /// cpulocal cannot know where that area is.
+    ForeignRegistration,
+    /// The thread is running its thread-local destructors; cpulocal's own area
+    /// was unregistered.
+    ThreadExiting,
+    /// The environment variable `CPULOCAL_NO_RSEQ` was set (to anything but
+    /// empty or `0`) when the process first used cpulocal: every operation
+    /// takes the fenced path, without membarrier. For debugging and for
+    /// comparing the two engines.
+    Disabled,
+    /// cpulocal's code is in a shared library that could not be kept loaded
+    /// (marked `RTLD_NODELETE`). The kernel reads the descriptor of the last
+    /// section a thread ran whenever the thread is preempted, so that code
+    /// must stay mapped until the process exits; where it cannot be sure of
+    /// that, no thread runs sections.
+    CannotPinLibrary,
+}
+
+impl fmt::Display for Registration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Registration::Glibc => f.write_str("glibc"),
+            Registration::Cpulocal => f.write_str(
+                "cpulocal (glibc did not register rseq; cpulocal registered its own area)",
+            ),
+            Registration::Nobody(why) => write!(f, "nobody: {why}"),
+        }
+    }
+}
+
+impl fmt::Display for RseqOff {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RseqOff::NoArchSupport => f.write_str("cpulocal has no rseq critical sections for this architecture"),
+            RseqOff::Refused(e) if e.0 == libc::ENOSYS => write!(
+                f,
+                "the kernel refused rseq with {e}: a kernel older than 4.18, a seccomp filter, or a tool without rseq support (valgrind; older rr releases)"
+            ),
+            RseqOff::Refused(e) => write!(f, "the kernel refused rseq registration with {e}"),
+            RseqOff::NoMembarrier(e) => write!(
+                f,
+                "membarrier(PRIVATE_EXPEDITED_RSEQ) is unavailable ({e}), so no thread runs rseq sections (remote operations could not stop them)"
+            ),
+            RseqOff::GlibcFailedForThread => f.write_str(
+                "glibc did not register rseq for this thread (cpu_id = -2): the thread that created it had no rseq area",
+            ),
+            RseqOff::ForeignRegistration => f.write_str(
+                "an rseq area cpulocal cannot locate is registered for this thread (EINVAL): another library's, or a statically linked glibc's",
+            ),
+            RseqOff::ThreadExiting => f.write_str("the thread is exiting; cpulocal's own rseq area was unregistered"),
+            RseqOff::Disabled => f.write_str("CPULOCAL_NO_RSEQ is set: critical sections are off for this process"),
+            RseqOff::CannotPinLibrary => f.write_str(
+                "cpulocal is in a shared library that could not be marked RTLD_NODELETE, and sections need their code to stay mapped",
+            ),
+        }
+    }
+}
 
 /// What the whole process can do, decided once.
 #[derive(Debug, Clone, Copy)]
@@ -69,15 +166,12 @@ fn decide() -> Process {
     own_len(); // chosen here, outside any signal handler
     let glibc = sys::glibc_rseq();
     let feature_size = sys::getauxval(abi::AT_RSEQ_FEATURE_SIZE);
-    // SAFETY: the handler only touches atomics and a const-initialised
-    // thread-local of the child's sole thread; registering has no preconditions.
-    unsafe { libc::pthread_atfork(None, None, Some(fence::after_fork_in_child)) };
     let membarrier = sys::membarrier_register_rseq();
     let set = |var: &str| std::env::var_os(var).is_some_and(|v| !v.is_empty() && v != "0");
     let slice_allowed = !set(slice::NO_SLICE_VAR);
     let off = if set(NO_RSEQ_VAR) {
         Some(RseqOff::Disabled)
-    } else if !arch::HAS_RSEQ {
+    } else if !abi::HAS_SECTIONS {
         Some(RseqOff::NoArchSupport)
     } else {
         None
@@ -107,7 +201,9 @@ fn decide() -> Process {
         (Err(e), _) => Some(RseqOff::Refused(e)),
         (Ok(()), Err(e)) => Some(RseqOff::NoMembarrier(e)),
         // Sections leave `rseq_cs` armed: their code must never be unmapped.
-        (Ok(()), Ok(())) if !crate::testing::pin_own_object() => Some(RseqOff::CannotPinLibrary),
+        (Ok(()), Ok(())) if !(crate::switches::skip_pin() || sys::pin_own_object()) => {
+            Some(RseqOff::CannotPinLibrary)
+        }
         (Ok(()), Ok(())) => None,
     };
     let sections = off.is_none() && !cfg!(miri);
@@ -262,21 +358,21 @@ pub(crate) fn ensure_thread() -> bool {
     if off.is_some() {
         AREA.with(|c| c.set(NO_RSEQ.0.get()));
     } else {
-        slice::set_up_thread(area());
+        slice::set_up_thread(area(), process().slice_allowed);
     }
     cpu_id(area()) as i32 >= 0
 }
 
 /// glibc's area of the calling thread.
 fn glibc_area(g: sys::GlibcRseq) -> *const Rseq {
-    arch::thread_pointer().wrapping_offset(g.offset) as *const Rseq
+    abi::thread_pointer().wrapping_offset(g.offset) as *const Rseq
 }
 
 /// Whether glibc (which registered rseq for the process) registered the
 /// calling thread. Without rseq asm the area cannot be located, and glibc's
 /// process-wide answer stands.
 fn glibc_registered_thread(g: sys::GlibcRseq) -> bool {
-    !arch::HAS_RSEQ || cpu_id(glibc_area(g)) as i32 >= 0
+    !abi::HAS_SECTIONS || cpu_id(glibc_area(g)) as i32 >= 0
 }
 
 /// The length cpulocal registers its own areas with (0: not chosen yet).
@@ -288,7 +384,7 @@ static OWN_LEN: AtomicU32 = AtomicU32::new(0);
 pub(crate) fn own_len() -> u32 {
     match OWN_LEN.load(Ordering::Relaxed) {
         0 => {
-            let feature = crate::testing::own_feature_size()
+            let feature = crate::switches::own_feature_size()
                 .or_else(|| sys::getauxval(abi::AT_RSEQ_FEATURE_SIZE));
             let len = abi::own_area_len(feature, sys::getauxval(abi::AT_RSEQ_ALIGN));
             OWN_LEN.store(len, Ordering::Relaxed);
@@ -335,7 +431,7 @@ fn unregister_own() {
         // SAFETY: this thread's registered area, with its length.
         let r = unsafe { sys::rseq_unregister(own_area(), own_len()) };
         if r.is_err() {
-            crate::testing::unregister_failed();
+            crate::switches::unregister_failed();
         }
         debug_assert!(r.is_ok(), "rseq unregistration failed: {r:?}");
     }
@@ -349,7 +445,7 @@ impl Drop for OwnRegistration {
         let _ = AREA.try_with(|c| c.set(NO_RSEQ.0.get()));
         let exiting = RseqOff::ThreadExiting;
         let _ = THREAD.try_with(|c| c.set(Some((Registration::Nobody(exiting), Some(exiting)))));
-        if !crate::testing::skip_unregister() {
+        if !crate::switches::skip_unregister() {
             unregister_own();
         }
         // Poisoned, so a test can see that the kernel no longer writes it.
@@ -362,11 +458,11 @@ impl Drop for OwnRegistration {
             unsafe {
                 core::ptr::write_volatile(
                     core::ptr::addr_of_mut!((*own).cpu_id_start),
-                    crate::testing::POISON,
+                    crate::switches::POISON,
                 );
                 core::ptr::write_volatile(
                     core::ptr::addr_of_mut!((*own).cpu_id),
-                    crate::testing::POISON,
+                    crate::switches::POISON,
                 );
             }
         }
@@ -434,5 +530,42 @@ pub(crate) fn own_area_cpu_ids() -> (u32, u32) {
             core::ptr::read_volatile(core::ptr::addr_of!((*own).cpu_id_start)),
             core::ptr::read_volatile(core::ptr::addr_of!((*own).cpu_id)),
         )
+    }
+}
+
+/// What a structure asking for `by` gets in this process: `MmCid` where
+/// structures may index by concurrency id ([`mm_cid_indexing`]), else `Cpu`;
+/// `Cpu` and `Node` as they are.
+pub(crate) fn effective(by: Index) -> Index {
+    match by {
+        Index::MmCid if mm_cid_indexing() => Index::MmCid,
+        Index::Node => Index::Node,
+        _ => Index::Cpu,
+    }
+}
+
+/// Whether structures may index by `mm_cid` in this process: sections run and
+/// the kernel's feature size covers the field.
+pub(crate) fn mm_cid_indexing() -> bool {
+    let p = process();
+    p.sections
+        && p.feature_size.is_some_and(|f| {
+            f.min(u64::from(abi::RSEQ_ORIG_SIZE)) as usize >= offset_of!(Rseq, mm_cid) + 4
+        })
+}
+
+/// The node of the CPU the calling thread runs on: rseq's `node_id` where the
+/// thread runs sections and the kernel fills the field, else the node of
+/// `sched_getcpu()`'s CPU.
+pub(crate) fn current_node() -> usize {
+    let area = area();
+    let p = process();
+    let covered = p.feature_size.is_some_and(|f| {
+        f.min(u64::from(abi::RSEQ_ORIG_SIZE)) as usize >= offset_of!(Rseq, node_id) + 4
+    });
+    if covered && (cpu_id(area) as i32) >= 0 {
+        index_in(area, offset_of!(Rseq, node_id)) as usize
+    } else {
+        sys::node_of_cpu(current_cpu())
     }
 }

@@ -115,9 +115,17 @@ fn first_holder_id() -> u32 {
     id
 }
 
+/// Registers [`after_fork_in_child`] with `pthread_atfork`, once per
+/// process. The slot arrays call it as they are built (never in a signal
+/// handler), so it is registered before any fence can be held.
+pub(crate) fn watch_forks() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| sys::in_fork_children(after_fork_in_child));
+}
+
 /// `pthread_atfork` child handler: starts a new generation, remembering the
 /// forking thread (the child's only thread).
-pub(crate) extern "C" fn after_fork_in_child() {
+extern "C" fn after_fork_in_child() {
     let me = HOLDER_ID.try_with(Cell::get).unwrap_or(0);
     FORKER.store(me, Ordering::Relaxed);
     let next = next_generation(CURRENT_GENERATION.load(Ordering::Relaxed));
@@ -276,7 +284,7 @@ impl Fence {
         Ok(self.try_acquire(index, holder_id())?.then(|| Held {
             fence: self,
             index,
-            slice: slice::request(),
+            slice: slice::request(engine::area),
         }))
     }
 
@@ -288,7 +296,7 @@ impl Fence {
         Ok(Held {
             fence: self,
             index,
-            slice: slice::request(),
+            slice: slice::request(engine::area),
         })
     }
 
@@ -306,7 +314,7 @@ impl Fence {
 /// every CPU for [`Index::MmCid`] (membarrier cannot target a concurrency id);
 /// none for [`Index::Node`], whose slots no section touches.
 pub(crate) fn barrier(index: usize, by: Index) {
-    if !engine::sections_possible() || crate::testing::skip_membarrier() {
+    if !engine::sections_possible() || crate::switches::skip_membarrier() {
         return;
     }
     let targeted = match by {
@@ -378,7 +386,7 @@ impl Held<'_> {
 impl Drop for Held<'_> {
     fn drop(&mut self) {
         self.fence.release(self.index);
-        self.slice.end();
+        self.slice.end(engine::area);
     }
 }
 

@@ -3,8 +3,8 @@
 
 use core::mem::offset_of;
 
-use crate::abi::{self, Rseq};
-use crate::{engine, sys};
+use crate::abi::Rseq;
+use crate::sys;
 
 /// How a per-CPU structure numbers its slots, chosen at construction.
 ///
@@ -78,15 +78,6 @@ pub enum Index {
 }
 
 impl Index {
-    /// What a structure asking for `self` gets in this process.
-    pub(crate) fn effective(self) -> Index {
-        match self {
-            Index::MmCid if mm_cid_indexing() => Index::MmCid,
-            Index::Node => Index::Node,
-            _ => Index::Cpu,
-        }
-    }
-
     /// Offset of the `struct rseq` field that holds this index.
     #[inline(always)]
     pub(crate) fn field_offset(self) -> usize {
@@ -112,30 +103,4 @@ impl Index {
     pub(crate) fn has_sections(self) -> bool {
         self != Index::Node
     }
-}
-
-/// The node of the CPU the calling thread runs on: rseq's `node_id` where the
-/// thread runs sections and the kernel fills the field, else the node of
-/// `sched_getcpu()`'s CPU.
-pub(crate) fn current_node() -> usize {
-    let area = engine::area();
-    let p = engine::process();
-    let covered = p.feature_size.is_some_and(|f| {
-        f.min(u64::from(abi::RSEQ_ORIG_SIZE)) as usize >= offset_of!(Rseq, node_id) + 4
-    });
-    if covered && (engine::cpu_id(area) as i32) >= 0 {
-        engine::index_in(area, offset_of!(Rseq, node_id)) as usize
-    } else {
-        sys::node_of_cpu(engine::current_cpu())
-    }
-}
-
-/// Whether structures may index by `mm_cid` in this process: sections run and
-/// the kernel's feature size covers the field.
-pub(crate) fn mm_cid_indexing() -> bool {
-    let p = engine::process();
-    p.sections
-        && p.feature_size.is_some_and(|f| {
-            f.min(u64::from(abi::RSEQ_ORIG_SIZE)) as usize >= offset_of!(Rseq, mm_cid) + 4
-        })
 }

@@ -134,11 +134,10 @@ mod slice;
 mod slots;
 mod stats;
 mod status;
+mod switches;
 mod sys;
 #[cfg(feature = "testing")]
 pub mod testing;
-#[cfg(not(feature = "testing"))]
-mod testing;
 
 pub use buffer::{PerCpuBuffer, Word};
 /// The `bytemuck` crate, whose [`Pod`] bound [`PerCpu::run_ops`] puts on a
@@ -149,7 +148,8 @@ pub use bytemuck;
 // `PerCpu::run_ops`), re-exported from bytemuck.
 pub use bytemuck::{Pod, Zeroable};
 pub use counter::PerCpuCounter;
-pub use domain::{CompareFailed, Domain, Order};
+pub use domain::Domain;
+pub use engine::{Registration, RseqOff};
 pub use error::{Error, PushError};
 pub use fence::SPINS_BEFORE_SLEEP;
 pub use index::Index;
@@ -160,9 +160,10 @@ pub use percpu::{PerCpu, SlotGuard};
 pub use ring::{
     PerCpuRing, ReadSummary, Record, Reservation, RingConfig, RingError, RingMode, Stuck,
 };
+pub use shape::{CompareFailed, Order};
 pub use slice::SliceExtension;
 pub use stats::PathStats;
-pub use status::{Engine, Registration, RseqOff, Status};
+pub use status::{Engine, Status};
 pub use sys::Errno;
 
 /// Critical-section attempts an operation makes before it takes the fenced
@@ -251,7 +252,7 @@ pub fn possible_nodes() -> usize {
 /// ```
 pub fn current_node() -> usize {
     engine::ensure_thread();
-    index::current_node()
+    engine::current_node()
 }
 
 /// The NUMA node of the current CPU, from rseq's `node_id`; None where this

@@ -22,7 +22,7 @@ use core::ops::{Deref, DerefMut};
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::domain::Order;
+use crate::shape::Order;
 use crate::shape::Shape;
 use crate::slots::{drop_all, At, Follow, Slot, Slots};
 use crate::stats::PathStats;

@@ -46,11 +46,11 @@ use core::ops::{Deref, DerefMut};
 use core::ptr::NonNull;
 use core::sync::atomic::{self, AtomicUsize, Ordering};
 
-use crate::domain::Order;
+use crate::shape::Order;
 use crate::shape::Shape;
 use crate::slots::{At, Follow, Slot, Slots};
 use crate::stats::PathStats;
-use crate::{arch, fence, slice};
+use crate::{abi, engine, fence, slice};
 use crate::{Error, Index};
 
 /// Times a waiter re-reads a held lock word, with a spin-loop hint between
@@ -437,8 +437,8 @@ impl<T> PerCpuLock<T> {
 /// instruction to read); its kernel thread id where there is no rseq engine.
 #[inline(always)]
 fn owner() -> usize {
-    if arch::HAS_RSEQ {
-        arch::thread_pointer() as usize
+    if abi::HAS_SECTIONS {
+        abi::thread_pointer() as usize
     } else {
         fence::holder_id() as usize
     }
@@ -510,7 +510,7 @@ impl<'a, T> PerCpuLockGuard<'a, T> {
     fn new(at: At<'a, Locked<T>>) -> Self {
         PerCpuLockGuard {
             locked: NonNull::from(&at.slot.data),
-            held: slice::Tagged::new(at.index, slice::request()),
+            held: slice::Tagged::new(at.index, slice::request(engine::area)),
             _borrows: PhantomData,
         }
     }
@@ -559,7 +559,7 @@ impl<T> Drop for PerCpuLockGuard<'_, T> {
         // next holder's (module docs).
         self.locked().word.store(FREE, Ordering::Release);
         // Then gives the CPU back if the kernel deferred a preemption.
-        self.held.request().end();
+        self.held.request().end(engine::area);
     }
 }
 

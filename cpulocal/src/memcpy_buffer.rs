@@ -38,7 +38,7 @@ use core::fmt;
 use core::mem::{size_of, MaybeUninit};
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::domain::Order;
+use crate::shape::Order;
 use crate::shape::Shape;
 use crate::slots::{zeroed_slice, At, Follow, Slot, Slots};
 use crate::stats::PathStats;

@@ -157,8 +157,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
 
-use crate::domain::Order;
 use crate::fence::Fence;
+use crate::shape::Order;
 use crate::shape::Shape;
 use crate::slots::{zeroed_slice, At, Follow, Slot, Slots};
 use crate::stats::PathStats;
@@ -1617,7 +1617,7 @@ mod tests {
     #[test]
     fn overwrite_refuses_when_this_thread_holds_the_release_lock() {
         std::thread::spawn(|| {
-            assert!(crate::shape_tests::pin_to_current_cpu());
+            assert!(crate::sys::pin_to_current_cpu());
             let config = RingConfig::new()
                 .sub_buffer_size(64)
                 .sub_buffers(2)
@@ -1664,7 +1664,7 @@ mod walk_tests {
             let mode = if overwrite { RingMode::Overwrite } else { RingMode::Discard };
             let config = RingConfig::new().sub_buffer_size(256).sub_buffers(4).mode(mode);
             let (expected, delivered, summary_records, lost, overwritten) = std::thread::spawn(move || {
-                assert!(crate::shape_tests::pin_to_current_cpu());
+                assert!(crate::sys::pin_to_current_cpu());
                 let ring = PerCpuRing::with_config(config).unwrap();
                 let mut expected = Vec::new();
                 for (i, &(len, dropped, repeat)) in records.iter().enumerate() {

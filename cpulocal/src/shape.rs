@@ -2,15 +2,12 @@
 //!
 //! [`Shape`] names an operation and its operands. [`Shape::apply`] is its
 //! meaning, as ordinary code: the fenced engine runs exactly that, with the
-//! slot's fence held. [`arch::section`] runs the same operation as one
-//! restartable sequence (on x86_64: `arch/x86_64.rs`, one asm block per
-//! shape). The differential tests below hold the two to each other on random
-//! inputs, in both orders and both index modes.
-//!
-//! [`slow`] is the one policy for all shapes after their first attempt
-//! (which [`Slots::perform`](crate::slots::Slots::perform) runs inline):
-//! critical-section attempts on the slot's CPU, at most [`RSEQ_ATTEMPTS`] of
-//! them, then the fenced path.
+//! slot's fence held. The rseq engine (`crate::arch`) runs the same
+//! operation as one restartable sequence (on x86_64: `arch/x86_64.rs`, one
+//! asm block per shape); the differential tests (`shape_tests.rs`) hold the
+//! two to each other on random inputs, in both orders and both index modes.
+//! Which engine runs an operation, and when, is the driver's business
+//! (`crate::slots`): this module only says what an operation means.
 //!
 //! # Safety
 //!
@@ -22,11 +19,30 @@
 
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::arch::{self, Outcome};
-use crate::domain::{CompareFailed, Order};
-use crate::fence::{self, Fence};
-use crate::stats::Stats;
-use crate::{engine, testing, Index, RSEQ_ATTEMPTS};
+use crate::fence::Fence;
+
+/// Whether an operation's final store publishes the stores before it.
+///
+/// `Release` makes the commit a store-release: a thread that reads the
+/// committed value with an acquire load also sees everything written before
+/// it (the speculative store of `cbne_store_store`, the copied bytes of
+/// `cbne_memcpy_store`, and the caller's own earlier writes). On x86_64 every
+/// store is a release store, so both variants are the same instructions there;
+/// the fenced engine and other architectures honour the difference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Order {
+    /// The final store is a plain (relaxed) store.
+    #[default]
+    Relaxed,
+    /// The final store is a store-release.
+    Release,
+}
+
+/// A compare in an operation found a value other than the one it required;
+/// nothing was stored. A normal outcome: the caller reloads and decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+#[error("the compared word did not hold the expected value; nothing was stored")]
+pub struct CompareFailed;
 
 /// One operation and its operands, run on one slot. `v` is always the word
 /// whose store commits, named by `vo`, its distance in bytes from the slot's
@@ -278,74 +294,4 @@ impl Shape {
             _ => None,
         }
     }
-}
-
-/// What an operation does after its first attempt ended with `first` (None:
-/// no section ran, the slot being named by the caller, or the thread being
-/// elsewhere or without rseq): up to [`RSEQ_ATTEMPTS`] critical sections in
-/// all while the thread runs on slot `index` (numbered `by`), then, or else,
-/// the fenced path on `fence`, slot `index`'s fence. With `follow`, an
-/// operation on whatever slot the thread runs on (a counter's add): when the
-/// thread has moved, `follow(new index)` gives the shape and fence for the
-/// new slot, and the attempts go on there. Counts slow-path events in
-/// `stats`. The one slow path of every shape, entered from
-/// [`Slots::perform`](crate::slots::Slots::perform).
-///
-/// # Safety
-///
-/// `shape`'s pointers are valid and name slot `index`'s data (module docs).
-#[cold]
-#[inline(never)]
-#[allow(clippy::too_many_arguments)] // the operation, its slot, and how it ended
-pub(crate) unsafe fn slow<'a>(
-    mut shape: Shape,
-    order: Order,
-    mut index: usize,
-    mut fence: &'a Fence,
-    by: Index,
-    stats: &Stats,
-    first: Option<Outcome>,
-    follow: Option<&dyn Fn(usize) -> Option<(Shape, &'a Fence)>>,
-) -> Result<(), CompareFailed> {
-    let offset = by.field_offset();
-    // A first section run on the area of a thread without rseq was turned
-    // away by its check, not aborted by the kernel: it is not counted.
-    let turned_away = (engine::cpu_id(engine::area()) as i32) < 0;
-    let mut aborts = u64::from(first == Some(Outcome::Aborted) && !turned_away);
-    let mut fenced = first == Some(Outcome::Fenced);
-    while !fenced && aborts < u64::from(RSEQ_ATTEMPTS) {
-        let area = engine::area();
-        let here = engine::valid_index_in(area, offset) as usize;
-        if here != index {
-            if engine::cpu_id(area) == crate::abi::CPU_ID_UNINITIALIZED && engine::ensure_thread() {
-                continue; // first operation of this thread: sections now run
-            }
-            // The thread moved: an operation on "this CPU's slot" follows
-            // it, one bound to its slot goes on to the fenced path.
-            match follow.and_then(|f| f(here)) {
-                Some((s, f)) => (shape, fence, index) = (s, f, here),
-                None => break, // another slot's CPU, or no rseq on this thread
-            }
-        }
-        let mut spare = None;
-        let (check, checked) = testing::fence_to_check(fence, index, shape, &mut spare);
-        // SAFETY: `area` is the thread's live area and it runs on slot
-        // `index` (just read); the shape is the caller's, its commit word
-        // counted from `check`.
-        match unsafe { arch::section(area, offset, check, &checked, order) } {
-            Outcome::Committed => {
-                stats.retried(aborts);
-                return Ok(());
-            }
-            Outcome::CompareFailed => {
-                stats.retried(aborts);
-                return Err(CompareFailed);
-            }
-            Outcome::Fenced => fenced = true,
-            Outcome::Aborted => aborts += 1,
-        }
-    }
-    stats.fenced(aborts);
-    // SAFETY: the fence is held while `apply` runs (caller: valid pointers).
-    fence::with_signals_blocked(fence, index, by, || unsafe { shape.apply(fence, order) })
 }

@@ -44,8 +44,9 @@ use core::ptr::addr_of_mut;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
-use crate::domain::{CompareFailed, Domain, Order};
+use crate::domain::Domain;
 use crate::shape::Shape;
+use crate::shape::{CompareFailed, Order};
 use crate::slots::Slots;
 use crate::{engine, Index, PathStats, RSEQ_ATTEMPTS};
 
@@ -630,7 +631,7 @@ fn on_pinned_thread<S>(
     S: Strategy + Send + 'static,
 {
     let run = move || {
-        let pinned = pin_to_current_cpu();
+        let pinned = crate::sys::pin_to_current_cpu();
         let mut runner = TestRunner::new(config(cases));
         if let Err(e) = runner.run(&strategy, |v| test(pinned, v)) {
             panic!("{e}");
@@ -639,23 +640,6 @@ fn on_pinned_thread<S>(
     if let Err(panic) = std::thread::spawn(run).join() {
         std::panic::resume_unwind(panic);
     }
-}
-
-/// Restricts the calling thread to the CPU it runs on; false if refused.
-pub(crate) fn pin_to_current_cpu() -> bool {
-    // SAFETY: no preconditions.
-    let Ok(cpu) = usize::try_from(unsafe { libc::sched_getcpu() }) else {
-        return false;
-    };
-    // SAFETY: an all-zero cpu_set_t is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { core::mem::zeroed() };
-    if cpu >= 8 * core::mem::size_of::<libc::cpu_set_t>() {
-        return false;
-    }
-    // SAFETY: `cpu` is below the set's capacity (checked above).
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: `set` is a live cpu_set_t of the size given; 0 is this thread.
-    unsafe { libc::sched_setaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), &set) == 0 }
 }
 
 /// Whether critical sections run on the calling thread.

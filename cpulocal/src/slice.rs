@@ -63,7 +63,7 @@ use crate::abi::{
     self, Rseq, RSEQ_CS_FLAG_SLICE_EXT_AVAILABLE, RSEQ_CS_FLAG_SLICE_EXT_ENABLED,
     SLICE_GRANTED_OFFSET, SLICE_REQUEST_OFFSET,
 };
-use crate::{engine, sys};
+use crate::sys;
 
 /// The environment variable that stops cpulocal from enabling time-slice
 /// extension for its threads: any value but empty or `0`.
@@ -140,13 +140,13 @@ fn flags(area: *const Rseq) -> u32 {
 }
 
 /// Enables the extension for the calling thread, whose area is `area`
-/// (just set up), where the kernel offers it and the process allows it.
-pub(crate) fn set_up_thread(area: *const Rseq) {
+/// (just set up), where the kernel offers it and the process `allowed` it.
+pub(crate) fn set_up_thread(area: *const Rseq, allowed: bool) {
     let f = flags(area);
     // Enabled already (by another library of the process), or by us now.
     let on = f & RSEQ_CS_FLAG_SLICE_EXT_ENABLED != 0
         || (f & RSEQ_CS_FLAG_SLICE_EXT_AVAILABLE != 0
-            && engine::process().slice_allowed
+            && allowed
             && sys::slice_extension_enable().is_ok()
             && flags(area) & RSEQ_CS_FLAG_SLICE_EXT_ENABLED != 0);
     if on {
@@ -183,14 +183,15 @@ pub(crate) struct Request(bool);
 
 /// Asks the kernel to defer the calling thread's preemption, where the
 /// extension is on for it and no request or grant of this thread is in
-/// progress. Call it once a lock or fence is held; end the request once it
+/// progress; `area` is the thread's area, read only when some thread has the
+/// extension. Call it once a lock or fence is held; end the request once it
 /// is released.
 #[inline(always)]
-pub(crate) fn request() -> Request {
+pub(crate) fn request(area: impl FnOnce() -> *mut Rseq) -> Request {
     if !ENABLED_SOMEWHERE.load(Ordering::Relaxed) {
         return Request(false);
     }
-    let area = engine::area();
+    let area = area();
     if flags(area) & RSEQ_CS_FLAG_SLICE_EXT_ENABLED == 0 {
         return Request(false);
     }
@@ -249,13 +250,14 @@ impl Tagged {
 
 impl Request {
     /// Ends the request once the holder has released: clears the `request`
-    /// byte, and if the kernel granted an extension meanwhile gives the CPU
-    /// back with `rseq_slice_yield`. Async-signal-safe. End it once: its
-    /// holder's guard does, as it drops.
+    /// byte in `area`, the thread's area (read only for a request it made),
+    /// and if the kernel granted an extension meanwhile gives the CPU back
+    /// with `rseq_slice_yield`. Async-signal-safe. End it once: its holder's
+    /// guard does, as it drops.
     #[inline(always)]
-    pub(crate) fn end(self) {
+    pub(crate) fn end(self, area: impl FnOnce() -> *mut Rseq) {
         if self.0 {
-            end_in(engine::area());
+            end_in(area());
         }
     }
 }
@@ -375,14 +377,14 @@ mod tests {
     fn nothing_is_written_where_the_extension_is_off() {
         // This thread's real area: on a kernel without the extension (or with
         // glibc's 32-byte area) the request writes nothing.
-        let area = engine::area();
+        let area = crate::engine::area();
         if flags(area) & RSEQ_CS_FLAG_SLICE_EXT_ENABLED == 0 {
             // SAFETY: the thread's live area; a volatile read.
             let before =
                 unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*area).slice_ctrl)) };
-            let r = request();
+            let r = request(|| area);
             assert!(!r.0);
-            r.end();
+            r.end(|| area);
             // SAFETY: as above.
             let after =
                 unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*area).slice_ctrl)) };

@@ -37,11 +37,11 @@ use crossbeam_utils::CachePadded;
 
 use crate::abi::{self, Rseq};
 use crate::arch::{self, Outcome};
-use crate::domain::{CompareFailed, Order};
 use crate::fence::{self, Fence, HeldByCaller};
-use crate::shape::{self, Shape};
+use crate::shape::Shape;
+use crate::shape::{CompareFailed, Order};
 use crate::stats::{PathStats, Stats};
-use crate::{engine, testing, Error, Index};
+use crate::{engine, switches, Error, Index, RSEQ_ATTEMPTS};
 
 /// One slot: its fence word, then the structure's data, in one padded line
 /// (more if `D` is larger).
@@ -126,7 +126,8 @@ impl<D> Slots<D> {
         mut make: impl FnMut(usize) -> Result<D, E>,
     ) -> Result<Self, E> {
         engine::process();
-        let by = by.effective();
+        fence::watch_forks();
+        let by = engine::effective(by);
         let slots = (0..by.slots())
             .map(|i| {
                 Ok(CachePadded::new(Slot {
@@ -257,10 +258,7 @@ impl<D> Slots<D> {
             engine::ensure_thread();
         }
         if !self.by.has_sections() {
-            return (
-                crate::index::current_node() % self.len(),
-                core::ptr::null_mut(),
-            );
+            return (engine::current_node() % self.len(), core::ptr::null_mut());
         }
         let area = engine::area();
         let index = engine::valid_index_in(area, self.offset) as usize;
@@ -328,7 +326,7 @@ impl<D> Slots<D> {
             Some(area) => {
                 let mut spare = None;
                 let (check, built) =
-                    testing::fence_to_check(&at.slot.fence, at.index, shape(at.slot), &mut spare);
+                    fence_to_check(&at.slot.fence, at.index, shape(at.slot), &mut spare);
                 // SAFETY: `area` is the calling thread's live area, from which
                 // `here` read `at.index` (the section checks it again); the
                 // shape is the caller's, its commit word counted from `check`.
@@ -369,7 +367,7 @@ impl<D> Slots<D> {
         // SAFETY: the caller's contract (for whichever slot `shape` is built
         // for, with `Follow::Thread`); the fence is that of the slot.
         unsafe {
-            shape::slow(
+            slow(
                 shape(slot),
                 order,
                 index,
@@ -403,7 +401,7 @@ impl<D> Slots<D> {
         order: Order,
         shape: Shape,
     ) -> Result<(), CompareFailed> {
-        if testing::skip_node_guard() {
+        if switches::skip_node_guard() {
             // SAFETY: the caller's contract for the pointers; the fence is
             // skipped on purpose (a test's broken protocol).
             return unsafe { shape.apply(&slot.fence, order) };
@@ -530,4 +528,94 @@ pub(crate) unsafe fn zeroed_slice<T>(n: usize) -> Result<Box<[T]>, Error> {
     // from the global allocator, and zeroed bytes are `n` valid `T`s
     // (caller): what `Box<[T]>` owns and frees.
     Ok(unsafe { Box::from_raw(core::ptr::slice_from_raw_parts_mut(p.cast::<T>(), n)) })
+}
+
+/// The fence word a critical section of `shape` on slot `index` checks, and
+/// the shape to run with it: the slot's `fence` and `shape` as they are, or,
+/// with [`Break::SkipFenceCheck`], a word in `spare` that holds the free
+/// value and is never held (so the section ignores the real fence), with the
+/// shape's commit word counted from it.
+#[inline(always)]
+pub(crate) fn fence_to_check<'a>(
+    fence: &'a crate::fence::Fence,
+    index: usize,
+    shape: crate::shape::Shape,
+    spare: &'a mut Option<crate::fence::Fence>,
+) -> (&'a crate::fence::Fence, crate::shape::Shape) {
+    if switches::skip_fence_check() {
+        let spare = spare.insert(crate::fence::Fence::new(index));
+        (spare, shape.rebased(fence, spare))
+    } else {
+        (fence, shape)
+    }
+}
+
+/// What an operation does after its first attempt ended with `first` (None:
+/// no section ran, the slot being named by the caller, or the thread being
+/// elsewhere or without rseq): up to [`RSEQ_ATTEMPTS`] critical sections in
+/// all while the thread runs on slot `index` (numbered `by`), then, or else,
+/// the fenced path on `fence`, slot `index`'s fence. With `follow`, an
+/// operation on whatever slot the thread runs on (a counter's add): when the
+/// thread has moved, `follow(new index)` gives the shape and fence for the
+/// new slot, and the attempts go on there. Counts slow-path events in
+/// `stats`. The one slow path of every shape, entered from
+/// [`Slots::perform`](crate::slots::Slots::perform).
+///
+/// # Safety
+///
+/// `shape`'s pointers are valid and name slot `index`'s data (module docs).
+#[cold]
+#[inline(never)]
+#[allow(clippy::too_many_arguments)] // the operation, its slot, and how it ended
+unsafe fn slow<'a>(
+    mut shape: Shape,
+    order: Order,
+    mut index: usize,
+    mut fence: &'a Fence,
+    by: Index,
+    stats: &Stats,
+    first: Option<Outcome>,
+    follow: Option<&dyn Fn(usize) -> Option<(Shape, &'a Fence)>>,
+) -> Result<(), CompareFailed> {
+    let offset = by.field_offset();
+    // A first section run on the area of a thread without rseq was turned
+    // away by its check, not aborted by the kernel: it is not counted.
+    let turned_away = (engine::cpu_id(engine::area()) as i32) < 0;
+    let mut aborts = u64::from(first == Some(Outcome::Aborted) && !turned_away);
+    let mut fenced = first == Some(Outcome::Fenced);
+    while !fenced && aborts < u64::from(RSEQ_ATTEMPTS) {
+        let area = engine::area();
+        let here = engine::valid_index_in(area, offset) as usize;
+        if here != index {
+            if engine::cpu_id(area) == crate::abi::CPU_ID_UNINITIALIZED && engine::ensure_thread() {
+                continue; // first operation of this thread: sections now run
+            }
+            // The thread moved: an operation on "this CPU's slot" follows
+            // it, one bound to its slot goes on to the fenced path.
+            match follow.and_then(|f| f(here)) {
+                Some((s, f)) => (shape, fence, index) = (s, f, here),
+                None => break, // another slot's CPU, or no rseq on this thread
+            }
+        }
+        let mut spare = None;
+        let (check, checked) = fence_to_check(fence, index, shape, &mut spare);
+        // SAFETY: `area` is the thread's live area and it runs on slot
+        // `index` (just read); the shape is the caller's, its commit word
+        // counted from `check`.
+        match unsafe { arch::section(area, offset, check, &checked, order) } {
+            Outcome::Committed => {
+                stats.retried(aborts);
+                return Ok(());
+            }
+            Outcome::CompareFailed => {
+                stats.retried(aborts);
+                return Err(CompareFailed);
+            }
+            Outcome::Fenced => fenced = true,
+            Outcome::Aborted => aborts += 1,
+        }
+    }
+    stats.fenced(aborts);
+    // SAFETY: the fence is held while `apply` runs (caller: valid pointers).
+    fence::with_signals_blocked(fence, index, by, || unsafe { shape.apply(fence, order) })
 }

@@ -3,65 +3,9 @@
 use core::fmt;
 
 use crate::abi;
-use crate::engine;
+use crate::engine::{self, Registration, RseqOff};
 use crate::slice::{self, SliceExtension};
 use crate::sys::{self, Errno};
-
-/// Who registered rseq for the calling thread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Registration {
-    /// glibc (>= 2.35) registered the thread; cpulocal runs its sections in
-    /// glibc's area unless `Status::fenced_because` says otherwise.
-    Glibc,
-    /// glibc did not register rseq (an older or other libc, or
-    /// `GLIBC_TUNABLES=glibc.pthread.rseq=0`), so cpulocal registered its own
-    /// area for this thread and unregisters it when the thread exits.
-    Cpulocal,
-    /// No rseq area is used by this thread; operations take the fenced path.
-    Nobody(RseqOff),
-}
-
-/// Why the rseq fast path is off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum RseqOff {
-    /// cpulocal has no critical sections for this target architecture.
-    NoArchSupport,
-    /// The kernel refused to register rseq: ENOSYS means a kernel older than
-    /// 4.18, a seccomp filter, or a tool that does not support rseq
-    /// (valgrind; older rr releases).
-    Refused(Errno),
-    /// `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ)` is unavailable, so a
-    /// fenced operation could not stop a section on another CPU; for
-    /// correctness no thread of the process runs sections.
-    NoMembarrier(Errno),
-    /// glibc registered rseq for the process but not for this thread
-    /// (`cpu_id` = -2). glibc 2.35+ registers a new thread only when the thread
-    /// that created it had rseq, so this follows a creator whose area was
-    /// unregistered. (A registration that fails in a new thread, e.g. under a
-    /// seccomp filter installed after start-up, is fatal in glibc itself.)
-    GlibcFailedForThread,
-    /// Another rseq area is registered for this thread that glibc does not
-    /// publish (the kernel answered EINVAL): another library registered one,
-    /// or glibc is linked statically (its variables cannot be looked up).
-    /// cpulocal cannot know where that area is.
-    ForeignRegistration,
-    /// The thread is running its thread-local destructors; cpulocal's own area
-    /// was unregistered.
-    ThreadExiting,
-    /// The environment variable `CPULOCAL_NO_RSEQ` was set (to anything but
-    /// empty or `0`) when the process first used cpulocal: every operation
-    /// takes the fenced path, without membarrier. For debugging and for
-    /// comparing the two engines.
-    Disabled,
-    /// cpulocal's code is in a shared library that could not be kept loaded
-    /// (marked `RTLD_NODELETE`). The kernel reads the descriptor of the last
-    /// section a thread ran whenever the thread is preempted, so that code
-    /// must stay mapped until the process exits; where it cannot be sure of
-    /// that, no thread runs sections.
-    CannotPinLibrary,
-}
 
 /// Which engine runs operations on the calling thread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,7 +118,7 @@ impl Status {
             feature_size: p.feature_size,
             node_id_valid: engine::area_u32(core::mem::offset_of!(abi::Rseq, node_id)).is_some(),
             mm_cid_valid: engine::area_u32(core::mem::offset_of!(abi::Rseq, mm_cid)).is_some(),
-            mm_cid_indexing: crate::index::mm_cid_indexing(),
+            mm_cid_indexing: engine::mm_cid_indexing(),
             membarrier_rseq: p.membarrier,
             glibc_rseq_size: p.glibc.map(|g| g.size),
             rseq_area_len,
@@ -189,46 +133,6 @@ impl Status {
             possible_cpus: sys::possible_cpus(),
             possible_nodes: sys::possible_nodes(),
             cpu: engine::current_cpu(),
-        }
-    }
-}
-
-impl fmt::Display for Registration {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Registration::Glibc => f.write_str("glibc"),
-            Registration::Cpulocal => f.write_str(
-                "cpulocal (glibc did not register rseq; cpulocal registered its own area)",
-            ),
-            Registration::Nobody(why) => write!(f, "nobody: {why}"),
-        }
-    }
-}
-
-impl fmt::Display for RseqOff {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RseqOff::NoArchSupport => f.write_str("cpulocal has no rseq critical sections for this architecture"),
-            RseqOff::Refused(e) if e.0 == libc::ENOSYS => write!(
-                f,
-                "the kernel refused rseq with {e}: a kernel older than 4.18, a seccomp filter, or a tool without rseq support (valgrind; older rr releases)"
-            ),
-            RseqOff::Refused(e) => write!(f, "the kernel refused rseq registration with {e}"),
-            RseqOff::NoMembarrier(e) => write!(
-                f,
-                "membarrier(PRIVATE_EXPEDITED_RSEQ) is unavailable ({e}), so no thread runs rseq sections (remote operations could not stop them)"
-            ),
-            RseqOff::GlibcFailedForThread => f.write_str(
-                "glibc did not register rseq for this thread (cpu_id = -2): the thread that created it had no rseq area",
-            ),
-            RseqOff::ForeignRegistration => f.write_str(
-                "an rseq area cpulocal cannot locate is registered for this thread (EINVAL): another library's, or a statically linked glibc's",
-            ),
-            RseqOff::ThreadExiting => f.write_str("the thread is exiting; cpulocal's own rseq area was unregistered"),
-            RseqOff::Disabled => f.write_str("CPULOCAL_NO_RSEQ is set: critical sections are off for this process"),
-            RseqOff::CannotPinLibrary => f.write_str(
-                "cpulocal is in a shared library that could not be marked RTLD_NODELETE, and sections need their code to stay mapped",
-            ),
         }
     }
 }

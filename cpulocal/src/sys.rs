@@ -413,6 +413,15 @@ mod static_glibc {
     }
 }
 
+/// Has `pthread_atfork` run `handler` in the child of every later `fork`
+/// (its only thread), which must do nothing but what is async-signal-safe:
+/// touch atomics and its own thread-locals.
+pub fn in_fork_children(handler: extern "C" fn()) {
+    // SAFETY: registering has no preconditions; the handler's duties are the
+    // caller's.
+    unsafe { libc::pthread_atfork(None, None, Some(handler)) };
+}
+
 /// Keeps the object that holds cpulocal's code loaded until the process
 /// exits, so that the critical-section descriptors and abort labels in it
 /// stay mapped: the kernel reads the descriptor a thread's `rseq_cs` points
@@ -554,6 +563,24 @@ pub fn parse_cpu_list_max(list: &str) -> Option<usize> {
         })
         .ok()
         .flatten()
+}
+
+#[cfg(test)]
+/// Restricts the calling thread to the CPU it runs on; false if refused.
+pub(crate) fn pin_to_current_cpu() -> bool {
+    // SAFETY: no preconditions.
+    let Ok(cpu) = usize::try_from(unsafe { libc::sched_getcpu() }) else {
+        return false;
+    };
+    // SAFETY: an all-zero cpu_set_t is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { core::mem::zeroed() };
+    if cpu >= 8 * core::mem::size_of::<libc::cpu_set_t>() {
+        return false;
+    }
+    // SAFETY: `cpu` is below the set's capacity (checked above).
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: `set` is a live cpu_set_t of the size given; 0 is this thread.
+    unsafe { libc::sched_setaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), &set) == 0 }
 }
 
 #[cfg(test)]

@@ -78,12 +78,9 @@ use core::mem::offset_of;
 use super::rseq::fenced_or_aborted;
 use super::Outcome;
 use crate::abi::{Rseq, RSEQ_SIG};
-use crate::domain::Order;
 use crate::fence::Fence;
+use crate::shape::Order;
 use crate::shape::Shape;
-
-/// This target has critical sections.
-pub(crate) const HAS_RSEQ: bool = true;
 
 /// A delay loop of `LOOPS[n]` iterations at injection point `n`.
 #[cfg(feature = "inject")]
@@ -476,19 +473,6 @@ pub(super) unsafe fn section_by<const MM_CID: bool>(
         }
     }
     Outcome::Committed
-}
-
-/// The thread pointer (`tpidr_el0`; glibc's rseq area is at an offset from
-/// it). Constant for the thread's lifetime, so the asm is declared `pure`
-/// and `nomem`: the compiler may read it once per function.
-#[inline(always)]
-pub(crate) fn thread_pointer() -> *mut u8 {
-    let tp: *mut u8;
-    // SAFETY: reading tpidr_el0 is always valid for a Linux aarch64 thread.
-    unsafe {
-        asm!("mrs {}, tpidr_el0", out(reg) tp, options(pure, nomem, nostack, preserves_flags))
-    };
-    tp
 }
 
 /// The aarch64 facts of a descriptor's section (the shared ones are checked

@@ -10,12 +10,9 @@
 
 use super::Outcome;
 use crate::abi::Rseq;
-use crate::domain::Order;
 use crate::fence::Fence;
+use crate::shape::Order;
 use crate::shape::Shape;
-
-/// This target has no critical sections.
-pub(crate) const HAS_RSEQ: bool = false;
 
 /// Never called: sections are only attempted with a registered area, which this
 /// engine never has.
@@ -32,9 +29,4 @@ pub(crate) unsafe fn section(
     _: Order,
 ) -> Outcome {
     Outcome::Aborted
-}
-
-/// Unused without sections; null.
-pub(crate) fn thread_pointer() -> *mut u8 {
-    core::ptr::null_mut()
 }

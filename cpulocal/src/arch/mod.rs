@@ -4,8 +4,6 @@
 //! this module picks that engine or the generic one, which has no sections, so
 //! that every operation takes the fenced path. Both export the same items:
 //!
-//! - `HAS_RSEQ`: whether sections exist;
-//! - `thread_pointer()`: the ABI thread pointer (glibc's area is at an offset);
 //! - `section()`, which runs any [`Shape`](crate::shape::Shape) as one
 //!   critical section and returns [`Outcome`]. The arch layer knows shapes
 //!   only, never a structure.
@@ -56,4 +54,3 @@ mod imp;
 
 #[cfg(not(cpulocal_rseq))]
 pub(crate) use imp::section;
-pub(crate) use imp::{thread_pointer, HAS_RSEQ};

@@ -43,8 +43,8 @@ use core::mem::offset_of;
 
 use super::{imp, Outcome};
 use crate::abi::Rseq;
-use crate::domain::Order;
 use crate::fence::Fence;
+use crate::shape::Order;
 use crate::shape::Shape;
 
 /// Runs `shape` as one critical section on the slot whose fence is `fence`,

@@ -55,12 +55,9 @@ use core::mem::offset_of;
 use super::rseq::fenced_or_aborted;
 use super::Outcome;
 use crate::abi::{Rseq, RSEQ_SIG};
-use crate::domain::Order;
 use crate::fence::Fence;
+use crate::shape::Order;
 use crate::shape::Shape;
-
-/// This target has critical sections.
-pub(crate) const HAS_RSEQ: bool = true;
 
 /// A delay loop of `LOOPS[n]` iterations at injection point `n`.
 #[cfg(feature = "inject")]
@@ -480,19 +477,6 @@ pub(super) unsafe fn section_by<const MM_CID: bool>(
         }
     }
     Outcome::Committed
-}
-
-/// The thread pointer (`fs:0` holds the TCB's own address on x86_64 Linux).
-/// Constant for the thread's lifetime, so the asm is declared `pure` and
-/// `nomem`: the compiler may read it once per function.
-#[inline(always)]
-pub(crate) fn thread_pointer() -> *mut u8 {
-    let tp: *mut u8;
-    // SAFETY: reading fs:0 is always valid for a Linux x86_64 thread.
-    unsafe {
-        asm!("mov {}, qword ptr fs:[0]", out(reg) tp, options(pure, nomem, nostack, preserves_flags))
-    };
-    tp
 }
 
 /// The x86_64 facts of a descriptor's section (the shared ones are checked
