@@ -110,6 +110,14 @@ typedef struct cpulocal_list_node {
 #define CPULOCAL_COMPARE_FAILED 1
 
 /**
+ * Critical-section attempts an operation makes before it takes the fenced
+ * path: an abort means the thread was preempted, migrated or signalled
+ * inside the section; several in a row mean it is being single-stepped or
+ * starved, and retrying further would only livelock.
+ */
+#define CPULOCAL_RSEQ_ATTEMPTS 8
+
+/**
  * The last store of an operation is a plain store.
  */
 #define CPULOCAL_ORDER_RELAXED 0

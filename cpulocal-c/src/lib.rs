@@ -60,6 +60,14 @@ pub const CPULOCAL_INDEX_MM_CID: c_int = 1;
 /// outcome, not an error. The caller reloads and decides.
 pub const CPULOCAL_COMPARE_FAILED: c_int = 1;
 
+/// Critical-section attempts an operation makes before it takes the fenced
+/// path: an abort means the thread was preempted, migrated or signalled
+/// inside the section; several in a row mean it is being single-stepped or
+/// starved, and retrying further would only livelock.
+pub const CPULOCAL_RSEQ_ATTEMPTS: c_uint = 8;
+
+const _: () = assert!(CPULOCAL_RSEQ_ATTEMPTS == cpulocal_rs::RSEQ_ATTEMPTS);
+
 /// The last store of an operation is a plain store.
 pub const CPULOCAL_ORDER_RELAXED: c_int = 0;
 
