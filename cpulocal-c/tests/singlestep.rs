@@ -11,7 +11,10 @@
 //! operation and `SIGUSR2` at the end; this test steps it from the first
 //! marker to the last, counting steps per operation, and calls an operation
 //! that takes more than [`STEP_BUDGET`] steps a livelock.
-#![cfg(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64")))]
+#![cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
 
 mod common;
 
@@ -43,7 +46,14 @@ enum End {
 fn ptrace(req: libc::c_uint, pid: libc::pid_t, data: usize) {
     // SAFETY: these requests (SETOPTIONS, SINGLESTEP, CONT, DETACH) take no
     // pointers: `addr` is ignored and `data` is an option mask or a signal.
-    let r = unsafe { libc::ptrace(req, pid, std::ptr::null_mut::<libc::c_void>(), data as *mut libc::c_void) };
+    let r = unsafe {
+        libc::ptrace(
+            req,
+            pid,
+            std::ptr::null_mut::<libc::c_void>(),
+            data as *mut libc::c_void,
+        )
+    };
     assert_ne!(r, -1, "ptrace({req}): {}", std::io::Error::last_os_error());
 }
 
@@ -95,17 +105,34 @@ impl Tracee {
         let (tx, lines) = mpsc::channel();
         let stderr = child.stderr.take().expect("piped");
         std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
                 if tx.send(line).is_err() {
                     break;
                 }
             }
         });
-        let line = lines.recv_timeout(Duration::from_secs(30)).expect("the child's thread id");
-        assert!(line.starts_with("CPULOCAL-SINGLESTEP-TID "), "unexpected first line: {line}");
+        let line = lines
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the child's thread id");
+        assert!(
+            line.starts_with("CPULOCAL-SINGLESTEP-TID "),
+            "unexpected first line: {line}"
+        );
         assert_eq!(wait_stop(pid), libc::SIGSTOP, "expected the start marker");
-        ptrace(libc::PTRACE_SETOPTIONS, pid, libc::PTRACE_O_EXITKILL as usize);
-        Tracee { child, pid, lines, done: false }
+        ptrace(
+            libc::PTRACE_SETOPTIONS,
+            pid,
+            libc::PTRACE_O_EXITKILL as usize,
+        );
+        Tracee {
+            child,
+            pid,
+            lines,
+            done: false,
+        }
     }
 
     /// Steps to the end marker, suppressing every signal.
@@ -126,7 +153,10 @@ impl Tracee {
             if steps > STEP_BUDGET {
                 return End::Livelock(steps);
             }
-            assert!(started.elapsed() < TIMEOUT, "stepping took longer than {TIMEOUT:?}");
+            assert!(
+                started.elapsed() < TIMEOUT,
+                "stepping took longer than {TIMEOUT:?}"
+            );
         }
     }
 
@@ -146,7 +176,12 @@ impl Tracee {
         ptrace(libc::PTRACE_DETACH, self.pid, 0);
         let mut stdout = String::new();
         use std::io::Read;
-        let _ = self.child.stdout.take().expect("piped").read_to_string(&mut stdout);
+        let _ = self
+            .child
+            .stdout
+            .take()
+            .expect("piped")
+            .read_to_string(&mut stdout);
         let status = self.child.wait().expect("waiting for the child");
         self.done = true;
         let stderr = self.lines.try_iter().collect();
@@ -174,7 +209,11 @@ fn singlestepped_c_calls_complete() {
     let output = format!("stdout:\n{stdout}\nstderr:\n{}", stderr.join("\n"));
     println!("{output}");
     assert!(status.success(), "the child failed ({status}):\n{output}");
-    assert_eq!(segments.len(), BASELINE + OPS + 1, "markers out of step: {segments:?}");
+    assert_eq!(
+        segments.len(),
+        BASELINE + OPS + 1,
+        "markers out of step: {segments:?}"
+    );
     let marker = *segments[..BASELINE].iter().min().expect("baseline");
     let mut net: Vec<u64> = segments[BASELINE..BASELINE + OPS]
         .iter()

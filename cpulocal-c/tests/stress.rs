@@ -23,13 +23,7 @@ fn stress_from_c_is_exact() {
     cmd.args([threads.to_string(), "300000".into()]);
     let ran = run(cmd, Duration::from_secs(300));
     ran.assert_success();
-    for line in [
-        "counter: added ",
-        "list: ",
-        "buffer: ",
-        "lock: ",
-        "ring: ",
-    ] {
+    for line in ["counter: added ", "list: ", "buffer: ", "lock: ", "ring: "] {
         let found = ran
             .stdout
             .lines()

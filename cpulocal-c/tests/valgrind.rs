@@ -40,7 +40,8 @@ fn memcheck(exe: &std::path::Path, args: &[&str]) -> Ran {
     );
     ran.assert_success();
     assert!(
-        ran.stderr.contains("ERROR SUMMARY: 0 errors from 0 contexts"),
+        ran.stderr
+            .contains("ERROR SUMMARY: 0 errors from 0 contexts"),
         "no clean memcheck summary\n{}",
         ran.dump()
     );
