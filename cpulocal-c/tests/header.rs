@@ -149,3 +149,52 @@ fn promised_signatures() {
         );
     }
 }
+
+/// Every function's reference says whether it is async-signal-safe, and
+/// every function that takes a pointer says what NULL does.
+#[test]
+fn every_function_documents_signal_safety_and_null() {
+    let header = generated();
+    let mut comment = String::new();
+    let mut in_comment = false;
+    let mut functions = 0;
+    for line in header.lines() {
+        if line.starts_with("/**") {
+            in_comment = true;
+            comment.clear();
+        }
+        if in_comment {
+            comment.push_str(line);
+            comment.push('\n');
+            if line.trim_end().ends_with("*/") {
+                in_comment = false;
+            }
+            continue;
+        }
+        let declaration = !line.starts_with([' ', '#', '}', '/', '*'])
+            && !line.starts_with("typedef")
+            && !line.starts_with("extern")
+            && line.contains("cpulocal_")
+            && line.contains('(');
+        if declaration {
+            functions += 1;
+            let name = line[..line.find('(').unwrap_or(0)]
+                .rsplit([' ', '*'])
+                .next()
+                .unwrap_or(line);
+            assert!(
+                comment.contains("Async-signal-safe: yes")
+                    || comment.contains("Async-signal-safe: no"),
+                "{name} does not say whether it is async-signal-safe:\n{comment}"
+            );
+            let params = &line[line.find('(').unwrap_or(0)..];
+            if params.contains('*') || line.contains("cpulocal_engine") {
+                assert!(
+                    comment.contains("NULL"),
+                    "{name} does not say what NULL does:\n{comment}"
+                );
+            }
+        }
+    }
+    assert!(functions >= 78, "only {functions} functions found");
+}
