@@ -186,8 +186,9 @@ static int child_bare(void)
 	pin_to_first_allowed_cpu();
 	struct rseq_add_area *rs = rseq_add_area();
 	if (rs == NULL) {
-		printf("bare: glibc did not register rseq\n");
-		return 3;
+		/* Nothing to contrast with: the parent skips the test. */
+		fprintf(stderr, "CPULOCAL-SINGLESTEP-NO-RSEQ glibc did not register rseq\n");
+		return 0;
 	}
 	unsigned ncpus = cpulocal_possible_cpus();
 	int64_t *slots = calloc(ncpus, sizeof *slots);
