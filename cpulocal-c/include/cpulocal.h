@@ -341,7 +341,9 @@ typedef struct {
  * A held slot of a `cpulocal_lock`, in the caller's memory (a local
  * variable, typically). Filled by the `_acquire` functions, emptied by
  * `cpulocal_lock_release`. Only the thread that acquired it may release it,
- * and it must be released before the lock is freed.
+ * and it must be released before the lock is freed. Release the guard the
+ * `_acquire` call filled, not a copy of it (a copy released as well would
+ * unlock the slot under its next holder).
  */
 typedef struct {
     /**
@@ -423,7 +425,8 @@ typedef struct {
  * typically): filled by `cpulocal_ring_reserve`, emptied by
  * `cpulocal_ring_commit` or `cpulocal_ring_discard`. It may be committed
  * from any thread, on any CPU, but must be committed or discarded before
- * the ring is freed. A reservation held for ever keeps its sub-buffer, and
+ * the ring is freed, once: commit the reservation `cpulocal_ring_reserve`
+ * filled (or a copy of it), never both. A reservation held for ever keeps its sub-buffer, and
  * those after it on that CPU, from the consumer.
  */
 typedef struct {

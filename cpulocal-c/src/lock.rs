@@ -66,7 +66,9 @@ pub struct cpulocal_lock {
 /// A held slot of a `cpulocal_lock`, in the caller's memory (a local
 /// variable, typically). Filled by the `_acquire` functions, emptied by
 /// `cpulocal_lock_release`. Only the thread that acquired it may release it,
-/// and it must be released before the lock is freed.
+/// and it must be released before the lock is freed. Release the guard the
+/// `_acquire` call filled, not a copy of it (a copy released as well would
+/// unlock the slot under its next holder).
 #[repr(C)]
 #[derive(Debug)]
 pub struct cpulocal_lock_guard {

@@ -54,7 +54,8 @@ pub struct cpulocal_ring {
 /// typically): filled by `cpulocal_ring_reserve`, emptied by
 /// `cpulocal_ring_commit` or `cpulocal_ring_discard`. It may be committed
 /// from any thread, on any CPU, but must be committed or discarded before
-/// the ring is freed. A reservation held for ever keeps its sub-buffer, and
+/// the ring is freed, once: commit the reservation `cpulocal_ring_reserve`
+/// filled (or a copy of it), never both. A reservation held for ever keeps its sub-buffer, and
 /// those after it on that CPU, from the consumer.
 #[repr(C)]
 #[derive(Debug)]
