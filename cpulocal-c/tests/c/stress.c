@@ -185,6 +185,18 @@ static void *work(void *arg)
 			w->failed = 1;
 		}
 	}
+	/* Stay (yielding, so signals can land) until some handler has run: a
+	 * short run, or valgrind's one-thread-at-a-time scheduling, could
+	 * otherwise end before the signal thread is first scheduled. Bounded:
+	 * after 30 s the final check reports that no handler ran. */
+	struct timespec t0, now;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	while (atomic_load(&handler_adds) == 0) {
+		sched_yield();
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		if (now.tv_sec - t0.tv_sec > 30)
+			break;
+	}
 	atomic_fetch_add(&finished, 1);
 	return NULL;
 }
