@@ -3,8 +3,8 @@
 
 use core::mem::offset_of;
 
-use crate::abi::Rseq;
-use crate::sys;
+use crate::rseq::abi::Rseq;
+use crate::rseq::sys;
 
 /// How a per-CPU structure numbers its slots, chosen at construction.
 ///

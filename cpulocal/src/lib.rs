@@ -110,61 +110,49 @@
 #[cfg(not(target_os = "linux"))]
 compile_error!("cpulocal runs on Linux only: it is built on the rseq and membarrier system calls");
 
-mod abi;
-mod arch;
-mod buffer;
-mod counter;
-mod domain;
-mod engine;
 mod error;
-mod fence;
+mod fenced;
 mod index;
 #[cfg(feature = "inject")]
 pub mod inject;
-mod list;
-mod lock;
-mod memcpy_buffer;
-pub mod opv;
-mod percpu;
-mod ring;
+mod rseq;
 mod shape;
-#[cfg(test)]
-mod shape_tests;
-mod slice;
-mod slots;
 mod stats;
 mod status;
+mod structures;
 mod switches;
-mod sys;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use buffer::{PerCpuBuffer, Word};
+pub use fenced::opv;
+
 /// The `bytemuck` crate, whose [`Pod`] bound [`PerCpu::run_ops`] puts on a
 /// slot's type: re-exported, so that implementing it for your own types
 /// needs no dependency of your own.
 pub use bytemuck;
+use rseq::{abi, registration, sys};
+pub use structures::buffer::{PerCpuBuffer, Word};
 // Plain data whose bytes operation vectors may rewrite (see
 // `PerCpu::run_ops`), re-exported from bytemuck.
 pub use bytemuck::{Pod, Zeroable};
-pub use counter::PerCpuCounter;
-pub use domain::Domain;
-pub use engine::{Registration, RseqOff};
 pub use error::{Error, PushError};
-pub use fence::SPINS_BEFORE_SLEEP;
+pub use fenced::fence::SPINS_BEFORE_SLEEP;
 pub use index::Index;
-pub use list::{Node, PerCpuList};
-pub use lock::{PerCpuLock, PerCpuLockGuard};
-pub use memcpy_buffer::PerCpuMemcpyBuffer;
-pub use percpu::{PerCpu, SlotGuard};
-pub use ring::{
-    PerCpuRing, ReadSummary, Record, Reservation, RingConfig, RingError, RingMode, Stuck,
-};
+pub use rseq::registration::{Registration, RseqOff};
+pub use rseq::slice::SliceExtension;
+pub use rseq::sys::Errno;
 pub use shape::{CompareFailed, Order};
-pub use slice::SliceExtension;
 pub use stats::PathStats;
 pub use status::{Engine, Status};
-pub use sys::Errno;
+pub use structures::counter::PerCpuCounter;
+pub use structures::domain::Domain;
+pub use structures::list::{Node, PerCpuList};
+pub use structures::lock::{PerCpuLock, PerCpuLockGuard};
+pub use structures::memcpy_buffer::PerCpuMemcpyBuffer;
+pub use structures::percpu::{PerCpu, SlotGuard};
+pub use structures::ring::{
+    PerCpuRing, ReadSummary, Record, Reservation, RingConfig, RingError, RingMode, Stuck,
+};
 
 /// Critical-section attempts an operation makes before it takes the fenced
 /// path. An abort means the thread was preempted, migrated or signalled inside
@@ -197,8 +185,8 @@ pub fn status() -> Status {
 /// assert!(cpulocal::cpu_start() < cpulocal::possible_cpus());
 /// ```
 pub fn cpu_start() -> usize {
-    engine::ensure_thread();
-    engine::cpu_start()
+    registration::ensure_thread();
+    registration::cpu_start()
 }
 
 /// The CPU the caller runs on: rseq's `cpu_id`, or `sched_getcpu()`.
@@ -209,8 +197,8 @@ pub fn cpu_start() -> usize {
 /// assert!(cpulocal::current_cpu() < cpulocal::possible_cpus());
 /// ```
 pub fn current_cpu() -> usize {
-    engine::ensure_thread();
-    engine::current_cpu()
+    registration::ensure_thread();
+    registration::current_cpu()
 }
 
 /// The number of possible CPUs: one past the highest id in
@@ -251,8 +239,8 @@ pub fn possible_nodes() -> usize {
 /// assert!(node < cpulocal::possible_nodes());
 /// ```
 pub fn current_node() -> usize {
-    engine::ensure_thread();
-    engine::current_node()
+    registration::ensure_thread();
+    registration::current_node()
 }
 
 /// The NUMA node of the current CPU, from rseq's `node_id`; None where this
@@ -268,7 +256,7 @@ pub fn current_node() -> usize {
 /// }
 /// ```
 pub fn node_id() -> Option<usize> {
-    engine::area_u32(core::mem::offset_of!(abi::Rseq, node_id))
+    registration::area_u32(core::mem::offset_of!(abi::Rseq, node_id))
 }
 
 /// The thread's concurrency id, from rseq's `mm_cid`: a small number, unique
@@ -284,5 +272,5 @@ pub fn node_id() -> Option<usize> {
 /// }
 /// ```
 pub fn mm_cid() -> Option<usize> {
-    engine::area_u32(core::mem::offset_of!(abi::Rseq, mm_cid))
+    registration::area_u32(core::mem::offset_of!(abi::Rseq, mm_cid))
 }

@@ -2,10 +2,10 @@
 
 use core::fmt;
 
-use crate::abi;
-use crate::engine::{self, Registration, RseqOff};
-use crate::slice::{self, SliceExtension};
-use crate::sys::{self, Errno};
+use crate::rseq::abi;
+use crate::rseq::registration::{self, Registration, RseqOff};
+use crate::rseq::slice::{self, SliceExtension};
+use crate::rseq::sys::{self, Errno};
 
 /// Which engine runs operations on the calling thread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,8 +91,8 @@ pub struct Status {
 
 impl Status {
     pub(crate) fn current() -> Status {
-        let (registration, fenced_because) = engine::thread_state();
-        let p = engine::process();
+        let (registration, fenced_because) = registration::thread_state();
+        let p = registration::process();
         let engine = match fenced_because {
             None => Engine::Rseq,
             Some(_) => Engine::Fenced {
@@ -100,7 +100,7 @@ impl Status {
             },
         };
         let rseq_area_len = match registration {
-            Registration::Cpulocal => Some(engine::own_len()),
+            Registration::Cpulocal => Some(registration::own_len()),
             Registration::Glibc => p.glibc.and_then(|g| match g.size {
                 // such a glibc registers the original 32 bytes
                 20 | 32 => Some(32),
@@ -116,23 +116,25 @@ impl Status {
             engine,
             fenced_because,
             feature_size: p.feature_size,
-            node_id_valid: engine::area_u32(core::mem::offset_of!(abi::Rseq, node_id)).is_some(),
-            mm_cid_valid: engine::area_u32(core::mem::offset_of!(abi::Rseq, mm_cid)).is_some(),
-            mm_cid_indexing: engine::mm_cid_indexing(),
+            node_id_valid: registration::area_u32(core::mem::offset_of!(abi::Rseq, node_id))
+                .is_some(),
+            mm_cid_valid: registration::area_u32(core::mem::offset_of!(abi::Rseq, mm_cid))
+                .is_some(),
+            mm_cid_indexing: registration::mm_cid_indexing(),
             membarrier_rseq: p.membarrier,
             glibc_rseq_size: p.glibc.map(|g| g.size),
             rseq_area_len,
             slice_extension: slice::state(
                 fenced_because
                     .is_none()
-                    .then(|| engine::area().cast_const()),
+                    .then(|| registration::area().cast_const()),
                 rseq_area_len,
             ),
             slice_extensions_granted: granted,
             slice_extensions_yielded: yielded,
             possible_cpus: sys::possible_cpus(),
             possible_nodes: sys::possible_nodes(),
-            cpu: engine::current_cpu(),
+            cpu: registration::current_cpu(),
         }
     }
 }

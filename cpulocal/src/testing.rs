@@ -11,5 +11,5 @@ pub use crate::switches::on::{
 /// unregistered it, both are [`POISON`] until something writes them,
 /// which only the kernel would, were the area still registered.
 pub fn own_area_cpu_ids() -> (u32, u32) {
-    crate::engine::own_area_cpu_ids()
+    crate::rseq::registration::own_area_cpu_ids()
 }

@@ -9,8 +9,8 @@
 #![allow(unsafe_code)]
 
 use super::Outcome;
-use crate::abi::Rseq;
-use crate::fence::Fence;
+use crate::fenced::fence::Fence;
+use crate::rseq::abi::Rseq;
 use crate::shape::Order;
 use crate::shape::Shape;
 

@@ -35,19 +35,23 @@ use core::ptr::NonNull;
 
 use crossbeam_utils::CachePadded;
 
-use crate::abi::{self, Rseq};
-use crate::arch::{self, Outcome};
-use crate::fence::{self, Fence, HeldByCaller};
+use crate::fenced::fence::{self, Fence, HeldByCaller};
+use crate::rseq::abi::{self, Rseq};
+use crate::rseq::arch::{self, Outcome};
+use crate::rseq::registration;
 use crate::shape::Shape;
 use crate::shape::{CompareFailed, Order};
 use crate::stats::{PathStats, Stats};
-use crate::{engine, switches, Error, Index, RSEQ_ATTEMPTS};
+use crate::switches;
+use crate::Error;
+use crate::Index;
+use crate::RSEQ_ATTEMPTS;
 
 /// One slot: its fence word, then the structure's data, in one padded line
 /// (more if `D` is larger).
 #[repr(C)]
 pub(crate) struct Slot<D> {
-    /// The slot's fence ([`crate::fence`]): sections check it, the fenced
+    /// The slot's fence ([`crate::fenced::fence`]): sections check it, the fenced
     /// path holds it.
     pub(crate) fence: Fence,
     /// The structure's data for this slot.
@@ -125,9 +129,9 @@ impl<D> Slots<D> {
         by: Index,
         mut make: impl FnMut(usize) -> Result<D, E>,
     ) -> Result<Self, E> {
-        engine::process();
+        registration::process();
         fence::watch_forks();
-        let by = engine::effective(by);
+        let by = registration::effective(by);
         let slots = (0..by.slots())
             .map(|i| {
                 Ok(CachePadded::new(Slot {
@@ -217,14 +221,14 @@ impl<D> Slots<D> {
     /// cold path sets it up or picks `sched_getcpu()`'s slot.
     #[inline(always)]
     pub(crate) fn here(&self) -> At<'_, D> {
-        let area = engine::area();
-        let index = engine::index_in(area, self.offset) as usize;
+        let area = registration::area();
+        let index = registration::index_in(area, self.offset) as usize;
         if index < self.inline {
             At {
                 // SAFETY: `inline` is at most the number of slots.
                 slot: unsafe { self.slots.get_unchecked(index) },
                 index,
-                // SAFETY: `engine::area` never returns null (it points to a
+                // SAFETY: `registration::area` never returns null (it points to a
                 // live area, a dummy one at least).
                 area: Some(unsafe { NonNull::new_unchecked(area) }),
             }
@@ -254,18 +258,21 @@ impl<D> Slots<D> {
     #[cold]
     #[inline(never)]
     fn elsewhere(&self) -> (usize, *mut Rseq) {
-        if engine::cpu_id(engine::area()) == abi::CPU_ID_UNINITIALIZED {
-            engine::ensure_thread();
+        if registration::cpu_id(registration::area()) == abi::CPU_ID_UNINITIALIZED {
+            registration::ensure_thread();
         }
         if !self.by.has_sections() {
-            return (engine::current_node() % self.len(), core::ptr::null_mut());
+            return (
+                registration::current_node() % self.len(),
+                core::ptr::null_mut(),
+            );
         }
-        let area = engine::area();
-        let index = engine::valid_index_in(area, self.offset) as usize;
+        let area = registration::area();
+        let index = registration::valid_index_in(area, self.offset) as usize;
         if index < self.len() {
             (index, area)
         } else {
-            (engine::current_cpu() % self.len(), area)
+            (registration::current_cpu() % self.len(), area)
         }
     }
 
@@ -290,9 +297,9 @@ impl<D> Slots<D> {
     #[inline(always)]
     pub(crate) fn on_inline(&self, index: usize) -> Option<At<'_, D>> {
         let slot = self.get(index)?;
-        let area = engine::area();
-        let here =
-            index < self.inline && engine::valid_index_in(area, self.offset) as usize == index;
+        let area = registration::area();
+        let here = index < self.inline
+            && registration::valid_index_in(area, self.offset) as usize == index;
         Some(At {
             slot,
             index,
@@ -537,13 +544,13 @@ pub(crate) unsafe fn zeroed_slice<T>(n: usize) -> Result<Box<[T]>, Error> {
 /// shape's commit word counted from it.
 #[inline(always)]
 pub(crate) fn fence_to_check<'a>(
-    fence: &'a crate::fence::Fence,
+    fence: &'a crate::fenced::fence::Fence,
     index: usize,
     shape: crate::shape::Shape,
-    spare: &'a mut Option<crate::fence::Fence>,
-) -> (&'a crate::fence::Fence, crate::shape::Shape) {
+    spare: &'a mut Option<crate::fenced::fence::Fence>,
+) -> (&'a crate::fenced::fence::Fence, crate::shape::Shape) {
     if switches::skip_fence_check() {
-        let spare = spare.insert(crate::fence::Fence::new(index));
+        let spare = spare.insert(crate::fenced::fence::Fence::new(index));
         (spare, shape.rebased(fence, spare))
     } else {
         (fence, shape)
@@ -559,7 +566,7 @@ pub(crate) fn fence_to_check<'a>(
 /// thread has moved, `follow(new index)` gives the shape and fence for the
 /// new slot, and the attempts go on there. Counts slow-path events in
 /// `stats`. The one slow path of every shape, entered from
-/// [`Slots::perform`](crate::slots::Slots::perform).
+/// [`Slots::perform`](crate::shape::driver::Slots::perform).
 ///
 /// # Safety
 ///
@@ -580,14 +587,16 @@ unsafe fn slow<'a>(
     let offset = by.field_offset();
     // A first section run on the area of a thread without rseq was turned
     // away by its check, not aborted by the kernel: it is not counted.
-    let turned_away = (engine::cpu_id(engine::area()) as i32) < 0;
+    let turned_away = (registration::cpu_id(registration::area()) as i32) < 0;
     let mut aborts = u64::from(first == Some(Outcome::Aborted) && !turned_away);
     let mut fenced = first == Some(Outcome::Fenced);
     while !fenced && aborts < u64::from(RSEQ_ATTEMPTS) {
-        let area = engine::area();
-        let here = engine::valid_index_in(area, offset) as usize;
+        let area = registration::area();
+        let here = registration::valid_index_in(area, offset) as usize;
         if here != index {
-            if engine::cpu_id(area) == crate::abi::CPU_ID_UNINITIALIZED && engine::ensure_thread() {
+            if registration::cpu_id(area) == crate::rseq::abi::CPU_ID_UNINITIALIZED
+                && registration::ensure_thread()
+            {
                 continue; // first operation of this thread: sections now run
             }
             // The thread moved: an operation on "this CPU's slot" follows

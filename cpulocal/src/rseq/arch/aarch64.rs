@@ -37,7 +37,7 @@
 //!
 //! # Memory ordering on a weakly ordered CPU
 //!
-//! The fence protocol (see [`crate::fence`]) needs three orderings. On x86_64
+//! The fence protocol (see [`crate::fenced::fence`]) needs three orderings. On x86_64
 //! all three come free with TSO; here they are:
 //!
 //! 1. *A section that starts after the fencer's membarrier sees the fence
@@ -77,8 +77,8 @@ use core::mem::offset_of;
 
 use super::rseq::fenced_or_aborted;
 use super::Outcome;
-use crate::abi::{Rseq, RSEQ_SIG};
-use crate::fence::Fence;
+use crate::fenced::fence::Fence;
+use crate::rseq::abi::{Rseq, RSEQ_SIG};
 use crate::shape::Order;
 use crate::shape::Shape;
 
@@ -479,7 +479,7 @@ pub(super) unsafe fn section_by<const MM_CID: bool>(
 /// by the caller): its length, the arming store just before it, the branch
 /// at `abort_ip`, and the check first and the commit last in its code.
 #[cfg(test)]
-pub(super) fn check_descriptor(cs: &crate::abi::RseqCs) {
+pub(super) fn check_descriptor(cs: &crate::rseq::abi::RseqCs) {
     let insn = |at: u64| {
         // SAFETY: an instruction of this binary's code, 4-byte aligned,
         // mapped r-x.

@@ -46,12 +46,16 @@ use core::ops::{Deref, DerefMut};
 use core::ptr::NonNull;
 use core::sync::atomic::{self, AtomicUsize, Ordering};
 
+use crate::fenced::fence;
+use crate::rseq::abi;
+use crate::rseq::registration;
+use crate::rseq::slice;
+use crate::shape::driver::{At, Follow, Slot, Slots};
 use crate::shape::Order;
 use crate::shape::Shape;
-use crate::slots::{At, Follow, Slot, Slots};
 use crate::stats::PathStats;
-use crate::{abi, engine, fence, slice};
-use crate::{Error, Index};
+use crate::Error;
+use crate::Index;
 
 /// Times a waiter re-reads a held lock word, with a spin-loop hint between
 /// reads, before it starts yielding its CPU (`sched_yield`) between reads.
@@ -510,7 +514,7 @@ impl<'a, T> PerCpuLockGuard<'a, T> {
     fn new(at: At<'a, Locked<T>>) -> Self {
         PerCpuLockGuard {
             locked: NonNull::from(&at.slot.data),
-            held: slice::Tagged::new(at.index, slice::request(engine::area)),
+            held: slice::Tagged::new(at.index, slice::request(registration::area)),
             _borrows: PhantomData,
         }
     }
@@ -559,7 +563,7 @@ impl<T> Drop for PerCpuLockGuard<'_, T> {
         // next holder's (module docs).
         self.locked().word.store(FREE, Ordering::Release);
         // Then gives the CPU back if the kernel deferred a preemption.
-        self.held.request().end(engine::area);
+        self.held.request().end(registration::area);
     }
 }
 

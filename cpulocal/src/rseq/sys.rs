@@ -2,7 +2,7 @@
 //! signal masks, CPU numbers, and glibc's published rseq variables.
 //!
 //! Every function here is a thin wrapper that returns the kernel's answer as a
-//! `Result<_, Errno>`; policy lives in [`crate::engine`].
+//! `Result<_, Errno>`; policy lives in [`crate::rseq::registration`].
 //!
 //! # Safety
 //!
@@ -16,7 +16,7 @@ use core::ffi::CStr;
 use core::sync::atomic::AtomicU32;
 use std::sync::OnceLock;
 
-use crate::abi::{self, membarrier, Rseq};
+use crate::rseq::abi::{self, membarrier, Rseq};
 
 /// An `errno` value returned by the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -38,11 +38,13 @@ use core::fmt;
 use core::mem::{size_of, MaybeUninit};
 use core::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::shape::driver::{zeroed_slice, At, Follow, Slot, Slots};
 use crate::shape::Order;
 use crate::shape::Shape;
-use crate::slots::{zeroed_slice, At, Follow, Slot, Slots};
 use crate::stats::PathStats;
-use crate::{Error, Index, PushError};
+use crate::Error;
+use crate::Index;
+use crate::PushError;
 
 /// One CPU's count and entries (the entries out of line).
 struct Stack<T> {

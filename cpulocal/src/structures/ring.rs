@@ -157,12 +157,13 @@ use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
 
-use crate::fence::Fence;
+use crate::fenced::fence::Fence;
+use crate::shape::driver::{zeroed_slice, At, Follow, Slot, Slots};
 use crate::shape::Order;
 use crate::shape::Shape;
-use crate::slots::{zeroed_slice, At, Follow, Slot, Slots};
 use crate::stats::PathStats;
-use crate::{Error, Index};
+use crate::Error;
+use crate::Index;
 
 /// Header flag: the record is complete (or dropped, or padding).
 const COMMITTED: usize = 1 << (usize::BITS - 1);
@@ -1617,7 +1618,7 @@ mod tests {
     #[test]
     fn overwrite_refuses_when_this_thread_holds_the_release_lock() {
         std::thread::spawn(|| {
-            assert!(crate::sys::pin_to_current_cpu());
+            assert!(crate::rseq::sys::pin_to_current_cpu());
             let config = RingConfig::new()
                 .sub_buffer_size(64)
                 .sub_buffers(2)
@@ -1664,7 +1665,7 @@ mod walk_tests {
             let mode = if overwrite { RingMode::Overwrite } else { RingMode::Discard };
             let config = RingConfig::new().sub_buffer_size(256).sub_buffers(4).mode(mode);
             let (expected, delivered, summary_records, lost, overwritten) = std::thread::spawn(move || {
-                assert!(crate::sys::pin_to_current_cpu());
+                assert!(crate::rseq::sys::pin_to_current_cpu());
                 let ring = PerCpuRing::with_config(config).unwrap();
                 let mut expected = Vec::new();
                 for (i, &(len, dropped, repeat)) in records.iter().enumerate() {

@@ -56,11 +56,13 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use crate::shape::driver::{drop_all, zeroed_slice, At, Follow, Slot, Slots};
 use crate::shape::Order;
 use crate::shape::Shape;
-use crate::slots::{drop_all, zeroed_slice, At, Follow, Slot, Slots};
 use crate::stats::PathStats;
-use crate::{Error, Index, PushError};
+use crate::Error;
+use crate::Index;
+use crate::PushError;
 
 /// A value that is one machine word, which [`PerCpuBuffer`] stores as it is:
 /// owning or shared pointers ([`Box<T>`], [`Arc<T>`]), pointers without

@@ -2,12 +2,12 @@
 //!
 //! [`Shape`] names an operation and its operands. [`Shape::apply`] is its
 //! meaning, as ordinary code: the fenced engine runs exactly that, with the
-//! slot's fence held. The rseq engine (`crate::arch`) runs the same
-//! operation as one restartable sequence (on x86_64: `arch/x86_64.rs`, one
-//! asm block per shape); the differential tests (`shape_tests.rs`) hold the
+//! slot's fence held. The rseq engine (`crate::rseq::arch`) runs the same
+//! operation as one restartable sequence (on x86_64: `rseq/arch/x86_64.rs`, one
+//! asm block per shape); the differential tests (`shape/tests.rs`) hold the
 //! two to each other on random inputs, in both orders and both index modes.
 //! Which engine runs an operation, and when, is the driver's business
-//! (`crate::slots`): this module only says what an operation means.
+//! (`crate::shape::driver`): this module only says what an operation means.
 //!
 //! # Safety
 //!
@@ -17,9 +17,13 @@
 //! the membarrier) they are the fence holder's alone.
 #![allow(unsafe_code)]
 
+pub(crate) mod driver;
+#[cfg(test)]
+mod tests;
+
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::fence::Fence;
+use crate::fenced::fence::Fence;
 
 /// Whether an operation's final store publishes the stores before it.
 ///
@@ -263,7 +267,7 @@ impl Shape {
     /// an add as a fetch-and-add, a compare-and-store as a compare-and-swap
     /// (the final store's ordering as `order` says); None for the others.
     /// For node slots, which several CPUs update at once (see
-    /// [`Slots::node_atomics`](crate::slots::Slots::node_atomics)).
+    /// [`Slots::node_atomics`](crate::shape::driver::Slots::node_atomics)).
     ///
     /// # Safety
     ///

@@ -42,8 +42,8 @@ macro_rules! inject_point {
 use core::mem::offset_of;
 
 use super::{imp, Outcome};
-use crate::abi::Rseq;
-use crate::fence::Fence;
+use crate::fenced::fence::Fence;
+use crate::rseq::abi::Rseq;
 use crate::shape::Order;
 use crate::shape::Shape;
 
@@ -98,8 +98,8 @@ pub(super) fn fenced_or_aborted(fence: *const Fence) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::abi::RseqCs;
-    use crate::fence::HELD;
+    use crate::fenced::fence::HELD;
+    use crate::rseq::abi::RseqCs;
     use core::sync::atomic::{AtomicUsize, Ordering};
 
     /// A counter's slot as the tests drive it: a fence word, then a value.
@@ -209,7 +209,7 @@ mod tests {
         let committed = unsafe { add(&mut *area, mm_cid, &slot, 1) };
         assert_eq!(committed, Outcome::Committed);
         // Unregistered under us: `mm_cid` still reads 0, `cpu_id` is -1.
-        area.cpu_id = crate::abi::CPU_ID_UNINITIALIZED;
+        area.cpu_id = crate::rseq::abi::CPU_ID_UNINITIALIZED;
         // SAFETY: as above.
         let refused = unsafe { add(&mut *area, mm_cid, &slot, 1) };
         assert_eq!(refused, Outcome::Aborted);
@@ -260,7 +260,7 @@ mod tests {
             let signature = unsafe { ((cs.abort_ip - 4) as *const u32).read_unaligned() };
             assert_eq!(
                 signature,
-                crate::abi::RSEQ_SIG,
+                crate::rseq::abi::RSEQ_SIG,
                 "the signature must precede abort_ip"
             );
             imp::check_descriptor(cs);

@@ -22,7 +22,7 @@
 //! sections themselves: the check's load of F is an acquire, paired with
 //! step 4's store-release, so that a section that finds F free again reads
 //! what step 3 wrote. The membarrier's full barriers, on the fencer's CPU and
-//! on the slot's, give the rest; `arch/aarch64.rs` has the whole argument.
+//! on the slot's, give the rest; `rseq/arch/aarch64.rs` has the whole argument.
 //!
 //! # Encoding
 //!
@@ -62,7 +62,10 @@
 use core::cell::Cell;
 use core::sync::atomic::{AtomicU32, Ordering};
 
-use crate::{engine, slice, sys, Index};
+use crate::rseq::registration;
+use crate::rseq::slice;
+use crate::rseq::sys;
+use crate::Index;
 
 /// Spins on a held fence before sleeping. A holder's work is a few hundred
 /// nanoseconds (a membarrier and one operation), so a short spin usually wins;
@@ -284,7 +287,7 @@ impl Fence {
         Ok(self.try_acquire(index, holder_id())?.then(|| Held {
             fence: self,
             index,
-            slice: slice::request(engine::area),
+            slice: slice::request(registration::area),
         }))
     }
 
@@ -296,7 +299,7 @@ impl Fence {
         Ok(Held {
             fence: self,
             index,
-            slice: slice::request(engine::area),
+            slice: slice::request(registration::area),
         })
     }
 
@@ -314,7 +317,7 @@ impl Fence {
 /// every CPU for [`Index::MmCid`] (membarrier cannot target a concurrency id);
 /// none for [`Index::Node`], whose slots no section touches.
 pub(crate) fn barrier(index: usize, by: Index) {
-    if !engine::sections_possible() || crate::switches::skip_membarrier() {
+    if !registration::sections_possible() || crate::switches::skip_membarrier() {
         return;
     }
     let targeted = match by {
@@ -386,7 +389,7 @@ impl Held<'_> {
 impl Drop for Held<'_> {
     fn drop(&mut self) {
         self.fence.release(self.index);
-        self.slice.end(engine::area);
+        self.slice.end(registration::area);
     }
 }
 

@@ -4,9 +4,9 @@
 
 use core::fmt;
 
-use crate::fence::Fence;
+use crate::fenced::fence::Fence;
+use crate::shape::driver::{Follow, Slots};
 use crate::shape::{CompareFailed, Order, Shape};
-use crate::slots::{Follow, Slots};
 use crate::stats::PathStats;
 use crate::Index;
 

@@ -12,9 +12,10 @@
 use core::fmt;
 use core::sync::atomic::{AtomicI64, Ordering};
 
-use crate::slots::{At, Follow, Slots};
+use crate::shape::driver::{At, Follow, Slots};
 use crate::stats::PathStats;
-use crate::{Error, Index};
+use crate::Error;
+use crate::Index;
 
 /// A counter split into one cache line per CPU: adding is a restartable
 /// sequence on the current CPU's slot (about as cheap as a non-atomic add),
@@ -151,7 +152,9 @@ impl PerCpuCounter {
     #[inline(always)]
     #[cfg(target_pointer_width = "64")]
     fn add_at(&self, at: At<'_, AtomicI64>, follow: Follow, n: i64) {
-        use crate::{shape::Order, shape::Shape, slots::Slot};
+        use crate::shape::driver::Slot;
+        use crate::shape::Order;
+        use crate::shape::Shape;
         let shape = move |slot: &Slot<AtomicI64>| Shape::AddStore {
             vo: Shape::offset(&slot.fence, slot.data.as_ptr().cast()),
             count: n as usize,

@@ -53,8 +53,8 @@ use core::mem::offset_of;
 
 use super::rseq::fenced_or_aborted;
 use super::Outcome;
-use crate::abi::{Rseq, RSEQ_SIG};
-use crate::fence::Fence;
+use crate::fenced::fence::Fence;
+use crate::rseq::abi::{Rseq, RSEQ_SIG};
 use crate::shape::Order;
 use crate::shape::Shape;
 
@@ -454,7 +454,7 @@ pub(super) unsafe fn section_by<const MM_CID: bool>(
 /// by the caller): its length, the jump at `abort_ip`, and the check first
 /// and the commit last in its code.
 #[cfg(test)]
-pub(super) fn check_descriptor(cs: &crate::abi::RseqCs) {
+pub(super) fn check_descriptor(cs: &crate::rseq::abi::RseqCs) {
     let insn = |at: u64| {
         // SAFETY: an instruction of this binary's code, mapped r-x (read
         // unaligned: with the C extension code is 2-byte aligned).

@@ -44,11 +44,14 @@ use core::ptr::addr_of_mut;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
-use crate::domain::Domain;
+use crate::rseq::registration;
+use crate::shape::driver::Slots;
 use crate::shape::Shape;
 use crate::shape::{CompareFailed, Order};
-use crate::slots::Slots;
-use crate::{engine, Index, PathStats, RSEQ_ATTEMPTS};
+use crate::structures::domain::Domain;
+use crate::Index;
+use crate::PathStats;
+use crate::RSEQ_ATTEMPTS;
 
 /// Words in an arena: the operands of the word shapes.
 const WORDS: usize = 32;
@@ -473,9 +476,9 @@ fn config(cases: u32) -> Config {
 #[cfg(cpulocal_rseq)]
 mod rseq {
     use super::*;
-    use crate::abi::Rseq;
-    use crate::arch::{self, Outcome};
-    use crate::fence::{Fence, HELD};
+    use crate::fenced::fence::{Fence, HELD};
+    use crate::rseq::abi::Rseq;
+    use crate::rseq::arch::{self, Outcome};
 
     fn index() -> impl Strategy<Value = Index> {
         prop_oneof![Just(Index::Cpu), Just(Index::MmCid)]
@@ -531,7 +534,7 @@ mod rseq {
         );
         // SAFETY: a 32-byte aligned address a section stored: its
         // descriptor, static data of this binary.
-        let cs = unsafe { *(area.rseq_cs as *const crate::abi::RseqCs) };
+        let cs = unsafe { *(area.rseq_cs as *const crate::rseq::abi::RseqCs) };
         prop_assert_eq!((cs.version, cs.flags), (0, 0));
         // The kernel's own validity check: abort_ip outside the section.
         prop_assert!(
@@ -631,7 +634,7 @@ fn on_pinned_thread<S>(
     S: Strategy + Send + 'static,
 {
     let run = move || {
-        let pinned = crate::sys::pin_to_current_cpu();
+        let pinned = crate::rseq::sys::pin_to_current_cpu();
         let mut runner = TestRunner::new(config(cases));
         if let Err(e) = runner.run(&strategy, |v| test(pinned, v)) {
             panic!("{e}");
@@ -644,7 +647,7 @@ fn on_pinned_thread<S>(
 
 /// Whether critical sections run on the calling thread.
 fn sections_here() -> bool {
-    engine::thread_state().1.is_none()
+    registration::thread_state().1.is_none()
 }
 
 /// Runs `shape` through `domain`'s public operation on `slot`: its result and,
@@ -848,8 +851,9 @@ fn perform_orders_and_policy() {
                 let on_slot = shape.rebased(core::ptr::null(), &at.slot.fence);
                 // SAFETY: materialised on `arena`, this thread's alone; the
                 // fence is this slot's and no one else's.
-                let r =
-                    unsafe { array.perform(at, order, crate::slots::Follow::Slot, |_| on_slot) };
+                let r = unsafe {
+                    array.perform(at, order, crate::shape::driver::Follow::Slot, |_| on_slot)
+                };
                 let fence = &array[slot].fence;
                 let mem = arena.snapshot();
                 // SAFETY: as above.

@@ -38,9 +38,10 @@ use core::sync::atomic::{fence, AtomicU16, AtomicU32, AtomicU64, AtomicU8, Order
 
 use bytemuck::Pod;
 
-use crate::fence as fenced;
-use crate::sys::SignalsBlocked;
-use crate::{Domain, PerCpu};
+use crate::fenced::fence as fenced;
+use crate::rseq::sys::SignalsBlocked;
+use crate::Domain;
+use crate::PerCpu;
 
 /// Most operations in one vector (as the 2017 `cpu_opv`).
 pub const MAX_OPS: usize = 16;

@@ -26,13 +26,13 @@
 //! preemption or signal), as it does for librseq's sections. Until then it
 //! reads the descriptor and the signature before its `abort_ip` at every
 //! preemption, so the code that holds them must stay mapped for as long as
-//! the process lives: [`crate::sys::pin_own_object`] keeps a shared library
+//! the process lives: [`crate::rseq::sys::pin_own_object`] keeps a shared library
 //! that holds cpulocal loaded, and where it cannot, no section runs. Clearing
 //! `rseq_cs` after every commit instead would cost a store per operation
 //! (about 10 % of a list pop + push here).
 //!
 //! The check is the protocol's CPU check and fence check in one comparison
-//! (a free fence word holds its slot's CPU number: see [`crate::fence`]); it
+//! (a free fence word holds its slot's CPU number: see [`crate::fenced::fence`]); it
 //! comes after the arming store and before any data is read. The Rust code at
 //! `{abort}` tells a held fence (take the fenced path) from an abort or a
 //! migration (retry) by reading the fence word. A restart redoes everything
@@ -54,8 +54,8 @@ use core::mem::offset_of;
 
 use super::rseq::fenced_or_aborted;
 use super::Outcome;
-use crate::abi::{Rseq, RSEQ_SIG};
-use crate::fence::Fence;
+use crate::fenced::fence::Fence;
+use crate::rseq::abi::{Rseq, RSEQ_SIG};
 use crate::shape::Order;
 use crate::shape::Shape;
 
@@ -483,7 +483,7 @@ pub(super) unsafe fn section_by<const MM_CID: bool>(
 /// by the caller): its length, the `ud1` that carries the signature before
 /// `abort_ip`, and the check first and the commit last in its code.
 #[cfg(test)]
-pub(super) fn check_descriptor(cs: &crate::abi::RseqCs) {
+pub(super) fn check_descriptor(cs: &crate::rseq::abi::RseqCs) {
     let start = cs.start_ip;
     // The longest is the memcpy shape's (its specialised copies: 125-129
     // bytes, as the compiler allocates registers); the injection build

@@ -2,7 +2,7 @@
 //! membarrier system calls, as in `include/uapi/linux/rseq.h` and
 //! `include/uapi/linux/membarrier.h`.
 //!
-//! Nothing here calls the kernel; [`crate::sys`] does. Two facts of the
+//! Nothing here calls the kernel; [`crate::rseq::sys`] does. Two facts of the
 //! platform's ABI that differ per architecture live here too, beside the
 //! signature: whether this build has critical sections, and the thread
 //! pointer (glibc's rseq area is at an offset from it).

@@ -28,9 +28,10 @@ use core::mem::offset_of;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::OnceLock;
 
-use crate::abi::{self, OwnArea, Rseq, CPU_ID_REGISTRATION_FAILED};
-use crate::sys::{self, Errno};
-use crate::{slice, Index};
+use crate::rseq::abi::{self, OwnArea, Rseq, CPU_ID_REGISTRATION_FAILED};
+use crate::rseq::slice;
+use crate::rseq::sys::{self, Errno};
+use crate::Index;
 
 /// Who registered rseq for the calling thread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -22,11 +22,13 @@ use core::ops::{Deref, DerefMut};
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::shape::driver::{drop_all, At, Follow, Slot, Slots};
 use crate::shape::Order;
 use crate::shape::Shape;
-use crate::slots::{drop_all, At, Follow, Slot, Slots};
 use crate::stats::PathStats;
-use crate::{Error, Index, PushError};
+use crate::Error;
+use crate::Index;
+use crate::PushError;
 
 /// A node's memory: the link first, so the pop shape reads it at offset 0.
 #[repr(C)]

@@ -16,9 +16,10 @@ use core::marker::PhantomData;
 use core::ops::{Deref, DerefMut};
 use core::ptr::NonNull;
 
-use crate::fence;
-use crate::slots::{Slot, Slots};
-use crate::{Error, Index};
+use crate::fenced::fence;
+use crate::shape::driver::{Slot, Slots};
+use crate::Error;
+use crate::Index;
 
 /// A value per possible CPU, each in its own cache line, reachable from any
 /// thread through its CPU's fence.

@@ -59,11 +59,11 @@
 
 use core::sync::atomic::{compiler_fence, AtomicBool, AtomicU64, Ordering};
 
-use crate::abi::{
+use crate::rseq::abi::{
     self, Rseq, RSEQ_CS_FLAG_SLICE_EXT_AVAILABLE, RSEQ_CS_FLAG_SLICE_EXT_ENABLED,
     SLICE_GRANTED_OFFSET, SLICE_REQUEST_OFFSET,
 };
-use crate::sys;
+use crate::rseq::sys;
 
 /// The environment variable that stops cpulocal from enabling time-slice
 /// extension for its threads: any value but empty or `0`.
@@ -134,7 +134,7 @@ impl core::fmt::Display for SliceExtension {
 /// CPU.
 #[inline(always)]
 fn flags(area: *const Rseq) -> u32 {
-    // SAFETY: `area` comes from `engine::area()`, a live area (engine's
+    // SAFETY: `area` comes from `registration::area()`, a live area (engine's
     // invariant); a volatile read as for `cpu_id`.
     unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*area).flags)) }
 }
@@ -377,7 +377,7 @@ mod tests {
     fn nothing_is_written_where_the_extension_is_off() {
         // This thread's real area: on a kernel without the extension (or with
         // glibc's 32-byte area) the request writes nothing.
-        let area = crate::engine::area();
+        let area = crate::rseq::registration::area();
         if flags(area) & RSEQ_CS_FLAG_SLICE_EXT_ENABLED == 0 {
             // SAFETY: the thread's live area; a volatile read.
             let before =
