@@ -10,7 +10,7 @@
 //!
 //! Two entry points:
 //! - [`Domain::run_ops`](crate::Domain::run_ops): raw pointers ([`Op`]),
-//!   `unsafe`, on a [`Domain`]'s slots;
+//!   `unsafe`, on a [`Domain`](crate::Domain)'s slots;
 //! - [`PerCpu::run_ops`](crate::PerCpu::run_ops): byte offsets into a
 //!   `PerCpu<T: Pod>` slot ([`SlotOp`]), safe: every offset is checked
 //!   against the slot.
@@ -21,27 +21,22 @@
 //!
 //! # Safety
 //!
-//! Both entry points end in one executor, `execute`, which dereferences the
+//! Both entry points (in `structures/domain.rs` and `structures/percpu.rs`)
+//! end in one executor, `execute`, which dereferences the
 //! operations' pointers as ordinary (non-atomic) loads and stores. It runs
 //! only on a vector that `validate` accepted (no null pointer, lengths and
 //! sizes within the limits) and only while the target slot's fence is held,
 //! so no operation of the same domain or `PerCpu` on that slot runs
-//! concurrently. For a [`Domain`] the membarrier taken with the fence also
+//! concurrently. For a [`Domain`](crate::Domain) the membarrier taken with the fence also
 //! aborts the critical sections on the slot; what the pointers may name is
-//! the caller's promise ([`Domain::run_ops`]). For a [`PerCpu`] the pointers
+//! the caller's promise ([`Domain::run_ops`](crate::Domain::run_ops)). For a
+//! [`PerCpu`](crate::PerCpu) the pointers
 //! are built here from offsets checked against `size_of::<T>()` and from the
 //! caller's slices, and `T: Pod` makes every byte pattern a valid `T`.
 #![allow(unsafe_code)]
 
 use core::ptr;
 use core::sync::atomic::{fence, AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering};
-
-use bytemuck::Pod;
-
-use crate::fenced::fence as fenced;
-use crate::rseq::sys::SignalsBlocked;
-use crate::Domain;
-use crate::PerCpu;
 
 /// Most operations in one vector (as the 2017 `cpu_opv`).
 pub const MAX_OPS: usize = 16;
@@ -339,245 +334,9 @@ pub enum OpError {
     },
 }
 
-impl Domain {
-    /// Runs the operation vector `ops` on slot `index`'s data, atomically with
-    /// respect to every other operation of this domain on slot `index`
-    /// (shapes, critical sections, vectors): the user-space `cpu_opv`.
-    ///
-    /// The whole vector is checked first; a bad one is refused before any
-    /// byte is written. Then the slot's fence is taken (all signals blocked),
-    /// the critical sections working on the slot are aborted with membarrier,
-    /// and the operations run in order as ordinary code, from whatever CPU the
-    /// caller is on. An empty vector only takes and releases the fence.
-    ///
-    /// # Errors
-    ///
-    /// Refusals, nothing written (the first one found, in this order):
-    /// [`OpError::TooManyOps`]; [`OpError::CpuOutOfRange`] if `index >=
-    /// self.cpus()`; then, operation by operation, [`OpError::TooLong`],
-    /// [`OpError::BadSize`], [`OpError::ShiftTooWide`],
-    /// [`OpError::NullPointer`].
-    ///
-    /// [`OpError::CompareFailed`] if a compare failed: the operations before
-    /// it ran, none after it.
-    ///
-    /// # Safety
-    ///
-    /// For every operation of the vector (only a vector that passes the
-    /// checks is run):
-    /// - each pointer is valid for reads (and, where the operation writes,
-    ///   writes) of its `len` or `size` bytes, and the bytes read are
-    ///   initialised;
-    /// - the `dst` and `src` of a copy do not overlap;
-    /// - the bytes the vector writes are slot `index`'s data in the sense of
-    ///   the [`Domain`] docs: touched only through this domain's operations on
-    ///   slot `index`. Integer operands aligned to their size, and copies
-    ///   whose `dst`, `src` and `len` are all multiples of 8, are read and
-    ///   written with relaxed atomic accesses (one per operand, or per 8-byte
-    ///   word), so other threads may read those words meanwhile with atomic
-    ///   loads of the same size (an 8-byte copy word with an 8-byte load),
-    ///   as they may read the words the shapes write. Unaligned
-    ///   operands and other copies use plain accesses: no other thread may
-    ///   read those bytes while a vector may run, except through this
-    ///   domain.
-    ///
-    /// The bytes a vector only reads (expected values, copy sources) may be
-    /// any memory that nothing writes while the vector runs.
-    ///
-    /// # Examples
-    ///
-    /// A versioned per-CPU total: add to it only if the version is the one
-    /// the caller saw, and bump the version in the same vector.
-    ///
-    /// ```
-    /// use cpulocal::opv::{Op, OpError};
-    /// use cpulocal::{Domain, Index};
-    ///
-    /// let domain = Domain::new(Index::Cpu);
-    /// // Per slot: [version, total], used only through `domain`.
-    /// let mut slots = vec![[0u64; 2]; domain.cpus()];
-    /// let cpu = domain.current();
-    /// let version = slots[cpu].as_mut_ptr().cast::<u8>();
-    /// let total = version.wrapping_add(8);
-    /// let seen = 0u64.to_ne_bytes();
-    /// let bump = [
-    ///     Op::CompareEq { a: version, b: seen.as_ptr(), len: 8 },
-    ///     Op::Add { p: total, size: 8, count: 5 },
-    ///     Op::AddRelease { p: version, size: 8, count: 1 },
-    /// ];
-    /// // SAFETY: every pointer names 8 bytes of `slots[cpu]` or of `seen`,
-    /// // and `slots` is used only through `domain` until the last call.
-    /// unsafe { domain.run_ops(cpu, &bump) }?;
-    ///
-    /// // The version is 1 now: the same vector stops at its compare.
-    /// // SAFETY: as above.
-    /// let again = unsafe { domain.run_ops(cpu, &bump) };
-    /// assert_eq!(again, Err(OpError::CompareFailed { op: 0 }));
-    ///
-    /// // A bad operation anywhere refuses the whole vector: the add before it
-    /// // does not run.
-    /// let bad = [
-    ///     Op::Add { p: total, size: 8, count: 1 },
-    ///     Op::Add { p: total, size: 3, count: 1 },
-    /// ];
-    /// // SAFETY: as above.
-    /// let refused = unsafe { domain.run_ops(cpu, &bad) };
-    /// assert_eq!(refused, Err(OpError::BadSize { op: 1, size: 3 }));
-    /// assert_eq!(slots[cpu], [1, 5]);
-    /// # Ok::<(), OpError>(())
-    /// ```
-    pub unsafe fn run_ops(&self, index: usize, ops: &[Op]) -> Result<(), OpError> {
-        check_count(ops.len())?;
-        let slot = self.slots().get(index).ok_or(OpError::CpuOutOfRange {
-            cpu: index,
-            slots: self.cpus(),
-        })?;
-        validate(ops, |i, op| {
-            if op.has_null() {
-                Err(OpError::NullPointer { op: i })
-            } else {
-                Ok(())
-            }
-        })?;
-        fenced::with_signals_blocked(&slot.fence, index, self.index(), || {
-            // SAFETY: `validate` accepted the vector; the pointers are valid
-            // and name slot `index`'s data (the caller's contract), which is
-            // ours alone while the fence is held and the sections on the slot
-            // have been aborted by the membarrier.
-            unsafe { execute(ops) }
-        })
-    }
-}
-
-impl<T: Pod> PerCpu<T> {
-    /// Runs the operation vector `ops` on `cpu`'s slot, atomically with
-    /// respect to every lock of that slot and every other vector on it: a
-    /// batch of compares, copies and integer updates at byte offsets of the
-    /// slot's value, from any thread on any CPU.
-    ///
-    /// The whole vector is checked first, including every offset against
-    /// `size_of::<T>()`; a bad one is refused before any byte is written.
-    /// Then the slot's fence is taken, as [`lock`](Self::lock) takes it but
-    /// with all signals of the thread blocked from before the wait until the
-    /// release (so a handler never finds the slot held by its own thread;
-    /// signals are deferred while another thread's guard keeps the slot),
-    /// and the operations run in order. `T: Pod` makes any bytes a vector
-    /// leaves a valid `T`: integers, floats, arrays of them, and `#[repr(C)]`
-    /// structs of them without padding, marked with [`crate::Zeroable`] and
-    /// [`crate::Pod`] (bytemuck's traits, re-exported):
-    ///
-    /// ```
-    /// use cpulocal::{opv::SlotOp, PerCpu, Pod, Zeroable};
-    ///
-    /// #[derive(Clone, Copy)]
-    /// #[repr(C)]
-    /// struct Totals {
-    ///     hits: u64,
-    ///     bytes: u64,
-    /// }
-    /// // SAFETY: two u64s, no padding: any bytes are a valid `Totals`.
-    /// unsafe impl Zeroable for Totals {}
-    /// // SAFETY: as above; `Totals` is `Copy + 'static`.
-    /// unsafe impl Pod for Totals {}
-    ///
-    /// let t = PerCpu::new(|_| Totals { hits: 0, bytes: 0 });
-    /// let ops = [
-    ///     SlotOp::Add { at: 0, size: 8, count: 1 },
-    ///     SlotOp::Add { at: 8, size: 8, count: 512 },
-    /// ];
-    /// t.run_ops(0, &ops)?;
-    /// assert_eq!(t.lock_on(0)?.bytes, 512);
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    ///
-    /// Not async-signal-safe: like [`lock`](Self::lock), it may wait for
-    /// another thread that holds the slot.
-    ///
-    /// # Errors
-    ///
-    /// Refusals, nothing written (the first one found, in this order):
-    /// [`OpError::TooManyOps`]; [`OpError::CpuOutOfRange`] if `cpu >=
-    /// self.cpus()`; then, operation by operation, [`OpError::TooLong`],
-    /// [`OpError::BadSize`], [`OpError::ShiftTooWide`],
-    /// [`OpError::OutOfBounds`]; last [`OpError::HeldByThisThread`] if this
-    /// thread holds the slot already (a [`SlotGuard`](crate::SlotGuard), or a
-    /// signal handler interrupting its own thread's lock).
-    ///
-    /// [`OpError::CompareFailed`] if a compare failed: the operations before
-    /// it ran, none after it.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use cpulocal::opv::{OpError, SlotOp};
-    /// use cpulocal::PerCpu;
-    ///
-    /// // Per CPU: [sequence, sum].
-    /// let slots: PerCpu<[u64; 2]> = PerCpu::new(|_| [0, 0]);
-    /// let zero = 0u64.to_ne_bytes();
-    /// let ops = [
-    ///     SlotOp::CompareEq { at: 0, expect: &zero },
-    ///     SlotOp::Add { at: 8, size: 8, count: 40 },
-    ///     SlotOp::Add { at: 0, size: 8, count: 1 },
-    /// ];
-    /// slots.run_ops(0, &ops)?;
-    /// // The sequence is 1 now: the compare stops the vector.
-    /// assert_eq!(slots.run_ops(0, &ops), Err(OpError::CompareFailed { op: 0 }));
-    ///
-    /// // An 8-byte add at offset 12 would reach past the 16-byte value.
-    /// let past = [SlotOp::Add { at: 12, size: 8, count: 1 }];
-    /// assert_eq!(
-    ///     slots.run_ops(0, &past),
-    ///     Err(OpError::OutOfBounds { op: 0, at: 12, end: 20, slot_size: 16 })
-    /// );
-    /// // A held slot is refused rather than deadlocking.
-    /// let guard = slots.lock_on(0).unwrap();
-    /// assert_eq!(slots.run_ops(0, &ops), Err(OpError::HeldByThisThread { cpu: 0 }));
-    /// assert_eq!(*guard, [1, 40]);
-    /// # Ok::<(), OpError>(())
-    /// ```
-    pub fn run_ops(&self, cpu: usize, ops: &[SlotOp<'_>]) -> Result<(), OpError> {
-        check_count(ops.len())?;
-        let slot = self.slots().get(cpu).ok_or(OpError::CpuOutOfRange {
-            cpu,
-            slots: self.cpus(),
-        })?;
-        let slot_size = core::mem::size_of::<T>();
-        let base = slot.data.get().cast::<u8>();
-        let mut raw = [Op::Mb; MAX_OPS];
-        for (r, op) in raw.iter_mut().zip(ops) {
-            *r = op.translate(base);
-        }
-        let raw = &raw[..ops.len()];
-        validate(raw, |i, _| ops[i].check_bounds(i, slot_size))?;
-
-        // Signals first, as `with_signals_blocked` does: a handler then never
-        // runs while this thread holds the fence.
-        let _blocked = SignalsBlocked::new();
-        let _held = slot
-            .fence
-            .hold(cpu)
-            .map_err(|_| OpError::HeldByThisThread { cpu })?;
-        // No membarrier: critical sections run only on the slots of this
-        // crate's own structures (such as a counter's `PerCpu<AtomicI64>`,
-        // neither `Pod` nor reachable by users), never on a `PerCpu<T: Pod>`
-        // of the caller's; so the fence alone excludes every other access to
-        // the value, as for `lock`.
-        //
-        // SAFETY: `validate` accepted the vector, so every slot range lies
-        // within the value (`check_bounds`), where `translate` pointed it;
-        // the other operands are the caller's slices, valid for their length
-        // and disjoint from the value, which no reference can reach while the
-        // fence is held (or `&mut self` is borrowed). The fence is ours, so
-        // the value's bytes are ours alone, and `T: Pod` makes them
-        // initialised before and a valid `T` after.
-        unsafe { execute(raw) }
-    }
-}
-
 impl Op {
     /// Whether a pointer of the operation is null.
-    fn has_null(&self) -> bool {
+    pub(crate) fn has_null(&self) -> bool {
         match *self {
             Op::CompareEq { a, b, .. } | Op::CompareNe { a, b, .. } => a.is_null() || b.is_null(),
             Op::Memcpy { dst, src, .. } | Op::MemcpyRelease { dst, src, .. } => {
@@ -627,7 +386,7 @@ impl SlotOp<'_> {
     /// pointer is computed with wrapping arithmetic, so translating a vector
     /// before its offsets are checked is harmless; it is dereferenced only
     /// after [`check_bounds`](Self::check_bounds) accepted it.
-    fn translate(&self, base: *mut u8) -> Op {
+    pub(crate) fn translate(&self, base: *mut u8) -> Op {
         let at = |at: usize| base.wrapping_add(at);
         match *self {
             SlotOp::CompareEq { at: a, expect } => Op::CompareEq {
@@ -691,7 +450,7 @@ impl SlotOp<'_> {
 
     /// Checks that the bytes the operation touches in the slot, `at` and the
     /// `len` or `size` after it, lie within a `slot_size`-byte value.
-    fn check_bounds(&self, op: usize, slot_size: usize) -> Result<(), OpError> {
+    pub(crate) fn check_bounds(&self, op: usize, slot_size: usize) -> Result<(), OpError> {
         let (at, len) = match *self {
             SlotOp::CompareEq { at, expect } | SlotOp::CompareNe { at, expect } => {
                 (at, expect.len())
@@ -719,7 +478,7 @@ impl SlotOp<'_> {
 }
 
 /// Refuses a vector of more than [`MAX_OPS`] operations.
-fn check_count(count: usize) -> Result<(), OpError> {
+pub(crate) fn check_count(count: usize) -> Result<(), OpError> {
     if count > MAX_OPS {
         return Err(OpError::TooManyOps { count });
     }
@@ -737,7 +496,7 @@ fn check_size(op: usize, size: usize) -> Result<(), OpError> {
 /// Checks every operation of a vector, in order: its shape (length, size,
 /// shift count), then where it reaches (`reach`: no null pointer for raw
 /// vectors, within the slot for slot vectors). The first refusal wins.
-fn validate(
+pub(crate) fn validate(
     ops: &[Op],
     mut reach: impl FnMut(usize, &Op) -> Result<(), OpError>,
 ) -> Result<(), OpError> {
@@ -757,7 +516,7 @@ fn validate(
 /// reads and writes, the bytes read are initialised, a copy's `dst` and `src`
 /// do not overlap, and nothing else accesses the written bytes meanwhile (the
 /// target slot's fence is held).
-unsafe fn execute(ops: &[Op]) -> Result<(), OpError> {
+pub(crate) unsafe fn execute(ops: &[Op]) -> Result<(), OpError> {
     for (i, op) in ops.iter().enumerate() {
         // SAFETY: the caller's contract, for this operation's pointers and
         // its validated length or size.

@@ -2,6 +2,8 @@
 //! pointer level (as librseq offers them), and the fences that guard it.
 #![allow(unsafe_code)]
 
+use crate::fenced::fence as fenced;
+use crate::fenced::opv::{check_count, execute, validate, Op, OpError};
 use core::fmt;
 
 use crate::fenced::fence::Fence;
@@ -444,5 +446,115 @@ impl fmt::Debug for Domain {
             .field("cpus", &self.cpus())
             .field("stats", &self.stats())
             .finish()
+    }
+}
+
+impl Domain {
+    /// Runs the operation vector `ops` on slot `index`'s data, atomically with
+    /// respect to every other operation of this domain on slot `index`
+    /// (shapes, critical sections, vectors): the user-space `cpu_opv`.
+    ///
+    /// The whole vector is checked first; a bad one is refused before any
+    /// byte is written. Then the slot's fence is taken (all signals blocked),
+    /// the critical sections working on the slot are aborted with membarrier,
+    /// and the operations run in order as ordinary code, from whatever CPU the
+    /// caller is on. An empty vector only takes and releases the fence.
+    ///
+    /// # Errors
+    ///
+    /// Refusals, nothing written (the first one found, in this order):
+    /// [`OpError::TooManyOps`]; [`OpError::CpuOutOfRange`] if `index >=
+    /// self.cpus()`; then, operation by operation, [`OpError::TooLong`],
+    /// [`OpError::BadSize`], [`OpError::ShiftTooWide`],
+    /// [`OpError::NullPointer`].
+    ///
+    /// [`OpError::CompareFailed`] if a compare failed: the operations before
+    /// it ran, none after it.
+    ///
+    /// # Safety
+    ///
+    /// For every operation of the vector (only a vector that passes the
+    /// checks is run):
+    /// - each pointer is valid for reads (and, where the operation writes,
+    ///   writes) of its `len` or `size` bytes, and the bytes read are
+    ///   initialised;
+    /// - the `dst` and `src` of a copy do not overlap;
+    /// - the bytes the vector writes are slot `index`'s data in the sense of
+    ///   the [`Domain`] docs: touched only through this domain's operations on
+    ///   slot `index`. Integer operands aligned to their size, and copies
+    ///   whose `dst`, `src` and `len` are all multiples of 8, are read and
+    ///   written with relaxed atomic accesses (one per operand, or per 8-byte
+    ///   word), so other threads may read those words meanwhile with atomic
+    ///   loads of the same size (an 8-byte copy word with an 8-byte load),
+    ///   as they may read the words the shapes write. Unaligned
+    ///   operands and other copies use plain accesses: no other thread may
+    ///   read those bytes while a vector may run, except through this
+    ///   domain.
+    ///
+    /// The bytes a vector only reads (expected values, copy sources) may be
+    /// any memory that nothing writes while the vector runs.
+    ///
+    /// # Examples
+    ///
+    /// A versioned per-CPU total: add to it only if the version is the one
+    /// the caller saw, and bump the version in the same vector.
+    ///
+    /// ```
+    /// use cpulocal::opv::{Op, OpError};
+    /// use cpulocal::{Domain, Index};
+    ///
+    /// let domain = Domain::new(Index::Cpu);
+    /// // Per slot: [version, total], used only through `domain`.
+    /// let mut slots = vec![[0u64; 2]; domain.cpus()];
+    /// let cpu = domain.current();
+    /// let version = slots[cpu].as_mut_ptr().cast::<u8>();
+    /// let total = version.wrapping_add(8);
+    /// let seen = 0u64.to_ne_bytes();
+    /// let bump = [
+    ///     Op::CompareEq { a: version, b: seen.as_ptr(), len: 8 },
+    ///     Op::Add { p: total, size: 8, count: 5 },
+    ///     Op::AddRelease { p: version, size: 8, count: 1 },
+    /// ];
+    /// // SAFETY: every pointer names 8 bytes of `slots[cpu]` or of `seen`,
+    /// // and `slots` is used only through `domain` until the last call.
+    /// unsafe { domain.run_ops(cpu, &bump) }?;
+    ///
+    /// // The version is 1 now: the same vector stops at its compare.
+    /// // SAFETY: as above.
+    /// let again = unsafe { domain.run_ops(cpu, &bump) };
+    /// assert_eq!(again, Err(OpError::CompareFailed { op: 0 }));
+    ///
+    /// // A bad operation anywhere refuses the whole vector: the add before it
+    /// // does not run.
+    /// let bad = [
+    ///     Op::Add { p: total, size: 8, count: 1 },
+    ///     Op::Add { p: total, size: 3, count: 1 },
+    /// ];
+    /// // SAFETY: as above.
+    /// let refused = unsafe { domain.run_ops(cpu, &bad) };
+    /// assert_eq!(refused, Err(OpError::BadSize { op: 1, size: 3 }));
+    /// assert_eq!(slots[cpu], [1, 5]);
+    /// # Ok::<(), OpError>(())
+    /// ```
+    pub unsafe fn run_ops(&self, index: usize, ops: &[Op]) -> Result<(), OpError> {
+        check_count(ops.len())?;
+        let slot = self.slots().get(index).ok_or(OpError::CpuOutOfRange {
+            cpu: index,
+            slots: self.cpus(),
+        })?;
+        validate(ops, |i, op| {
+            if op.has_null() {
+                Err(OpError::NullPointer { op: i })
+            } else {
+                Ok(())
+            }
+        })?;
+        fenced::with_signals_blocked(&slot.fence, index, self.index(), || {
+            // SAFETY: `validate` accepted the vector; the pointers are valid
+            // and name slot `index`'s data (the caller's contract), which is
+            // ours alone while the fence is held and the sections on the slot
+            // have been aborted by the membarrier.
+            unsafe { execute(ops) }
+        })
     }
 }

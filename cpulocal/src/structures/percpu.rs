@@ -10,6 +10,9 @@
 //! access.
 #![allow(unsafe_code)]
 
+use crate::fenced::opv::{check_count, execute, validate, Op, OpError, SlotOp, MAX_OPS};
+use crate::rseq::sys::SignalsBlocked;
+use bytemuck::Pod;
 use core::cell::UnsafeCell;
 use core::fmt;
 use core::marker::PhantomData;
@@ -374,5 +377,131 @@ impl<T: fmt::Debug> fmt::Debug for SlotGuard<'_, T> {
             .field("cpu", &self.cpu())
             .field("value", &**self)
             .finish()
+    }
+}
+
+impl<T: Pod> PerCpu<T> {
+    /// Runs the operation vector `ops` on `cpu`'s slot, atomically with
+    /// respect to every lock of that slot and every other vector on it: a
+    /// batch of compares, copies and integer updates at byte offsets of the
+    /// slot's value, from any thread on any CPU.
+    ///
+    /// The whole vector is checked first, including every offset against
+    /// `size_of::<T>()`; a bad one is refused before any byte is written.
+    /// Then the slot's fence is taken, as [`lock`](Self::lock) takes it but
+    /// with all signals of the thread blocked from before the wait until the
+    /// release (so a handler never finds the slot held by its own thread;
+    /// signals are deferred while another thread's guard keeps the slot),
+    /// and the operations run in order. `T: Pod` makes any bytes a vector
+    /// leaves a valid `T`: integers, floats, arrays of them, and `#[repr(C)]`
+    /// structs of them without padding, marked with [`crate::Zeroable`] and
+    /// [`crate::Pod`] (bytemuck's traits, re-exported):
+    ///
+    /// ```
+    /// use cpulocal::{opv::SlotOp, PerCpu, Pod, Zeroable};
+    ///
+    /// #[derive(Clone, Copy)]
+    /// #[repr(C)]
+    /// struct Totals {
+    ///     hits: u64,
+    ///     bytes: u64,
+    /// }
+    /// // SAFETY: two u64s, no padding: any bytes are a valid `Totals`.
+    /// unsafe impl Zeroable for Totals {}
+    /// // SAFETY: as above; `Totals` is `Copy + 'static`.
+    /// unsafe impl Pod for Totals {}
+    ///
+    /// let t = PerCpu::new(|_| Totals { hits: 0, bytes: 0 });
+    /// let ops = [
+    ///     SlotOp::Add { at: 0, size: 8, count: 1 },
+    ///     SlotOp::Add { at: 8, size: 8, count: 512 },
+    /// ];
+    /// t.run_ops(0, &ops)?;
+    /// assert_eq!(t.lock_on(0)?.bytes, 512);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// Not async-signal-safe: like [`lock`](Self::lock), it may wait for
+    /// another thread that holds the slot.
+    ///
+    /// # Errors
+    ///
+    /// Refusals, nothing written (the first one found, in this order):
+    /// [`OpError::TooManyOps`]; [`OpError::CpuOutOfRange`] if `cpu >=
+    /// self.cpus()`; then, operation by operation, [`OpError::TooLong`],
+    /// [`OpError::BadSize`], [`OpError::ShiftTooWide`],
+    /// [`OpError::OutOfBounds`]; last [`OpError::HeldByThisThread`] if this
+    /// thread holds the slot already (a [`SlotGuard`](crate::SlotGuard), or a
+    /// signal handler interrupting its own thread's lock).
+    ///
+    /// [`OpError::CompareFailed`] if a compare failed: the operations before
+    /// it ran, none after it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cpulocal::opv::{OpError, SlotOp};
+    /// use cpulocal::PerCpu;
+    ///
+    /// // Per CPU: [sequence, sum].
+    /// let slots: PerCpu<[u64; 2]> = PerCpu::new(|_| [0, 0]);
+    /// let zero = 0u64.to_ne_bytes();
+    /// let ops = [
+    ///     SlotOp::CompareEq { at: 0, expect: &zero },
+    ///     SlotOp::Add { at: 8, size: 8, count: 40 },
+    ///     SlotOp::Add { at: 0, size: 8, count: 1 },
+    /// ];
+    /// slots.run_ops(0, &ops)?;
+    /// // The sequence is 1 now: the compare stops the vector.
+    /// assert_eq!(slots.run_ops(0, &ops), Err(OpError::CompareFailed { op: 0 }));
+    ///
+    /// // An 8-byte add at offset 12 would reach past the 16-byte value.
+    /// let past = [SlotOp::Add { at: 12, size: 8, count: 1 }];
+    /// assert_eq!(
+    ///     slots.run_ops(0, &past),
+    ///     Err(OpError::OutOfBounds { op: 0, at: 12, end: 20, slot_size: 16 })
+    /// );
+    /// // A held slot is refused rather than deadlocking.
+    /// let guard = slots.lock_on(0).unwrap();
+    /// assert_eq!(slots.run_ops(0, &ops), Err(OpError::HeldByThisThread { cpu: 0 }));
+    /// assert_eq!(*guard, [1, 40]);
+    /// # Ok::<(), OpError>(())
+    /// ```
+    pub fn run_ops(&self, cpu: usize, ops: &[SlotOp<'_>]) -> Result<(), OpError> {
+        check_count(ops.len())?;
+        let slot = self.slots().get(cpu).ok_or(OpError::CpuOutOfRange {
+            cpu,
+            slots: self.cpus(),
+        })?;
+        let slot_size = core::mem::size_of::<T>();
+        let base = slot.data.get().cast::<u8>();
+        let mut raw = [Op::Mb; MAX_OPS];
+        for (r, op) in raw.iter_mut().zip(ops) {
+            *r = op.translate(base);
+        }
+        let raw = &raw[..ops.len()];
+        validate(raw, |i, _| ops[i].check_bounds(i, slot_size))?;
+
+        // Signals first, as `with_signals_blocked` does: a handler then never
+        // runs while this thread holds the fence.
+        let _blocked = SignalsBlocked::new();
+        let _held = slot
+            .fence
+            .hold(cpu)
+            .map_err(|_| OpError::HeldByThisThread { cpu })?;
+        // No membarrier: critical sections run only on the slots of this
+        // crate's own structures (such as a counter's `PerCpu<AtomicI64>`,
+        // neither `Pod` nor reachable by users), never on a `PerCpu<T: Pod>`
+        // of the caller's; so the fence alone excludes every other access to
+        // the value, as for `lock`.
+        //
+        // SAFETY: `validate` accepted the vector, so every slot range lies
+        // within the value (`check_bounds`), where `translate` pointed it;
+        // the other operands are the caller's slices, valid for their length
+        // and disjoint from the value, which no reference can reach while the
+        // fence is held (or `&mut self` is borrowed). The fence is ours, so
+        // the value's bytes are ours alone, and `T: Pod` makes them
+        // initialised before and a valid `T` after.
+        unsafe { execute(raw) }
     }
 }
