@@ -14,7 +14,7 @@
 //!    [`Slots::perform`], the one entry: where `here` read the
 //!    slot from the thread's area, the first critical section runs inline in
 //!    the caller; everything else (retries after an abort, the fenced path,
-//!    a slot the caller named, a thread without rseq) is [`shape::slow`],
+//!    a slot the caller named, a thread without rseq) is [`slow`],
 //!    the one slow path, out of line.
 //!
 //! Operations that have no critical section (a drain, a take, locking a
@@ -309,7 +309,7 @@ impl<D> Slots<D> {
 
     /// Runs the shape `shape` builds for slot `at` on it: the first
     /// critical section inline when `at` came from the thread's area, then
-    /// (or else) [`shape::slow`]. The caller never sees an abort: the result
+    /// (or else) [`slow`]. The caller never sees an abort: the result
     /// is the shape's own, a commit or a failed compare.
     ///
     /// The shape is built by a closure, from the slot, so that the fast path
@@ -350,7 +350,7 @@ impl<D> Slots<D> {
     }
 
     /// [`perform`](Self::perform) after its first attempt ended with `first`
-    /// (None: no section ran): [`shape::slow`] with the shape built again.
+    /// (None: no section ran): [`slow`] with the shape built again.
     ///
     /// # Safety
     ///
