@@ -42,6 +42,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         &["shape::driver"],
     ),
     ("operation vectors", &["fenced::opv"]),
+    ("the ring's records", &["structures::ring::record"]),
     (
         "structures",
         &[

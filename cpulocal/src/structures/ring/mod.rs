@@ -24,9 +24,9 @@
 //! to a multiple of 8 bytes: it takes `8 + round_up(len, 8)` bytes. The
 //! header (a `usize`, written with whole-word stores) holds, from the top:
 //! `COMMITTED`, `PADDING`, `DROPPED`, then the payload length
-//! ([`LEN_BITS`] bits), then a position tag: the record's absolute offset / 8,
-//! truncated. A header at offset `o` whose tag is not `o`'s is left over from
-//! another lap and is not a record.
+//! ([`LEN_BITS`](record::LEN_BITS) bits), then a position tag: the record's
+//! absolute offset / 8, truncated. A header at offset `o` whose tag is not
+//! `o`'s is left over from another lap and is not a record.
 //!
 //! A record never straddles two sub-buffers: a reservation that does not fit
 //! in the rest of the current sub-buffer first fills that rest with a
@@ -148,9 +148,12 @@
 //! (the reserve shape commits `head` with a store-release).
 #![allow(unsafe_code)]
 
+mod record;
+
+pub use record::{ReadSummary, Record, Reservation, Stuck};
+
 use core::cell::UnsafeCell;
 use core::fmt;
-use core::ops::{Deref, DerefMut};
 use core::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -164,35 +167,10 @@ use crate::shape::Shape;
 use crate::stats::PathStats;
 use crate::Error;
 use crate::Index;
-
-/// Header flag: the record is complete (or dropped, or padding).
-const COMMITTED: usize = 1 << (usize::BITS - 1);
-/// Header flag: the record is padding up to the end of its sub-buffer.
-const PADDING: usize = 1 << (usize::BITS - 2);
-/// Header flag: the reservation was dropped without a commit.
-const DROPPED: usize = 1 << (usize::BITS - 3);
-/// Bits of the payload length in a header.
-pub(crate) const LEN_BITS: u32 = if usize::BITS >= 64 { 24 } else { 13 };
-/// Bits of the position tag in a header (the low bits).
-const TAG_BITS: u32 = usize::BITS - 3 - LEN_BITS;
-const TAG_MASK: usize = (1 << TAG_BITS) - 1;
-const LEN_MASK: usize = (1 << LEN_BITS) - 1;
-/// Bytes of a header (and the alignment of every record).
-const HEADER: usize = 8;
-
-/// The header of a record at absolute offset `offset`.
-fn header(offset: usize, len: usize, flags: usize) -> usize {
-    debug_assert!(len <= LEN_MASK);
-    flags | (len << TAG_BITS) | ((offset >> 3) & TAG_MASK)
-}
-
-fn tag_matches(h: usize, offset: usize) -> bool {
-    h & TAG_MASK == (offset >> 3) & TAG_MASK
-}
-
-fn header_len(h: usize) -> usize {
-    (h >> TAG_BITS) & LEN_MASK
-}
+use record::{
+    header, header_len, record_size, tag_matches, COMMITTED, DROPPED, HEADER, LEN_BITS, PADDING,
+    TAG_MASK,
+};
 
 /// Asks the CPU to start loading the cache lines of the `len` bytes from
 /// `start` (a hint only: nothing is read, so it races with no writer).
@@ -207,11 +185,6 @@ fn prefetch(start: *const u8, len: usize) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (start, len);
-}
-
-/// Bytes a record of `len` payload bytes takes.
-fn record_size(len: usize) -> usize {
-    HEADER + len.next_multiple_of(8)
 }
 
 /// What a full buffer does with a new record.
@@ -1386,225 +1359,6 @@ impl fmt::Debug for PerCpuRing {
             .field("stats", &self.stats())
             .finish_non_exhaustive()
     }
-}
-
-/// Room for one record on one CPU's buffer, from
-/// [`PerCpuRing::reserve`]: dereferences to the payload bytes (exactly the
-/// reserved length, contents unspecified), which are the holder's alone until
-/// [`commit`](Self::commit). Dropping it uncommitted turns the record into
-/// padding counted as lost.
-///
-/// It may be committed on any CPU, and from another thread (it is `Send`):
-/// the commit lands on the buffer it was reserved on.
-///
-/// # Examples
-///
-/// ```
-/// let ring = cpulocal::PerCpuRing::new(Default::default());
-/// let mut r = ring.reserve(3).unwrap();
-/// assert_eq!(r.len(), 3);
-/// r.copy_from_slice(b"abc");
-/// let cpu = r.cpu();
-/// std::thread::scope(|s| s.spawn(move || r.commit()).join().unwrap()); // on `cpu`'s buffer
-/// ring.flush();
-/// ring.consume(|rec| assert_eq!((rec.cpu(), rec.payload()), (cpu, &b"abc"[..])));
-/// ```
-#[must_use = "a reservation dropped without commit() becomes padding counted as lost"]
-pub struct Reservation<'a> {
-    ring: &'a PerCpuRing,
-    cpu: usize,
-    offset: usize,
-    len: usize,
-    /// The record's first byte (its header) in buffer `cpu`'s data.
-    at: *mut u8,
-}
-
-// SAFETY: the record's header is accessed with atomics and its payload is
-// the reservation's alone (module docs), whichever thread holds it.
-unsafe impl Send for Reservation<'_> {}
-// SAFETY: `&Reservation` only reads the payload, as a `&[u8]` would.
-unsafe impl Sync for Reservation<'_> {}
-
-impl Reservation<'_> {
-    /// The buffer (CPU or concurrency id) the record was reserved on.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let ring = cpulocal::PerCpuRing::new(Default::default());
-    /// assert!(ring.reserve(1).unwrap().cpu() < ring.cpus());
-    /// ```
-    pub fn cpu(&self) -> usize {
-        self.cpu
-    }
-
-    /// The record's absolute offset in its CPU's buffer: what
-    /// [`Record::offset`] will say.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let ring = cpulocal::PerCpuRing::new(Default::default());
-    /// let r = ring.reserve(1).unwrap();
-    /// assert_eq!(r.offset() % 8, 0);
-    /// ```
-    pub fn offset(&self) -> u64 {
-        self.offset as u64
-    }
-
-    #[inline]
-    fn header(&self) -> &AtomicUsize {
-        // SAFETY: `at` is the record's header word: 8-aligned, in the data,
-        // accessed with atomics while others may read it (module docs).
-        unsafe { AtomicUsize::from_ptr(self.at.cast()) }
-    }
-
-    /// Publishes the record: one store-release of its header, into the
-    /// buffer it was reserved on, from whatever CPU this runs on. No fence,
-    /// no critical section: the header is this reservation's alone (module
-    /// docs). Async-signal-safe.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let ring = cpulocal::PerCpuRing::new(Default::default());
-    /// let mut r = ring.reserve(2).unwrap();
-    /// r[0] = 1;
-    /// r[1] = 2;
-    /// r.commit();
-    /// ring.flush();
-    /// assert_eq!(ring.consume(|rec| assert_eq!(rec.payload(), [1, 2])).records, 1);
-    /// ```
-    #[inline]
-    pub fn commit(self) {
-        self.header()
-            .store(header(self.offset, self.len, COMMITTED), Ordering::Release);
-        core::mem::forget(self);
-    }
-}
-
-impl Deref for Reservation<'_> {
-    type Target = [u8];
-    #[inline]
-    fn deref(&self) -> &[u8] {
-        // SAFETY: the payload bytes of a reserved, uncommitted record are the
-        // reservation's alone (module docs), inside the data (a record never
-        // crosses a sub-buffer end).
-        unsafe { core::slice::from_raw_parts(self.at.add(HEADER), self.len) }
-    }
-}
-
-impl DerefMut for Reservation<'_> {
-    #[inline]
-    fn deref_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as in `deref`; `&mut self` makes this the only borrow.
-        unsafe { core::slice::from_raw_parts_mut(self.at.add(HEADER), self.len) }
-    }
-}
-
-impl Drop for Reservation<'_> {
-    fn drop(&mut self) {
-        self.header().store(
-            header(self.offset, self.len, COMMITTED | DROPPED),
-            Ordering::Release,
-        );
-        self.ring.count_lost(self.cpu);
-    }
-}
-
-impl fmt::Debug for Reservation<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Reservation")
-            .field("cpu", &self.cpu)
-            .field("offset", &self.offset)
-            .field("len", &self.len)
-            .finish()
-    }
-}
-
-/// One record handed to [`PerCpuRing::consume`]'s callback.
-#[derive(Debug, Clone, Copy)]
-pub struct Record<'a> {
-    cpu: usize,
-    offset: u64,
-    payload: &'a [u8],
-}
-
-impl<'a> Record<'a> {
-    /// The buffer (CPU or concurrency id) it was reserved on.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let ring = cpulocal::PerCpuRing::new(Default::default());
-    /// ring.write(b"x").unwrap();
-    /// ring.flush();
-    /// ring.consume(|r| assert!(r.cpu() < cpulocal::possible_cpus()));
-    /// ```
-    pub fn cpu(&self) -> usize {
-        self.cpu
-    }
-
-    /// Its absolute offset in that buffer: grows with each record, so it
-    /// orders a CPU's records.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let ring = cpulocal::PerCpuRing::new(Default::default());
-    /// ring.write(b"x").unwrap();
-    /// ring.flush();
-    /// ring.consume(|r| assert_eq!(r.offset() % 8, 0));
-    /// ```
-    pub fn offset(&self) -> u64 {
-        self.offset
-    }
-
-    /// The payload bytes, as committed.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let ring = cpulocal::PerCpuRing::new(Default::default());
-    /// ring.write(b"xyz").unwrap();
-    /// ring.flush();
-    /// ring.consume(|r| assert_eq!(r.payload(), b"xyz"));
-    /// ```
-    pub fn payload(&self) -> &'a [u8] {
-        self.payload
-    }
-}
-
-/// A reservation the consumer has been waiting on for longer than
-/// [`RingConfig::stuck_after`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Stuck {
-    /// Its buffer.
-    pub cpu: usize,
-    /// Its absolute offset ([`Reservation::offset`]).
-    pub offset: u64,
-    /// Its payload length.
-    pub len: usize,
-    /// How long the consumer has seen it uncommitted.
-    pub waiting: Duration,
-}
-
-/// What one [`PerCpuRing::consume`] did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ReadSummary {
-    /// Records handed to the callback.
-    pub records: usize,
-    /// Sub-buffers read and released.
-    pub sub_buffers: usize,
-    /// Reservations blocking the consumer past the timeout, one per CPU at
-    /// most.
-    pub stuck: Vec<Stuck>,
-    /// [`PerCpuRing::lost`] after this read.
-    pub lost: u64,
-    /// [`PerCpuRing::overwritten`] after this read.
-    pub overwritten: u64,
 }
 
 #[cfg(test)]
