@@ -43,6 +43,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     ("operation vectors", &["fenced::opv"]),
     ("the ring's records", &["structures::ring::record"]),
+    ("the ring's configuration", &["structures::ring::config"]),
     (
         "structures",
         &[
