@@ -42,7 +42,10 @@ const LAYERS: &[(&str, &[&str])] = &[
         &["shape::driver"],
     ),
     ("operation vectors", &["fenced::opv"]),
-    ("the ring's records", &["structures::ring::record"]),
+    (
+        "the ring's records and slots",
+        &["structures::ring::record", "structures::ring::slots"],
+    ),
     ("the ring's configuration", &["structures::ring::config"]),
     (
         "structures",

@@ -150,11 +150,11 @@
 
 mod config;
 mod record;
+mod slots;
 
 pub use config::{RingConfig, RingError, RingMode};
 pub use record::{ReadSummary, Record, Reservation, Stuck};
 
-use core::cell::UnsafeCell;
 use core::fmt;
 use core::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -172,6 +172,7 @@ use crate::Index;
 use record::{
     header, header_len, record_size, tag_matches, COMMITTED, DROPPED, HEADER, PADDING, TAG_MASK,
 };
+use slots::{Buf, Tail};
 
 /// Asks the CPU to start loading the cache lines of the `len` bytes from
 /// `start` (a hint only: nothing is read, so it races with no writer).
@@ -186,64 +187,6 @@ fn prefetch(start: *const u8, len: usize) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (start, len);
-}
-
-/// One CPU's producer words (after the slot's fence, in one padded line):
-/// head and counts; the data out of line, and `consumed` with its lock in
-/// another line ([`PerCpuRing::tails`]), so that releasing a sub-buffer does
-/// not steal the line every reservation writes.
-struct Buf {
-    /// Absolute offset of the next reservation.
-    head: AtomicUsize,
-    /// Records refused or dropped.
-    lost: AtomicUsize,
-    /// Records overwritten unread (overwrite mode).
-    overwritten: AtomicUsize,
-    /// `capacity` bytes, 8-aligned.
-    data: Box<[UnsafeCell<u64>]>,
-}
-
-/// The words of the side that releases sub-buffers.
-struct Tail {
-    /// Absolute offset released so far (sub-buffer aligned).
-    consumed: AtomicUsize,
-    /// Overwrite mode: held by the overwriting producer or the consumer that
-    /// releases the oldest sub-buffer, while it walks (and the consumer
-    /// copies) it. A lock word like a fence's (holder id, polite waiting),
-    /// but no membarrier and no signal blocking: critical sections never
-    /// write `consumed`, `overwritten` or the headers of a closed sub-buffer,
-    /// so its holder needs them stopped no more than they need it stopped.
-    lock: Fence,
-}
-
-impl Buf {
-    /// Address of the byte at absolute offset `offset`.
-    #[inline]
-    fn byte(&self, offset: usize, capacity: usize) -> *mut u8 {
-        // `UnsafeCell` lets the bytes be written through this shared borrow.
-        self.data
-            .as_ptr()
-            .cast::<u8>()
-            .cast_mut()
-            .wrapping_add(offset & (capacity - 1))
-    }
-
-    /// The header word at absolute offset `offset` (8-aligned), as a shape
-    /// names it: from the buffer alone (its length is the capacity), so that
-    /// a shape's closure need not hold the ring.
-    #[inline(always)]
-    fn header_at(&self, offset: usize) -> *mut usize {
-        self.header(offset, self.data.len() * 8).as_ptr()
-    }
-
-    /// The header word at absolute offset `offset` (8-aligned).
-    #[inline]
-    fn header(&self, offset: usize, capacity: usize) -> &AtomicUsize {
-        // SAFETY: 8-aligned (records are) and inside the data; data bytes
-        // are only ever accessed as the module docs say, header words with
-        // atomics while anyone else may access them.
-        unsafe { AtomicUsize::from_ptr(self.byte(offset, capacity).cast()) }
-    }
 }
 
 /// The consumer's private state, behind a mutex producers never take.
