@@ -47,6 +47,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         &["structures::ring::record", "structures::ring::slots"],
     ),
     ("the ring's configuration", &["structures::ring::config"]),
+    ("the ring's consumer", &["structures::ring::consumer"]),
     (
         "structures",
         &[
