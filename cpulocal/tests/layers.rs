@@ -48,6 +48,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     ("the ring's configuration", &["structures::ring::config"]),
     ("the ring's consumer", &["structures::ring::consumer"]),
+    ("the ring's producer", &["structures::ring::producer"]),
     (
         "structures",
         &[
