@@ -43,6 +43,13 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     ("operation vectors", &["fenced::opv"]),
     (
+        "the ring's records and slots",
+        &["structures::ring::record", "structures::ring::slots"],
+    ),
+    ("the ring's configuration", &["structures::ring::config"]),
+    ("the ring's consumer", &["structures::ring::consumer"]),
+    ("the ring's producer", &["structures::ring::producer"]),
+    (
         "structures",
         &[
             "structures::counter",
