@@ -2,13 +2,19 @@
 //! below it, so there is no import cycle and nothing imports upward.
 //!
 //! The test reads `src/`, finds every module's references to other modules
-//! of the crate (`crate::` paths, `use crate::{...}` groups, and the
-//! crate-root re-exports such as `crate::Index`, resolved to the module that
-//! defines the item), leaving out comments and test-only code, and checks
-//! each against [`LAYERS`]. A new module must be placed in a layer here; an
-//! import that goes up (or sideways, between two modules of one layer) fails
-//! with the module, the module it imports and both layers named.
-//! `ARCHITECTURE.md` describes the layers.
+//! of the crate (`crate::` and `super::` paths, `use crate::{...}` groups,
+//! and the crate-root re-exports such as `crate::Index`, resolved to the
+//! module that defines the item), leaving out comments and test-only code,
+//! and checks each against [`LAYERS`]. A new module must be placed in a layer
+//! here; an import that goes up (or sideways, between two modules of one
+//! layer) fails with the module, the module it imports and both layers named.
+//!
+//! Two references are allowed although they are not downward, both inside
+//! one folder: a module may use its parent's items (the parent module holds
+//! the type whose `impl` blocks its children split between them, as the
+//! ring's do), and the files of one layer in one folder may use each other
+//! (the critical sections of `rseq/arch/`, which share one macro and its
+//! exits). `ARCHITECTURE.md` describes the layers.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -204,6 +210,39 @@ fn imports(
         paths.push(item);
         rest = &rest[end..];
     }
+    // `super::a::b`: relative to the module's parent (a `mod.rs` file's
+    // module is the parent's name itself, so its `super` is one up).
+    let parent = module.rsplit_once("::").map_or("", |(p, _)| p);
+    for (i, _) in code.match_indices("super::") {
+        if i > 0 && code[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_' || c == ':') {
+            continue; // part of a longer path
+        }
+        let tail = &code[i + "super::".len()..];
+        let end = tail
+            .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
+            .unwrap_or(tail.len());
+        let path = tail[..end].trim_end_matches("::");
+        if path.is_empty() || path == "*" {
+            continue;
+        }
+        let full = if parent.is_empty() {
+            path.to_owned()
+        } else {
+            format!("{parent}::{path}")
+        };
+        // A name of the parent module itself (`super::PerCpuRing`) resolves
+        // to the parent.
+        paths.push(if modules.contains_key(&full) || parent.is_empty() {
+            full
+        } else {
+            let first = path.split("::").next().unwrap_or(path);
+            if modules.contains_key(&format!("{parent}::{first}")) {
+                full
+            } else {
+                parent.to_owned()
+            }
+        });
+    }
     // Every other `crate::a::b` path.
     for (i, _) in code.match_indices("crate::") {
         let tail = &code[i + "crate::".len()..];
@@ -265,13 +304,19 @@ fn imports_only_go_down() {
         let Some(&(r, layer)) = rank.get(module.as_str()) else {
             continue;
         };
+        let parent_of = |m: &str| m.rsplit_once("::").map(|(p, _)| p.to_owned());
         for dep in imports(module, &modules, &reexports) {
             checked += 1;
+            let uses_its_parent = parent_of(module).as_deref() == Some(dep.as_str());
+            if uses_its_parent {
+                continue;
+            }
             let Some(&(d, dep_layer)) = rank.get(dep.as_str()) else {
                 wrong.push(format!("{module} imports {dep}, which is in no layer"));
                 continue;
             };
-            if d >= r {
+            let same_folder_same_layer = d == r && parent_of(module) == parent_of(&dep);
+            if d >= r && !same_folder_same_layer {
                 wrong.push(format!(
                     "{module} ({layer}) imports {dep} ({dep_layer}): not a lower layer"
                 ));
@@ -306,5 +351,13 @@ fn an_upward_import_is_reported() {
     assert_eq!(
         target("rseq::arch::section", &modules, &reexports).as_deref(),
         Some("rseq::arch")
+    );
+    // `super::` paths are seen: the ring's producer uses its parent's
+    // `PerCpuRing` and, one layer down, the consumer's walk.
+    let producer = imports("structures::ring::producer", &modules, &reexports);
+    assert!(producer.contains("structures::ring"), "{producer:?}");
+    assert!(
+        producer.contains("structures::ring::consumer"),
+        "{producer:?}"
     );
 }
