@@ -110,7 +110,8 @@ fn mm_cid_and_no_rseq() {
 #[test]
 fn bad_arguments_are_refused() {
     for args in [
-        &["stress", "--delay", "6=10"][..],
+        &["stress", "--delay", "7=10"][..],
+        &["stress", "--delay", "0=10"],
         &["stress", "--delay", "2"],
         &["stress", "--test", "queue"],
         &["stress", "--reps", "0"],
@@ -124,13 +125,13 @@ fn bad_arguments_are_refused() {
     }
 }
 
-/// Points 1-5 × {delay, yield, signal} × {rseq, no-rseq}, every structure.
+/// Points 1-6 × {delay, yield, signal} × {rseq, no-rseq}, every structure.
 #[cfg(feature = "inject")]
 #[test]
 fn injection_matrix() {
     let t = assert_ok(&cpulocal(&["stress", "--matrix", "--reps", "4000"]));
     for engine in ["rseq", "no-rseq"] {
-        for point in 1..=5 {
+        for point in 1..=6 {
             for kind in ["delay", "yield", "signal"] {
                 let cell = format!("{engine:<7} point {point} {kind:<6} ok");
                 assert!(t.contains(&cell), "no line {cell:?}:\n{t}");

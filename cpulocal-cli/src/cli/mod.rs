@@ -130,7 +130,7 @@ pub enum Command {
     /// thread); `cpulocal stress --test list --duration 60 --migrate
     /// --fence-storm --signals`; `cpulocal stress --no-rseq`; with `cargo
     /// run --release --features inject --`: `stress --delay 2=1000` or
-    /// `stress --matrix` (points 1-5 × delay, yield, signal × rseq, no-rseq).
+    /// `stress --matrix` (points 1-6 × delay, yield, signal × rseq, no-rseq).
     Stress(StressArgs),
     /// Show time-slice extension at work: lock holders preempted while
     /// holding, with and without it.
@@ -350,7 +350,7 @@ pub struct StressArgs {
     #[arg(long)]
     pub no_rseq: bool,
 
-    /// Run the injection matrix: points 1-5 × {delay, yield, signal}, on the
+    /// Run the injection matrix: points 1-6 × {delay, yield, signal}, on the
     /// rseq engine and then without rseq (needs the inject feature).
     #[arg(long)]
     pub matrix: bool,
@@ -386,8 +386,11 @@ fn point_loops(s: &str) -> Result<(usize, u32), String> {
         .split_once('=')
         .ok_or_else(|| format!("expected POINT=LOOPS, got {s:?}"))?;
     let p: usize = p.trim().parse().map_err(|e| format!("POINT: {e}"))?;
-    if !(1..=6).contains(&p) {
-        return Err(format!("POINT must be 1 to 6, got {p}"));
+    if !(1..=stress::LAST_POINT).contains(&p) {
+        return Err(format!(
+            "POINT must be 1 to {}, got {p}",
+            stress::LAST_POINT
+        ));
     }
     let l: u32 = l.trim().parse().map_err(|e| format!("LOOPS: {e}"))?;
     Ok((p, l))

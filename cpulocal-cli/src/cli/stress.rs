@@ -13,7 +13,7 @@
 //! with `CPULOCAL_NO_RSEQ=1` (the fenced engine only). `--matrix` runs every
 //! injection point × {delay, yield, signal} × {rseq, no-rseq}: each cell puts
 //! a 200-iteration delay loop at its point; "yield" adds a yield every 97
-//! passes of each worker and of the fenced path's points (4, 5), "signal" a
+//! passes of each worker and of the fenced path's points (4 to 6), "signal" a
 //! raised SIGUSR1 at the same places plus the signal thread, whose signals
 //! land inside sections (points 1 to 3 are inside the asm, where nothing but
 //! a delay can run). Without rseq no section runs, so points 1 to 3 do not
@@ -94,6 +94,12 @@ pub enum ActionArg {
 
 /// The environment variable that marks the `--no-rseq` child.
 const CHILD_VAR: &str = "CPULOCAL_STRESS_CHILD";
+
+/// The last of the library's numbered injection points (`cpulocal::inject`,
+/// points 1 to 6), which `--delay` and `--matrix` name.
+pub(crate) const LAST_POINT: usize = 6;
+#[cfg(feature = "inject")]
+const _: () = assert!(LAST_POINT == cpulocal::inject::POINTS - 1);
 
 /// One run's settings, after defaults.
 #[derive(Debug, Clone)]
@@ -225,14 +231,14 @@ fn matrix(out: &mut impl Write, cfg: &Cfg, tests: &[TestArg], engine: &str) -> R
             "--matrix needs the inject feature: cargo run --release --features inject -- stress --matrix".into(),
         ));
     }
-    let points = 1..=5usize;
+    let points = 1..=LAST_POINT;
     let kinds = [None, Some(ActionArg::Yield), Some(ActionArg::Signal)];
     writeln!(
         out,
-        "cpulocal stress --matrix ({engine}): points 1-5 × delay, yield, signal; {} threads, {} passes; seed {}",
+        "cpulocal stress --matrix ({engine}): points 1-{LAST_POINT} × delay, yield, signal; {} threads, {} passes; seed {}",
         cfg.threads, cfg.reps, cfg.seed
     )?;
-    let bar = progress((5 * kinds.len()) as u64, true);
+    let bar = progress((LAST_POINT * kinds.len()) as u64, true);
     for p in points {
         for kind in kinds {
             let mut cell = cfg.clone();
@@ -357,10 +363,9 @@ fn set_injection(
         use cpulocal::inject;
         inject::reset();
         for &(point, loops) in delays {
-            if !(1..inject::POINTS).contains(&point) {
+            if !(1..=LAST_POINT).contains(&point) {
                 return Err(Failure::Broken(format!(
-                    "--delay {point}=…: injection points are 1 to {}",
-                    inject::POINTS - 1
+                    "--delay {point}=…: injection points are 1 to {LAST_POINT}"
                 )));
             }
             inject::set_delay(point, loops);

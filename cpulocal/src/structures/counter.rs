@@ -167,9 +167,15 @@ impl PerCpuCounter {
 
     /// Where a word is 32 bits the add shape cannot add an i64: the add runs
     /// under the slot's fence, as `take` does. These targets have no critical
-    /// sections, so every add took the fenced path anyway.
+    /// sections, so every add took the fenced path anyway. A node slot, on
+    /// which every write is atomic, takes the add as one atomic instruction,
+    /// as on 64-bit targets.
     #[cfg(not(target_pointer_width = "64"))]
     fn add_at(&self, at: At<'_, AtomicI64>, _follow: Follow, n: i64) {
+        if self.slots.index() == Index::Node {
+            at.slot.data.fetch_add(n, Ordering::Relaxed);
+            return;
+        }
         self.slots.fenced_counted(at.index, |value| {
             value.fetch_add(n, Ordering::Relaxed);
         });
