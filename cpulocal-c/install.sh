@@ -20,7 +20,11 @@ includedir=${INCLUDEDIR:-$prefix/include}
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$here/Cargo.toml")
 if [ -z "${CPULOCAL_LIB_DIR:-}" ]; then
     (cd "$here/.." && cargo build --release -p cpulocal-c)
-    CPULOCAL_LIB_DIR=${CARGO_TARGET_DIR:-$here/../target}/release
+    # cargo ran in the workspace, so a relative target directory is its.
+    case ${CARGO_TARGET_DIR:-target} in
+    /*) CPULOCAL_LIB_DIR=$CARGO_TARGET_DIR/release ;;
+    *) CPULOCAL_LIB_DIR=$here/../${CARGO_TARGET_DIR:-target}/release ;;
+    esac
 fi
 dest=${DESTDIR:-}
 install -d "$dest$libdir/pkgconfig" "$dest$includedir"

@@ -109,7 +109,7 @@ pub unsafe extern "C" fn cpulocal_list_free(l: *mut cpulocal_list) {
 
 impl cpulocal_list {
     /// Pushes `node` on list `cpu` (`None`: the current CPU's, read again
-    /// before each attempt); returns the slot it went to.
+    /// before each attempt).
     ///
     /// # Safety
     ///

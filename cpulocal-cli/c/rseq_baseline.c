@@ -115,7 +115,9 @@ enum cl_index_mode {
 #define CL_LIKELY(x) __builtin_expect(!!(x), 1)
 
 /* librseq's rseq_offset: a copy of glibc's __rseq_offset in a global of
- * this file, set by cl_area() before any loop runs. */
+ * this file, set by cl_area() before any loop runs. Every thread stores the
+ * same value, so its accesses are relaxed atomics (plain loads and stores
+ * on the targets here). */
 static ptrdiff_t cl_rseq_offset;
 
 /* The calling thread's area, or NULL when glibc did not register rseq for
@@ -124,7 +126,7 @@ static inline struct cl_rseq_abi *cl_area(void)
 {
 	if (&__rseq_size == NULL || &__rseq_offset == NULL || __rseq_size == 0)
 		return NULL;
-	cl_rseq_offset = __rseq_offset;
+	__atomic_store_n(&cl_rseq_offset, __rseq_offset, __ATOMIC_RELAXED);
 	struct cl_rseq_abi *rs =
 		(struct cl_rseq_abi *)((char *)__builtin_thread_pointer() + __rseq_offset);
 	if ((int32_t)CL_READ_ONCE_U32(rs->cpu_id) < 0)
@@ -191,7 +193,7 @@ cl_op_area(struct cl_rseq_abi *hoisted, int area)
 	if (area == CL_AREA_HOISTED)
 		return hoisted;
 	return (struct cl_rseq_abi *)((char *)__builtin_thread_pointer() +
-				      CL_READ_ONCE_PTR(cl_rseq_offset));
+				      __atomic_load_n(&cl_rseq_offset, __ATOMIC_RELAXED));
 }
 
 /* The field a section compares that index with, as an lvalue for its "m"

@@ -491,7 +491,6 @@ mod tests {
     /// hundreds of aborts, spread over its sections.
     const BUDGET: std::time::Duration = std::time::Duration::from_millis(250);
 
-    /// The modes this thread can run, with a note for each skipped one.
     /// Every index mode available here, with both area lookups.
     fn modes(test: &str) -> Vec<(IndexMode, AreaLookup)> {
         IndexMode::ALL

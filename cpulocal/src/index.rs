@@ -37,14 +37,16 @@ use crate::rseq::sys;
 ///
 /// A node slot is different: the CPUs of a node share it and run at the same
 /// time, and a critical section is atomic only against other threads of its
-/// own CPU. So no section ever runs on a node slot: every operation on it
-/// holds the slot's fence word, as a lock, and runs as ordinary code (the
-/// structures' statistics count them all as fenced). For the same reason
-/// such an operation needs no membarrier: there is no section to stop. It
-/// costs an uncontended compare-and-swap and a store where a per-CPU
-/// operation costs a critical section, plus the transfers of the slot's
-/// cache line between the CPUs of the node. Without NUMA (one node) it is one
-/// slot for the whole machine. It works on every engine and kernel.
+/// own CPU. So no section ever runs on a node slot. A counter's add and a
+/// lock's take are one atomic instruction there (a fetch-and-add, a
+/// compare-and-swap); every other operation holds the slot's fence word, as
+/// a lock, and runs as ordinary code (the structures' statistics count
+/// those as fenced). No operation on a node slot needs a membarrier: there
+/// is no section to stop. A fenced one costs an uncontended compare-and-swap
+/// and a store where a per-CPU operation costs a critical section; both
+/// kinds add the transfers of the slot's cache line between the CPUs of the
+/// node. Without NUMA (one node) it is one slot for the whole machine. It
+/// works on every engine and kernel.
 ///
 /// # Examples
 ///
@@ -66,14 +68,15 @@ use crate::rseq::sys;
 /// # Ok::<(), cpulocal::Error>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
 pub enum Index {
     /// By CPU number (`cpu_id`).
     #[default]
     Cpu,
     /// By concurrency id (`mm_cid`).
     MmCid,
-    /// By NUMA node (`node_id`): one slot per node, each operation under the
-    /// slot's fence.
+    /// By NUMA node (`node_id`): one slot per node, each operation an
+    /// atomic instruction or run under the slot's fence (above).
     Node,
 }
 

@@ -129,6 +129,7 @@ impl Status {
                     .is_none()
                     .then(|| registration::area().cast_const()),
                 rseq_area_len,
+                p.slice_allowed,
             ),
             slice_extensions_granted: granted,
             slice_extensions_yielded: yielded,

@@ -2,7 +2,7 @@
 //! `testing` feature. They exist to show that the stress tests detect a broken
 //! protocol; without the feature every switch is a constant `false`. The
 //! public face of the switches is [`crate::testing`]; this module is what the
-//! engine reads, below every other module.
+//! engine reads, below the fence, the registration and everything above them.
 
 #[cfg(feature = "testing")]
 pub(crate) mod on {

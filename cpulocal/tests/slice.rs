@@ -25,11 +25,25 @@ mod common;
 /// Names the child test to run in a re-executed test binary.
 const CHILD_ENV: &str = "CPULOCAL_SLICE_CHILD";
 
+/// `prctl` option `PR_RSEQ_SLICE_EXTENSION` (Linux 7.0+), its `GET`
+/// command, and the kernel's `ENOTSUPP` (not a libc errno).
+const PR_RSEQ_SLICE_EXTENSION: libc::c_int = 79;
+const PR_RSEQ_SLICE_EXTENSION_GET: libc::c_ulong = 1;
+const ENOTSUPP: i32 = 524;
+
 /// The kernel's answer to `prctl(PR_RSEQ_SLICE_EXTENSION, GET)`: Ok where it
 /// has the feature (whatever this thread's area), the errno where not.
 fn kernel_has_it() -> Result<(), i32> {
     // SAFETY: this prctl takes no pointers.
-    let r = unsafe { libc::prctl(79, 1 as libc::c_ulong, 0 as libc::c_ulong, 0, 0) };
+    let r = unsafe {
+        libc::prctl(
+            PR_RSEQ_SLICE_EXTENSION,
+            PR_RSEQ_SLICE_EXTENSION_GET,
+            0 as libc::c_ulong,
+            0,
+            0,
+        )
+    };
     if r < 0 {
         Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
     } else {
@@ -146,7 +160,10 @@ fn status_says_what_the_kernel_offers() {
         (Some(_), _, _) => SliceExtension::NoRseq,
         (None, Err(e), _) => {
             // EINVAL before 7.0, ENOTSUPP when built without it.
-            assert!(e == libc::EINVAL || e == 524, "unexpected prctl answer {e}");
+            assert!(
+                e == libc::EINVAL || e == ENOTSUPP,
+                "unexpected prctl answer {e}"
+            );
             SliceExtension::Unsupported
         }
         (None, Ok(()), Some(len)) if len > 32 => SliceExtension::On,

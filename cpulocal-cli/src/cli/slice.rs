@@ -36,11 +36,24 @@ struct Tally {
     rounds: u64,
 }
 
+/// `prctl` option `PR_RSEQ_SLICE_EXTENSION` (Linux 7.0+) and its `SET`
+/// command (libc does not name them yet).
+const PR_RSEQ_SLICE_EXTENSION: libc::c_int = 79;
+const PR_RSEQ_SLICE_EXTENSION_SET: libc::c_ulong = 2;
+
 /// Turns time-slice extension off for the calling thread (the kernel clears
 /// the enabled flag in its rseq area, which cpulocal's lock reads).
 fn turn_off_for_this_thread() -> Result<(), String> {
-    // SAFETY: prctl(PR_RSEQ_SLICE_EXTENSION = 79, SET = 2, 0): no pointers.
-    let r = unsafe { libc::prctl(79, 2 as libc::c_ulong, 0 as libc::c_ulong, 0, 0) };
+    // SAFETY: prctl(PR_RSEQ_SLICE_EXTENSION, SET, 0) takes no pointers.
+    let r = unsafe {
+        libc::prctl(
+            PR_RSEQ_SLICE_EXTENSION,
+            PR_RSEQ_SLICE_EXTENSION_SET,
+            0 as libc::c_ulong,
+            0,
+            0,
+        )
+    };
     if r == 0 {
         Ok(())
     } else {

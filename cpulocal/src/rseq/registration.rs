@@ -555,9 +555,16 @@ pub(crate) fn mm_cid_indexing() -> bool {
         })
 }
 
+/// Reads the CPU-to-node table [`current_node`] may need (from sysfs, once
+/// per process), so that no later call, perhaps in a signal handler,
+/// allocates or reads a file.
+pub(crate) fn prepare_current_node() {
+    let _ = sys::node_of_cpu(0);
+}
+
 /// The node of the CPU the calling thread runs on: rseq's `node_id` where the
 /// thread runs sections and the kernel fills the field, else the node of
-/// `sched_getcpu()`'s CPU.
+/// `sched_getcpu()`'s CPU (from the table [`prepare_current_node`] reads).
 pub(crate) fn current_node() -> usize {
     let area = area();
     let p = process();

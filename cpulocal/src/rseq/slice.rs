@@ -3,8 +3,7 @@
 //! so that the threads waiting for what it holds are not left spinning on a
 //! holder that is off the CPU.
 //!
-//! The kernel's side (`kernel/rseq.c`, `include/linux/rseq_entry.h` and
-//! `Documentation/userspace-api/rseq.rst` of Linux 7.3):
+//! The kernel's side (Linux 7.0 and later):
 //!
 //! - It needs `CONFIG_RSEQ_SLICE_EXTENSION`, an rseq area registered with
 //!   more than the original 32 bytes (the kernel's optimised mode), and the
@@ -90,9 +89,10 @@ pub enum SliceExtension {
     /// Enabled: [`PerCpuLock`](crate::PerCpuLock) guards and fenced
     /// operations ask the kernel to defer preemption while they hold.
     On,
-    /// The kernel offers it to this thread, but it is not enabled:
-    /// `CPULOCAL_NO_SLICE_EXTENSION` is set, or the prctl that enables it
-    /// failed.
+    /// The kernel offers it to this thread, but cpulocal does not use it:
+    /// `CPULOCAL_NO_SLICE_EXTENSION` is set (cpulocal then makes no request
+    /// even where another library enabled the extension), or the prctl that
+    /// enables it failed.
     NotEnabled,
     /// The kernel has it, but this thread's rseq area is registered with the
     /// original 32 bytes, which keeps the kernel's original mode (glibc
@@ -134,19 +134,23 @@ impl core::fmt::Display for SliceExtension {
 /// CPU.
 #[inline(always)]
 fn flags(area: *const Rseq) -> u32 {
-    // SAFETY: `area` comes from `registration::area()`, a live area (engine's
-    // invariant); a volatile read as for `cpu_id`.
+    // SAFETY: `area` comes from `registration::area()`, a live area (the
+    // registration's invariant); a volatile read as for `cpu_id`.
     unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*area).flags)) }
 }
 
 /// Enables the extension for the calling thread, whose area is `area`
 /// (just set up), where the kernel offers it and the process `allowed` it.
+/// Where it is not allowed, cpulocal's holders make no requests, even if
+/// another library of the process enabled the extension.
 pub(crate) fn set_up_thread(area: *const Rseq, allowed: bool) {
+    if !allowed {
+        return;
+    }
     let f = flags(area);
     // Enabled already (by another library of the process), or by us now.
     let on = f & RSEQ_CS_FLAG_SLICE_EXT_ENABLED != 0
         || (f & RSEQ_CS_FLAG_SLICE_EXT_AVAILABLE != 0
-            && allowed
             && sys::slice_extension_enable().is_ok()
             && flags(area) & RSEQ_CS_FLAG_SLICE_EXT_ENABLED != 0);
     if on {
@@ -155,14 +159,20 @@ pub(crate) fn set_up_thread(area: *const Rseq, allowed: bool) {
 }
 
 /// The state for `status()`, given the calling thread's area (None: it uses
-/// none) and the length that area is registered with, where known.
-pub(crate) fn state(area: Option<*const Rseq>, len: Option<u32>) -> SliceExtension {
+/// none), the length that area is registered with, where known, and whether
+/// the process `allowed` cpulocal to use the extension.
+pub(crate) fn state(area: Option<*const Rseq>, len: Option<u32>, allowed: bool) -> SliceExtension {
     let Some(area) = area else {
         return SliceExtension::NoRseq;
     };
     let f = flags(area);
     if f & RSEQ_CS_FLAG_SLICE_EXT_ENABLED != 0 {
-        return SliceExtension::On;
+        // Enabled by another library where cpulocal was told not to use it.
+        return if allowed {
+            SliceExtension::On
+        } else {
+            SliceExtension::NotEnabled
+        };
     }
     if f & RSEQ_CS_FLAG_SLICE_EXT_AVAILABLE != 0 {
         return SliceExtension::NotEnabled;

@@ -132,6 +132,11 @@ impl<D> Slots<D> {
         registration::process();
         fence::watch_forks();
         let by = registration::effective(by);
+        if by == Index::Node {
+            // Operations on node slots look up the thread's node, in signal
+            // handlers too: the table they may need is read here.
+            registration::prepare_current_node();
+        }
         let slots = (0..by.slots())
             .map(|i| {
                 Ok(CachePadded::new(Slot {
@@ -539,9 +544,9 @@ pub(crate) unsafe fn zeroed_slice<T>(n: usize) -> Result<Box<[T]>, Error> {
 
 /// The fence word a critical section of `shape` on slot `index` checks, and
 /// the shape to run with it: the slot's `fence` and `shape` as they are, or,
-/// with [`Break::SkipFenceCheck`], a word in `spare` that holds the free
-/// value and is never held (so the section ignores the real fence), with the
-/// shape's commit word counted from it.
+/// with the test switch `Break::SkipFenceCheck` (`testing` feature), a word
+/// in `spare` that holds the free value and is never held (so the section
+/// ignores the real fence), with the shape's commit word counted from it.
 #[inline(always)]
 pub(crate) fn fence_to_check<'a>(
     fence: &'a crate::fenced::fence::Fence,

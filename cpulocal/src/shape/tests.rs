@@ -527,14 +527,12 @@ mod rseq {
         // Armed with a descriptor of this binary, which stays so: nothing
         // clears `rseq_cs` after a section.
         prop_assert!(
-            area.rseq_cs != 0xdead_beef && area.rseq_cs.is_multiple_of(32),
-            "rseq_cs not armed with a descriptor after {:?}: {:#x}",
+            crate::rseq::arch::descriptor_addresses().contains(&area.rseq_cs),
+            "rseq_cs not armed with a listed descriptor after {:?}: {:#x}",
             out,
             area.rseq_cs
         );
-        // SAFETY: a 32-byte aligned address a section stored: its
-        // descriptor, static data of this binary.
-        let cs = unsafe { *(area.rseq_cs as *const crate::rseq::abi::RseqCs) };
+        let cs = crate::rseq::arch::armed(area);
         prop_assert_eq!((cs.version, cs.flags), (0, 0));
         // The kernel's own validity check: abort_ip outside the section.
         prop_assert!(

@@ -35,6 +35,8 @@ pub(crate) enum Outcome {
 mod rseq;
 #[cfg(cpulocal_rseq)]
 pub(crate) use rseq::section;
+#[cfg(all(test, cpulocal_rseq))]
+pub(crate) use rseq::{armed, descriptor_addresses};
 
 #[cfg(all(cpulocal_rseq, target_arch = "x86_64"))]
 #[path = "x86_64.rs"]

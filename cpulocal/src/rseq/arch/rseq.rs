@@ -95,6 +95,41 @@ pub(super) fn fenced_or_aborted(fence: *const Fence) -> Outcome {
     }
 }
 
+/// The addresses the sections of this binary list in
+/// `__rseq_cs_ptr_array`: each that of a static `struct rseq_cs`.
+#[cfg(test)]
+pub(crate) fn descriptor_addresses() -> &'static [u64] {
+    extern "C" {
+        // Bounds of `__rseq_cs_ptr_array`, defined by the linker.
+        static __start___rseq_cs_ptr_array: u64;
+        static __stop___rseq_cs_ptr_array: u64;
+    }
+    // SAFETY: the linker bounds an array of descriptor addresses in this
+    // binary's static data, which is never written.
+    unsafe {
+        let start = core::ptr::addr_of!(__start___rseq_cs_ptr_array);
+        let stop = core::ptr::addr_of!(__stop___rseq_cs_ptr_array);
+        let n = stop.offset_from(start) as usize;
+        core::slice::from_raw_parts(start, n)
+    }
+}
+
+/// The descriptor a section armed in `area`: the kernel reads it at the
+/// thread's next preemption, so it must be one of this binary's. Fails the
+/// test (a panic) when `rseq_cs` is 0 or not a listed descriptor's address.
+#[cfg(test)]
+pub(crate) fn armed(area: &crate::rseq::abi::Rseq) -> crate::rseq::abi::RseqCs {
+    let at = area.rseq_cs;
+    assert_ne!(at, 0, "the section did not arm rseq_cs");
+    assert!(
+        descriptor_addresses().contains(&at),
+        "rseq_cs = {at:#x}, the address of no listed descriptor"
+    );
+    // SAFETY: checked just above to be a listed descriptor's address: a
+    // static `struct rseq_cs` of this binary.
+    unsafe { *(at as *const crate::rseq::abi::RseqCs) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,21 +184,6 @@ mod tests {
         area
     }
 
-    /// The descriptor a section armed in `area`: the kernel reads it at the
-    /// thread's next preemption, so it must be one of this binary's.
-    fn armed(area: &Rseq) -> RseqCs {
-        assert_ne!(area.rseq_cs, 0, "the section did not arm rseq_cs");
-        let listed = descriptors();
-        // SAFETY: checked below to be a listed descriptor's address before
-        // the value is used; the read is of static data of this binary.
-        let cs = unsafe { *(area.rseq_cs as *const RseqCs) };
-        assert!(
-            listed.contains(&cs),
-            "rseq_cs points at no listed descriptor"
-        );
-        cs
-    }
-
     #[test]
     fn commit_branch() {
         let mut area = fake_area(3);
@@ -216,26 +236,14 @@ mod tests {
         assert_eq!(slot.value(), 11, "the aborted section must not write");
     }
 
-    extern "C" {
-        // Bounds of `__rseq_cs_ptr_array`, defined by the linker.
-        static __start___rseq_cs_ptr_array: u64;
-        static __stop___rseq_cs_ptr_array: u64;
-    }
-
-    /// Every descriptor the sections of this binary list in
-    /// `__rseq_cs_ptr_array`.
-    fn descriptors() -> Vec<RseqCs> {
-        // SAFETY: the linker bounds an array of descriptor addresses, each the
-        // address of a static `struct rseq_cs` emitted by a section.
-        unsafe {
-            let start = core::ptr::addr_of!(__start___rseq_cs_ptr_array);
-            let stop = core::ptr::addr_of!(__stop___rseq_cs_ptr_array);
-            let n = stop.offset_from(start) as usize;
-            core::slice::from_raw_parts(start, n)
-                .iter()
-                .map(|&p| *(p as *const RseqCs))
-                .collect()
-        }
+    /// Every descriptor the sections of this binary list, with its address.
+    fn descriptors() -> Vec<(u64, RseqCs)> {
+        descriptor_addresses()
+            .iter()
+            // SAFETY: each the address of a static `struct rseq_cs` emitted
+            // by a section (`descriptor_addresses`).
+            .map(|&p| (p, unsafe { *(p as *const RseqCs) }))
+            .collect()
     }
 
     #[inline(never)]
@@ -248,8 +256,8 @@ mod tests {
     fn descriptors_decode() {
         let all = descriptors();
         assert!(!all.is_empty(), "no descriptor in __rseq_cs_ptr_array");
-        for cs in &all {
-            assert_eq!(cs as *const RseqCs as usize % 32, 0);
+        for (at, cs) in &all {
+            assert_eq!(at % 32, 0, "descriptor at {at:#x} not 32-byte aligned");
             assert_eq!((cs.version, cs.flags), (0, 0));
             let (start, end) = (cs.start_ip, cs.start_ip + cs.post_commit_offset);
             assert!(
@@ -268,7 +276,8 @@ mod tests {
         // One of them is the section inlined in `add_out_of_line`.
         let f = add_out_of_line as *const () as usize as u64;
         assert!(
-            all.iter().any(|cs| (f..f + 512).contains(&cs.start_ip)),
+            all.iter()
+                .any(|(_, cs)| (f..f + 512).contains(&cs.start_ip)),
             "add's section is not listed"
         );
         // And a section leaves rseq_cs armed with its own descriptor (the
